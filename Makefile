@@ -1,0 +1,32 @@
+# ClusterLink (Python). The README names two commands: `make demo` and `make test`.
+PY      := .venv/bin/python
+PYTEST_ARGS ?=
+BENCH_QUICK ?=
+
+.PHONY: install demo test lint protos crds bench clean-leftovers
+
+install:            ## set up everything (apt packages, kernel header links, .venv, BCC shim); idempotent
+	bash scripts/install.sh
+
+demo: install       ## two simulated peers, an export, an import, policies, a request through eBPF + mTLS
+	$(PY) -m fabric.demo
+
+test: install       ## all tests (unit, integration as root, conformance), import contracts, leftover check
+	$(PY) -m pytest $(PYTEST_ARGS)
+	.venv/bin/lint-imports --no-cache
+	bash scripts/check-leftovers.sh
+
+lint:
+	.venv/bin/lint-imports --no-cache
+
+protos: install     ## regenerate controlplane/api/*_pb2*.py from the .proto (a test checks for drift)
+	$(PY) -m controlplane.api.generate
+
+crds: install       ## regenerate charts/clusterlink/crds from the model (a test checks for drift)
+	$(PY) -m controlplane.model.crdgen charts/clusterlink/crds
+
+bench: install      ## benchmark on the simulated fabric; BENCH_QUICK=1 for a short run
+	$(PY) -m bench $(if $(BENCH_QUICK),--quick,)
+
+clean-leftovers:    ## remove anything a crashed run left behind (cl* netns, links, cgroups, BPF attachments)
+	$(PY) -m fabric.cleanup

@@ -1,0 +1,1 @@
+"""ClusterLink node agent: eBPF connect() redirect, splice proxy, workload identity."""

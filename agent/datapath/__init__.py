@@ -1,0 +1,1 @@
+"""BPF programs (BCC) and their attachments and maps. The only place that imports bcc."""

@@ -1,0 +1,1 @@
+"""The node proxy: accepts redirected connections and relays them to the gateway with splice."""

@@ -1,0 +1,1 @@
+"""ClusterLink control plane: store, policy engine, peers, imports/exports, agent API and gateway."""

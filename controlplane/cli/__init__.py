@@ -1,0 +1,1 @@
+"""The `clusterlink` command-line interface."""

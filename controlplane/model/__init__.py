@@ -1,0 +1,1 @@
+"""The ClusterLink object model: kinds, schemas, YAML parsing and validation."""

@@ -1,0 +1,1 @@
+"""Access-policy decision engine (ClusterLink semantics), pure code."""

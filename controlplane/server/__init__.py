@@ -1,0 +1,1 @@
+"""The control-plane process: reconcilers, heartbeats, management and snapshot APIs."""

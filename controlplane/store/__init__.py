@@ -1,0 +1,1 @@
+"""Desired-state store: one interface, a SQLite (standalone) and a Kubernetes backend."""

@@ -1,0 +1,1 @@
+"""Simulated fabric: N peers on one machine from network namespaces, veths and cgroup v2 subtrees."""
