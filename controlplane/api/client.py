@@ -1,0 +1,201 @@
+"""The gRPC client of the control plane's API, used by gateways, agents and the CLI.
+
+The only module outside the control-plane server that imports grpc. `SnapshotFeed` keeps a
+subscription alive: it reconnects with capped exponential backoff and hands each new snapshot to a
+callback; the caller keeps serving its last snapshot while the control plane is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import grpc.aio
+
+from . import clusterlink_pb2 as pb
+from . import clusterlink_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+
+class APIError(RuntimeError):
+    """A call to the control plane failed; `code` is the gRPC status code name."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{message} ({code})")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the control plane's API is and how to authenticate to it.
+
+    address: `unix:/path` or `host:port`; TCP uses TLS verified against `ca_file` with
+    `server_name` (the control plane's peer name); `token` is the bearer token.
+    """
+
+    address: str
+    token: str
+    ca_file: Path | None = None
+    server_name: str = ""
+
+    @property
+    def is_unix(self) -> bool:
+        return self.address.startswith("unix:")
+
+
+def read_token(path: Path | str) -> str:
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise APIError("UNAUTHENTICATED", f"cannot read the token file {path}: {exc.strerror}") from None
+    if not token:
+        raise APIError("UNAUTHENTICATED", f"the token file {path} is empty")
+    return token
+
+
+_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.enable_retries", 0),
+]
+
+
+def _channel(endpoint: Endpoint) -> grpc.aio.Channel:
+    if endpoint.is_unix:
+        return grpc.aio.insecure_channel(endpoint.address, options=_OPTIONS)
+    root = endpoint.ca_file.read_bytes() if endpoint.ca_file else None
+    creds = grpc.ssl_channel_credentials(root_certificates=root)
+    options = list(_OPTIONS)
+    if endpoint.server_name:
+        options.append(("grpc.ssl_target_name_override", endpoint.server_name))
+    return grpc.aio.secure_channel(endpoint.address, creds, options=options)
+
+
+def _metadata(endpoint: Endpoint) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {endpoint.token}"),)
+
+
+def _translate(exc: grpc.aio.AioRpcError) -> APIError:
+    return APIError(exc.code().name, exc.details() or "control plane call failed")
+
+
+class ControlPlaneClient:
+    """Unary calls (Register, management) on one channel. Use as an async context manager."""
+
+    def __init__(self, endpoint: Endpoint, *, timeout: float = 10.0) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self._channel: grpc.aio.Channel | None = None
+
+    async def __aenter__(self) -> ControlPlaneClient:
+        self._channel = _channel(self.endpoint)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    def _stub(self, cls):  # type: ignore[no-untyped-def]
+        if self._channel is None:
+            raise RuntimeError("ControlPlaneClient used outside `async with`")
+        return cls(self._channel)
+
+    async def _call(self, method: Callable[..., Awaitable], request: object) -> object:
+        try:
+            return await method(request, metadata=_metadata(self.endpoint), timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc) from None
+
+    async def register(self, node: str) -> pb.RegisterResponse:
+        return await self._call(self._stub(pb_grpc.ControlPlaneStub).Register, pb.RegisterRequest(node=node))
+
+    async def apply(self, yaml_text: str) -> list[str]:
+        resp = await self._call(self._stub(pb_grpc.ManagementStub).Apply, pb.ApplyRequest(yaml=yaml_text))
+        return list(resp.results)
+
+    async def get(self, kind: str, namespace: str = "", name: str = "") -> str:
+        resp = await self._call(self._stub(pb_grpc.ManagementStub).Get,
+                                pb.GetRequest(kind=kind, namespace=namespace, name=name))
+        return resp.objects_json
+
+    async def delete(self, kind: str, namespace: str, name: str) -> bool:
+        resp = await self._call(self._stub(pb_grpc.ManagementStub).Delete,
+                                pb.DeleteRequest(kind=kind, namespace=namespace, name=name))
+        return resp.deleted
+
+
+SnapshotCallback = Callable[[pb.Snapshot], Awaitable[None] | None]
+StateCallback = Callable[[bool], None]
+
+
+class SnapshotFeed:
+    """Keeps a Watch stream open and delivers snapshots; reconnects with backoff forever.
+
+    `on_snapshot` gets each new snapshot (a later version than the last one delivered);
+    `on_connected(True/False)` reports the stream's state (for metrics and readiness).
+    """
+
+    def __init__(self, endpoint: Endpoint, *, role: str, node: str = "", on_snapshot: SnapshotCallback,
+                 on_connected: StateCallback | None = None, min_backoff: float = 0.2, max_backoff: float = 5.0
+                 ) -> None:
+        if role not in ("gateway", "agent"):
+            raise ValueError(f"role must be gateway or agent, not {role!r}")
+        self.endpoint = endpoint
+        self.role = role
+        self.node = node
+        self._on_snapshot = on_snapshot
+        self._on_connected = on_connected
+        self._min_backoff = min_backoff
+        self._max_backoff = max_backoff
+        self.version = 0
+        self.connected = False
+        self.last_error: str = ""
+
+    def _set_connected(self, value: bool) -> None:
+        if value != self.connected:
+            self.connected = value
+            if self._on_connected:
+                self._on_connected(value)
+
+    async def run(self) -> None:
+        """Run until cancelled."""
+        backoff = self._min_backoff
+        while True:
+            channel = _channel(self.endpoint)
+            try:
+                stub = pb_grpc.ControlPlaneStub(channel)
+                call = stub.Watch(pb.WatchRequest(role=self.role, node=self.node, known_version=self.version),
+                                  metadata=_metadata(self.endpoint))
+                async for snap in call:
+                    self._set_connected(True)
+                    backoff = self._min_backoff
+                    if snap.version == self.version:
+                        continue
+                    self.version = snap.version
+                    result = self._on_snapshot(snap)
+                    if asyncio.iscoroutine(result):
+                        await result
+                self.last_error = "stream ended"
+            except grpc.aio.AioRpcError as exc:
+                self.last_error = f"{exc.code().name}: {exc.details()}"
+                if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                    log.error("control plane %s refused the %s's credentials: %s", self.endpoint.address,
+                              self.role, exc.details())
+                else:
+                    log.debug("snapshot stream from %s broke: %s", self.endpoint.address, self.last_error)
+            finally:
+                self._set_connected(False)
+                await channel.close()
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, self._max_backoff)
+
