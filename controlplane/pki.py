@@ -550,6 +550,29 @@ def create_peer_cert(
     return write_peer_dir(directory, peer, ca.cert, force=force)
 
 
+class PeerFiles(NamedTuple):
+    """The raw contents of a peer certificate directory."""
+
+    cert: bytes
+    key: bytes
+    ca: bytes
+
+
+def read_peer_dir(certs_dir: Path | str) -> PeerFiles:
+    """Read `<certs_dir>/{cert,key,ca}.pem` as bytes (PKIError naming a missing/unreadable file)."""
+    certs_dir = Path(certs_dir)
+    if not certs_dir.is_dir():
+        raise PKIError(
+            f"peer certificate directory {certs_dir} does not exist: "
+            "run `clusterlink create peer-cert --name <peer>` and pass <path>/<fabric>/<peer>"
+        )
+    return PeerFiles(
+        _read(certs_dir / CERT_FILE, "peer certificate"),
+        _read(certs_dir / KEY_FILE, "peer key"),
+        _read(certs_dir / CA_FILE, "fabric CA certificate"),
+    )
+
+
 def load_peer_identity(
     certs_dir: Path | str,
     *,
@@ -557,17 +580,7 @@ def load_peer_identity(
     now: datetime.datetime | None = None,
 ) -> PeerIdentity:
     """Read and validate `<certs_dir>/{cert,key,ca}.pem` (see `peer_identity_from_pem`)."""
-    certs_dir = Path(certs_dir)
-    if not certs_dir.is_dir():
-        raise PKIError(
-            f"peer certificate directory {certs_dir} does not exist: "
-            "run `clusterlink create peer-cert --name <peer>` and pass <path>/<fabric>/<peer>"
-        )
+    files = read_peer_dir(certs_dir)
     return peer_identity_from_pem(
-        _read(certs_dir / CERT_FILE, "peer certificate"),
-        _read(certs_dir / KEY_FILE, "peer key"),
-        _read(certs_dir / CA_FILE, "fabric CA certificate"),
-        certs_dir=certs_dir,
-        expected_name=expected_name,
-        now=now,
+        files.cert, files.key, files.ca, certs_dir=Path(certs_dir), expected_name=expected_name, now=now
     )
