@@ -8,11 +8,14 @@ Before the tiers: if an applicable policy's `from` looks at client attributes an
 carries none, the request is denied and that policy named. Within a tier, when several policies
 match, the one with the smallest name decides (so that decisions are deterministic).
 
-Performance. Policies are grouped by (privileged, namespace) and, inside a group, by tier. Each
-tier is indexed by one equality requirement (`matchLabels` or `In`) of every `to` selector (the
-destination key: usually the export name), or failing that of every `from` selector; policies
-with a selector that pins no key go into a small fallback list that is always scanned. Decisions
-are also cached in a bounded LRU keyed by (namespace, src, dst).
+Performance. Policies are split into scopes: the privileged ones, and the regular ones of each
+namespace (so a decision looks at two scopes at most). Inside a scope, each policy is filed
+under the values that its `to` selectors require (`matchLabels` or `In`; the two most selective
+single-valued keys together, e.g. export name and export namespace), or failing that its `from`
+selectors; policies with a selector that pins no key go into a fallback list that is always
+scanned. A decision probes each slot the request's attributes fill and checks only the policies
+filed there, in (deny before allow, then name) order, stopping at the first that matches.
+Decisions are also cached in a bounded LRU keyed by (namespace, src, dst).
 
 Concurrency. The whole index is an immutable `_State`; a mutation builds a new one (copying only
 the parts it changes) under a writers' lock and swaps the single `self._state` reference, so
@@ -70,29 +73,49 @@ _KEY_RANK = {
 }
 _OTHER_KEY_RANK = 5
 
-# An index entry: (policy name, policy, the decision it makes in its tier). Sorted by name.
+# An index entry: (order, policy, the decision it makes). `order` is "0" + name for a deny and
+# "1" + name for an allow, so that sorting by it puts every deny before every allow, each tier by
+# name: the smallest matching entry of a scope is its decision.
 _Entry = tuple[str, Policy, Decision]
-# label key -> label value -> entries whose selector requires key=value.
-_Index = dict[str, dict[str, tuple[_Entry, ...]]]
+# An index: label keys (one or two, sorted) -> their values (the value itself for one key, a tuple
+# for two) -> the entries of the policies whose selectors require those keys to have those values.
+_Index = dict[tuple[str, ...], dict[object, tuple[_Entry, ...]]]
+# Where to file a policy: (keys, value) slots.
+_Plan = frozenset[tuple[tuple[str, ...], object]]
 
 
-def _selector_plan(selectors: tuple[LabelSelector, ...]) -> frozenset[tuple[str, str]] | None:
-    """The (key, value) pairs under which to index a policy side, or None if a selector pins nothing.
+def _selector_plan(selectors: tuple[LabelSelector, ...]) -> _Plan | None:
+    """The index slots for a policy side, or None if one of `selectors` pins no key.
 
-    A label set can match one of `selectors` only if it carries one of the returned pairs.
+    A label set can match one of `selectors` only if it fills one of the returned slots. A
+    selector with single-valued requirements (`matchLabels`, `In` with one value) is filed under
+    its two most selective ones together (e.g. export name and namespace); one with only
+    multi-valued `In` requirements under each value of the smallest.
     """
-    pairs: set[tuple[str, str]] = set()
+    slots: set[tuple[tuple[str, ...], object]] = set()
     for sel in selectors:
         equalities = sel.equalities()
         if not equalities:
             return None
-        key, values = min(equalities, key=lambda kv: (len(kv[1]), _KEY_RANK.get(kv[0], _OTHER_KEY_RANK), kv[0]))
-        pairs.update((key, value) for value in values)
-    return frozenset(pairs)
+        singles: dict[str, str] = {}
+        for key, values in equalities:
+            if len(values) == 1 and key not in singles:
+                singles[key] = next(iter(values))
+        if singles:
+            best = sorted(singles, key=lambda k: (_KEY_RANK.get(k, _OTHER_KEY_RANK), k))[:2]
+            if len(best) == 1:
+                slots.add(((best[0],), singles[best[0]]))
+            else:
+                keys = tuple(sorted(best))
+                slots.add((keys, (singles[keys[0]], singles[keys[1]])))
+        else:
+            key, values = min(equalities, key=lambda kv: (len(kv[1]), _KEY_RANK.get(kv[0], _OTHER_KEY_RANK), kv[0]))
+            slots.update(((key,), value) for value in values)
+    return frozenset(slots)
 
 
-def _placement(policy: Policy) -> tuple[str, frozenset[tuple[str, str]]]:
-    """Where a policy lives in its tier index: ("dst"|"src", pairs) or ("fallback", empty)."""
+def _placement(policy: Policy) -> tuple[str, _Plan]:
+    """Where a policy lives in its scope's index: ("dst"|"src", slots) or ("fallback", empty)."""
     plan = _selector_plan(policy.to)
     if plan is not None:
         return "dst", plan
@@ -102,202 +125,175 @@ def _placement(policy: Policy) -> tuple[str, frozenset[tuple[str, str]]]:
     return "fallback", frozenset()
 
 
-def _scan(entries: tuple[_Entry, ...], src: Mapping[str, str], dst: Mapping[str, str], best: _Entry | None) -> _Entry | None:
-    for entry in entries:
-        if best is not None and entry[0] >= best[0]:
-            return best
-        if entry[1].matches(src, dst):
-            return entry
-    return best
+def _entry(policy: Policy) -> _Entry:
+    deny = policy.action is Action.DENY
+    if policy.privileged:
+        tier = Tier.PRIVILEGED_DENY if deny else Tier.PRIVILEGED_ALLOW
+    else:
+        tier = Tier.DENY if deny else Tier.ALLOW
+    return (("0" if deny else "1") + policy.name, policy, Decision(not deny, tier, policy.ref))
+
+
+def _entry_order(entry: _Entry) -> str:
+    return entry[0]
 
 
 def _scan_index(
     index: _Index, labels: Mapping[str, str], src: Mapping[str, str], dst: Mapping[str, str], best: _Entry | None
 ) -> _Entry | None:
-    if len(index) <= len(labels):
-        for key, by_value in index.items():
-            value = labels.get(key)
-            if value is not None:
-                entries = by_value.get(value)
-                if entries is not None:
-                    best = _scan(entries, src, dst, best)
-    else:
-        for key, value in labels.items():
-            by_value = index.get(key)
-            if by_value is not None:
-                entries = by_value.get(value)
-                if entries is not None:
-                    best = _scan(entries, src, dst, best)
+    """The smallest entry matching (src, dst) among those filed under a slot `labels` fills."""
+    get = labels.get
+    for keys, by_value in index.items():
+        if len(keys) == 1:
+            entries = by_value.get(get(keys[0]))
+        else:
+            entries = by_value.get((get(keys[0]), get(keys[1])))
+        if entries is not None:
+            for entry in entries:
+                if best is not None and entry[0] >= best[0]:
+                    break
+                if entry[1].matches(src, dst):
+                    best = entry
+                    break
     return best
 
 
-def _index_with(index: _Index, pairs: Iterable[tuple[str, str]], entry: _Entry) -> _Index:
+def _index_with(index: _Index, slots: _Plan, entry: _Entry) -> _Index:
     out = dict(index)
-    copied: set[str] = set()
-    for key, value in pairs:
-        if key not in copied:
-            out[key] = dict(out.get(key, {}))
-            copied.add(key)
-        entries = list(out[key].get(value, ()))
-        insort(entries, entry, key=lambda e: e[0])
-        out[key][value] = tuple(entries)
+    copied: set[tuple[str, ...]] = set()
+    for keys, value in slots:
+        if keys not in copied:
+            out[keys] = dict(out.get(keys, {}))
+            copied.add(keys)
+        entries = list(out[keys].get(value, ()))
+        insort(entries, entry, key=_entry_order)
+        out[keys][value] = tuple(entries)
     return out
 
 
-def _index_without(index: _Index, pairs: Iterable[tuple[str, str]], name: str) -> _Index:
+def _index_without(index: _Index, slots: _Plan, order: str) -> _Index:
     out = dict(index)
-    copied: set[str] = set()
-    for key, value in pairs:
-        if key not in out:
+    copied: set[tuple[str, ...]] = set()
+    for keys, value in slots:
+        if keys not in out:
             continue
-        if key not in copied:
-            out[key] = dict(out[key])
-            copied.add(key)
-        remaining = tuple(e for e in out[key].get(value, ()) if e[0] != name)
+        if keys not in copied:
+            out[keys] = dict(out[keys])
+            copied.add(keys)
+        remaining = tuple(e for e in out[keys].get(value, ()) if e[0] != order)
         if remaining:
-            out[key][value] = remaining
+            out[keys][value] = remaining
         else:
-            out[key].pop(value, None)
-            if not out[key]:
-                del out[key]
+            out[keys].pop(value, None)
+            if not out[keys]:
+                del out[keys]
     return out
 
 
-class _TierIndex:
-    """The policies of one tier of one group, indexed. Immutable: mutators return a new index."""
+class _Scope:
+    """The policies of one scope, indexed: all privileged ones, or the regular ones of a namespace.
 
-    __slots__ = ("by_dst", "by_src", "fallback", "size")
+    Immutable: `with_policy` and `without_policy` return a new scope sharing what did not change.
+    """
 
-    def __init__(self, by_dst: _Index, by_src: _Index, fallback: tuple[_Entry, ...], size: int) -> None:
+    __slots__ = ("by_dst", "by_src", "fallback", "size", "client_dependent")
+
+    def __init__(
+        self,
+        by_dst: _Index,
+        by_src: _Index,
+        fallback: tuple[_Entry, ...],
+        size: int,
+        client_dependent: tuple[tuple[str, Decision], ...],
+    ) -> None:
         self.by_dst = by_dst
         self.by_src = by_src
         self.fallback = fallback
         self.size = size
+        # (name, client-attributes decision) of the policies whose `from` reads client
+        # attributes, by name.
+        self.client_dependent = client_dependent
 
     @classmethod
-    def build(cls, entries: Iterable[_Entry]) -> _TierIndex | None:
-        lists: dict[str, dict[str, dict[str, list[_Entry]]]] = {"dst": {}, "src": {}}
+    def build(cls, policies: Iterable[Policy]) -> _Scope | None:
+        lists: dict[str, dict[tuple[str, ...], dict[object, list[_Entry]]]] = {"dst": {}, "src": {}}
         fallback: list[_Entry] = []
+        dependent: list[tuple[str, Decision]] = []
         size = 0
-        for entry in entries:
+        for policy in policies:
             size += 1
-            side, pairs = _placement(entry[1])
+            entry = _entry(policy)
+            if policy.depends_on_client_attributes:
+                dependent.append(_client_dependent(policy))
+            side, slots = _placement(policy)
             if side == "fallback":
                 fallback.append(entry)
                 continue
-            for key, value in pairs:
-                lists[side].setdefault(key, {}).setdefault(value, []).append(entry)
+            for keys, value in slots:
+                lists[side].setdefault(keys, {}).setdefault(value, []).append(entry)
         if not size:
             return None
 
-        def freeze(index: dict[str, dict[str, list[_Entry]]]) -> _Index:
+        def freeze(index: dict[tuple[str, ...], dict[object, list[_Entry]]]) -> _Index:
             return {
-                key: {value: tuple(sorted(es, key=lambda e: e[0])) for value, es in by_value.items()}
-                for key, by_value in index.items()
+                keys: {value: tuple(sorted(es, key=_entry_order)) for value, es in by_value.items()}
+                for keys, by_value in index.items()
             }
 
-        return cls(freeze(lists["dst"]), freeze(lists["src"]), tuple(sorted(fallback, key=lambda e: e[0])), size)
+        return cls(
+            freeze(lists["dst"]),
+            freeze(lists["src"]),
+            tuple(sorted(fallback, key=_entry_order)),
+            size,
+            tuple(sorted(dependent)),
+        )
 
-    def with_entry(self, entry: _Entry) -> _TierIndex:
-        side, pairs = _placement(entry[1])
+    def with_policy(self, policy: Policy) -> _Scope:
+        entry = _entry(policy)
+        side, slots = _placement(policy)
         by_dst, by_src, fallback = self.by_dst, self.by_src, self.fallback
         if side == "dst":
-            by_dst = _index_with(by_dst, pairs, entry)
+            by_dst = _index_with(by_dst, slots, entry)
         elif side == "src":
-            by_src = _index_with(by_src, pairs, entry)
+            by_src = _index_with(by_src, slots, entry)
         else:
             entries = list(fallback)
-            insort(entries, entry, key=lambda e: e[0])
+            insort(entries, entry, key=_entry_order)
             fallback = tuple(entries)
-        return _TierIndex(by_dst, by_src, fallback, self.size + 1)
+        dependent = self.client_dependent
+        if policy.depends_on_client_attributes:
+            dependent = tuple(sorted(dependent + (_client_dependent(policy),)))
+        return _Scope(by_dst, by_src, fallback, self.size + 1, dependent)
 
-    def without_entry(self, policy: Policy) -> _TierIndex | None:
-        if self.size == 1:
+    def without_policy(self, policy: Policy) -> _Scope | None:
+        if self.size <= 1:
             return None
-        side, pairs = _placement(policy)
+        order = _entry(policy)[0]
+        side, slots = _placement(policy)
         by_dst, by_src, fallback = self.by_dst, self.by_src, self.fallback
         if side == "dst":
-            by_dst = _index_without(by_dst, pairs, policy.name)
+            by_dst = _index_without(by_dst, slots, order)
         elif side == "src":
-            by_src = _index_without(by_src, pairs, policy.name)
+            by_src = _index_without(by_src, slots, order)
         else:
-            fallback = tuple(e for e in fallback if e[0] != policy.name)
-        return _TierIndex(by_dst, by_src, fallback, self.size - 1)
+            fallback = tuple(e for e in fallback if e[0] != order)
+        dependent = tuple(d for d in self.client_dependent if d[0] != policy.name)
+        return _Scope(by_dst, by_src, fallback, self.size - 1, dependent)
 
     def first_match(self, src: Mapping[str, str], dst: Mapping[str, str]) -> Decision | None:
-        """The decision of the matching policy with the smallest name, or None."""
+        """The decision of the deciding matching policy (denies first, then by name), or None."""
         best = None
         if self.by_dst:
             best = _scan_index(self.by_dst, dst, src, dst, best)
         if self.by_src:
             best = _scan_index(self.by_src, src, src, dst, best)
-        if self.fallback:
-            best = _scan(self.fallback, src, dst, best)
+        for entry in self.fallback:
+            if best is not None and entry[0] >= best[0]:
+                break
+            if entry[1].matches(src, dst):
+                best = entry
+                break
         return None if best is None else best[2]
-
-
-class _Group:
-    """The policies of one scope: all privileged ones, or the regular ones of one namespace."""
-
-    __slots__ = ("privileged", "deny", "allow", "client_dependent")
-
-    def __init__(
-        self,
-        privileged: bool,
-        deny: _TierIndex | None,
-        allow: _TierIndex | None,
-        client_dependent: tuple[tuple[str, Decision], ...],
-    ) -> None:
-        self.privileged = privileged
-        self.deny = deny
-        self.allow = allow
-        # (name, client-attributes decision) of the policies whose `from` reads client attributes.
-        self.client_dependent = client_dependent
-
-    @classmethod
-    def build(cls, privileged: bool, policies: Iterable[Policy]) -> _Group | None:
-        deny: list[_Entry] = []
-        allow: list[_Entry] = []
-        dependent: list[tuple[str, Decision]] = []
-        for policy in policies:
-            entry = _entry(policy)
-            (deny if policy.action is Action.DENY else allow).append(entry)
-            if policy.depends_on_client_attributes:
-                dependent.append(_client_dependent(policy))
-        if not deny and not allow:
-            return None
-        return cls(privileged, _TierIndex.build(deny), _TierIndex.build(allow), tuple(sorted(dependent)))
-
-    def with_policy(self, policy: Policy) -> _Group:
-        entry = _entry(policy)
-        deny, allow = self.deny, self.allow
-        if policy.action is Action.DENY:
-            deny = deny.with_entry(entry) if deny is not None else _TierIndex.build([entry])
-        else:
-            allow = allow.with_entry(entry) if allow is not None else _TierIndex.build([entry])
-        dependent = self.client_dependent
-        if policy.depends_on_client_attributes:
-            dependent = tuple(sorted(dependent + (_client_dependent(policy),)))
-        return _Group(self.privileged, deny, allow, dependent)
-
-    def without_policy(self, policy: Policy) -> _Group | None:
-        deny, allow = self.deny, self.allow
-        if policy.action is Action.DENY:
-            deny = deny.without_entry(policy) if deny is not None else None
-        else:
-            allow = allow.without_entry(policy) if allow is not None else None
-        if deny is None and allow is None:
-            return None
-        dependent = tuple(d for d in self.client_dependent if d[0] != policy.name)
-        return _Group(self.privileged, deny, allow, dependent)
-
-
-def _entry(policy: Policy) -> _Entry:
-    if policy.privileged:
-        tier = Tier.PRIVILEGED_DENY if policy.action is Action.DENY else Tier.PRIVILEGED_ALLOW
-    else:
-        tier = Tier.DENY if policy.action is Action.DENY else Tier.ALLOW
-    return (policy.name, policy, Decision(policy.action is Action.ALLOW, tier, policy.ref))
 
 
 def _client_dependent(policy: Policy) -> tuple[str, Decision]:
@@ -313,8 +309,8 @@ class _State:
         self,
         generation: int,
         policies: dict[tuple[bool, str, str], Policy],
-        privileged: _Group | None,
-        regular: dict[str, _Group],
+        privileged: _Scope | None,
+        regular: dict[str, _Scope],
         cache_size: int,
     ) -> None:
         self.generation = generation
@@ -339,17 +335,14 @@ class _State:
             else:
                 return dependent
 
-        for group in (privileged, regular):
-            if group is None:
-                continue
-            if group.deny is not None:
-                decision = group.deny.first_match(src, dst)
-                if decision is not None:
-                    return decision
-            if group.allow is not None:
-                decision = group.allow.first_match(src, dst)
-                if decision is not None:
-                    return decision
+        if privileged is not None:
+            decision = privileged.first_match(src, dst)
+            if decision is not None:
+                return decision
+        if regular is not None:
+            decision = regular.first_match(src, dst)
+            if decision is not None:
+                return decision
         return _DEFAULT_DENY
 
 
@@ -391,8 +384,16 @@ class PolicyEngine:
         cache = state.cache
         if cache is None:
             return state.evaluate(src, dst, namespace)
-        key = (namespace, frozenset(src.items()), frozenset(dst.items()))
-        decision = cache.get(key)
+        # One flat tuple: every key then every value of src, of dst, and len(src) to mark the
+        # boundary, so that two different requests never share a key. A single allocation that
+        # the garbage collector untracks at once (tuple-of-tuples keys made every miss trigger
+        # young collections). Attribute order matters: the same set in another insertion order
+        # is another key (a miss, never a wrong answer).
+        key = (namespace, *src.keys(), *src.values(), *dst.keys(), *dst.values(), len(src))
+        try:
+            decision = cache.get(key)
+        except TypeError:  # an unhashable attribute value: decide without the cache
+            return state.evaluate(src, dst, namespace)
         if decision is not None:
             try:
                 cache.move_to_end(key)
@@ -425,11 +426,11 @@ class PolicyEngine:
                 return
             policies = dict(state.policies)
             policies[policy.key] = policy
-            group = _group_of(state, policy)
-            if old is not None and group is not None:
-                group = group.without_policy(old)
-            group = group.with_policy(policy) if group is not None else _Group.build(policy.privileged, [policy])
-            self._state = _replace_group(state, policies, policy, group, self._cache_size)
+            scope = _scope_of(state, policy)
+            if old is not None and scope is not None:
+                scope = scope.without_policy(old)
+            scope = scope.with_policy(policy) if scope is not None else _Scope.build([policy])
+            self._state = _replace_scope(state, policies, policy, scope, self._cache_size)
 
     def delete(self, privileged: bool, namespace: str, name: str) -> bool:
         """Remove a policy; False when there was none (not an error)."""
@@ -441,9 +442,9 @@ class PolicyEngine:
                 return False
             policies = dict(state.policies)
             del policies[key]
-            group = _group_of(state, old)
-            group = group.without_policy(old) if group is not None else None
-            self._state = _replace_group(state, policies, old, group, self._cache_size)
+            scope = _scope_of(state, old)
+            scope = scope.without_policy(old) if scope is not None else None
+            self._state = _replace_scope(state, policies, old, scope, self._cache_size)
             return True
 
     def replace_all(self, policies: Iterable[Policy]) -> None:
@@ -456,12 +457,12 @@ class PolicyEngine:
         scopes: dict[tuple[bool, str], list[Policy]] = {}
         for policy in by_key.values():
             scopes.setdefault((policy.privileged, policy.namespace), []).append(policy)
-        privileged = _Group.build(True, scopes.pop((True, ""), []))
+        privileged = _Scope.build(scopes.pop((True, ""), []))
         regular = {}
         for (_, namespace), members in scopes.items():
-            group = _Group.build(False, members)
-            if group is not None:
-                regular[namespace] = group
+            scope = _Scope.build(members)
+            if scope is not None:
+                regular[namespace] = scope
         with self._write_lock:
             generation = self._state.generation + 1
             self._state = _State(generation, by_key, privileged, regular, self._cache_size)
@@ -472,24 +473,24 @@ def _key(privileged: bool, namespace: str, name: str) -> tuple[bool, str, str]:
     return (privileged, "" if privileged else namespace, name)
 
 
-def _group_of(state: _State, policy: Policy) -> _Group | None:
+def _scope_of(state: _State, policy: Policy) -> _Scope | None:
     return state.privileged if policy.privileged else state.regular.get(policy.namespace)
 
 
-def _replace_group(
+def _replace_scope(
     state: _State,
     policies: dict[tuple[bool, str, str], Policy],
     policy: Policy,
-    group: _Group | None,
+    scope: _Scope | None,
     cache_size: int,
 ) -> _State:
     privileged, regular = state.privileged, state.regular
     if policy.privileged:
-        privileged = group
+        privileged = scope
     else:
         regular = dict(regular)
-        if group is None:
+        if scope is None:
             regular.pop(policy.namespace, None)
         else:
-            regular[policy.namespace] = group
+            regular[policy.namespace] = scope
     return _State(state.generation + 1, policies, privileged, regular, cache_size)
