@@ -1,0 +1,247 @@
+"""The agent's kernel datapath: owns the BPF programs attached to one cgroup and their maps.
+
+Lifecycle: the constructor only validates; `start()` checks prerequisites, compiles with BCC,
+checks the struct layouts, removes leftovers of a crashed run and attaches every program as a
+bpf_link; `stop()` detaches and closes everything (idempotent). In between, `reconcile()` makes the
+services map equal to the desired state and `lookup()` answers the proxy's question "where did
+this accepted connection want to go, and who asked?".
+
+Not thread-safe: use one Datapath from one thread (the agent's event loop thread). Each call is a
+few bpf(2) syscalls, except `start()` (about 0.5 s of compiling) and a cgroup rescan on a cache miss
+in `cgroup_path_for_id()`.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.datapath import attachments, layout, libbpf, loader, prerequisites
+from agent.datapath.cgroups import CgroupLock, CgroupResolver, cgroup_id, validate_cgroup_dir
+from agent.datapath.errors import DatapathError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """What a redirected connection originally connected to, and the cgroup of the caller."""
+
+    orig_ip: str
+    orig_port: int
+    cgroup_id: int
+
+
+@dataclass(frozen=True)
+class ReconcileResult:
+    added: int
+    updated: int
+    removed: int
+
+
+def _check_endpoint(ip: object, port: object, what: str) -> None:
+    if not isinstance(ip, str):
+        raise ValueError(f"{what}: address must be an IPv4 string, not {ip!r}")
+    try:
+        ipaddress.IPv4Address(ip)
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise ValueError(f"{what}: port must be an integer in 1..65535, not {port!r}")
+
+
+class Datapath:
+    """The BPF redirect on one cgroup (programs apply to it and to every cgroup below it)."""
+
+    def __init__(self, cgroup_path: str, *, owner: str = "clusterlink-agent",
+                 bpf_dir: str | os.PathLike[str] | None = None) -> None:
+        self._cgroup_path, self._mount = validate_cgroup_dir(cgroup_path)
+        if not owner:
+            raise DatapathError("owner must be a non-empty name (it appears in logs and errors)")
+        self._owner = owner
+        self._bpf_dir = Path(bpf_dir) if bpf_dir is not None else loader.default_bpf_dir()
+        self._resolver = CgroupResolver(self._mount)
+        self._lib: libbpf.Libbpf | None = None
+        self._lock: CgroupLock | None = None
+        self._programs: loader.LoadedPrograms | None = None
+        self._links: dict[str, int] = {}  # program name -> link fd
+
+    def __repr__(self) -> str:
+        state = "started" if self._programs is not None else "stopped"
+        return f"Datapath({self._cgroup_path!r}, owner={self._owner!r}, {state})"
+
+    @property
+    def cgroup_path(self) -> str:
+        return self._cgroup_path
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._programs is not None:
+            raise DatapathError(f"{self!r}: start() called twice")
+        prerequisites.check_all()
+        # The path was fine at construction; it may be gone now.
+        self._cgroup_path, self._mount = validate_cgroup_dir(self._cgroup_path)
+        try:
+            self._lib = libbpf.Libbpf()
+        except OSError as exc:
+            raise DatapathError(str(exc)) from exc
+        self._lock = CgroupLock(self._cgroup_path, self._owner)
+        cg_fd = self._lock.acquire()
+        try:
+            self._programs = loader.load(self._bpf_dir, lib=self._lib)
+            problems = layout.check_layouts(self._programs.maps)
+            if problems:
+                raise DatapathError(
+                    f"the struct layouts of bpf/{loader.HEADER} and agent/datapath/layout.py differ "
+                    "(change both together): " + "; ".join(problems))
+            cg_id = cgroup_id(self._cgroup_path)
+            try:
+                removed = attachments.remove_ours(self._lib, cg_fd, cg_id, self._cgroup_path)
+            except OSError as exc:
+                raise DatapathError(f"cannot inspect the BPF attachments of cgroup {self._cgroup_path}: "
+                                    f"{exc}") from exc
+            for att in removed:
+                log.warning("Removed a leftover attachment from cgroup %s (a crashed earlier run?): %s.",
+                            self._cgroup_path, att.describe())
+            for spec in loader.PROGRAMS:
+                try:
+                    self._links[spec.name] = self._lib.link_create(
+                        self._programs.prog_fds[spec.name], cg_fd, spec.attach_type)
+                except OSError as exc:
+                    hint = (" (a non-multi legacy attachment of another tool is in the way: "
+                            "bpftool cgroup show " + self._cgroup_path + ")") if exc.errno == errno.EPERM else ""
+                    raise DatapathError(f"cannot attach {spec.name} to cgroup {self._cgroup_path}: "
+                                        f"{exc}{hint}") from exc
+        except BaseException:
+            self._release()
+            raise
+        log.info("Datapath of %s attached %s to cgroup %s.", self._owner, ", ".join(self._links),
+                 self._cgroup_path)
+
+    def stop(self) -> None:
+        """Detach every link and close every fd. Idempotent. Raises DatapathError (after releasing
+        everything) if one of our programs is still attached afterwards."""
+        if self._programs is None and self._lock is None:
+            return
+        try:
+            our_prog_ids = self._our_prog_ids()
+        finally:
+            self._release()
+        lib = libbpf.Libbpf()
+        fd = os.open(self._cgroup_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) \
+            if os.path.isdir(self._cgroup_path) else None
+        if fd is None:
+            return  # the cgroup is gone, and with it every attachment
+        try:
+            still = [a for a in attachments.attached_to(lib, fd, cgroup_id(self._cgroup_path))
+                     if a.prog_id in our_prog_ids]
+        finally:
+            os.close(fd)
+        if still:
+            raise DatapathError(f"after stop, cgroup {self._cgroup_path} still has: "
+                                + "; ".join(a.describe() for a in still))
+        log.info("Datapath of %s detached from cgroup %s.", self._owner, self._cgroup_path)
+
+    def _our_prog_ids(self) -> set[int]:
+        if self._programs is None or self._lib is None:
+            return set()
+        return {self._lib.prog_info(fd).id for fd in self._programs.prog_fds.values()}
+
+    def _release(self) -> None:
+        """Detach and close everything we hold; each step runs even if an earlier one failed."""
+        lib = self._lib
+        for name, link_fd in list(self._links.items()):
+            try:
+                if lib is not None:
+                    lib.link_detach(link_fd)
+            except OSError as exc:
+                # Closing the fd below detaches it anyway (unless someone else holds the link).
+                log.warning("Could not detach %s from cgroup %s (%s); closing its link.", name,
+                            self._cgroup_path, exc)
+            finally:
+                os.close(link_fd)
+                del self._links[name]
+        if self._programs is not None:
+            programs, self._programs = self._programs, None
+            programs.close()
+        if self._lock is not None:
+            lock, self._lock = self._lock, None
+            lock.release()
+
+    def _require_started(self) -> tuple[libbpf.Libbpf, loader.LoadedPrograms]:
+        if self._programs is None or self._lib is None:
+            raise DatapathError(f"{self!r} is not started: call start() first")
+        return self._lib, self._programs
+
+    # -- maps ------------------------------------------------------------------------------------
+
+    def reconcile(self, services: Mapping[tuple[str, int], tuple[str, int]]) -> ReconcileResult:
+        """Make the services map equal to `services` ((VIP, port) -> (proxy ip, proxy port)):
+        update changed entries, add new ones, delete stale ones. The whole input is validated
+        before the map is touched (ValueError names the bad entry)."""
+        lib, programs = self._require_started()
+        desired: dict[tuple[str, int], tuple[str, int]] = {}
+        for key, value in services.items():
+            if not (isinstance(key, tuple) and len(key) == 2 and isinstance(value, tuple) and len(value) == 2):
+                raise ValueError(f"service entry {key!r} -> {value!r}: expected (ip, port) -> (ip, port)")
+            _check_endpoint(*key, what=f"service {key!r}")
+            _check_endpoint(*value, what=f"proxy address of service {key!r}")
+            desired[key] = value
+        fd = programs.map_fds["cl_services"]
+        current: dict[tuple[str, int], tuple[str, int]] = {}
+        for raw_key in lib.map_keys(fd, layout.Addr, limit=1 << 20):
+            value = layout.Addr()
+            if lib.map_lookup(fd, raw_key, value):
+                current[layout.addr_tuple(raw_key)] = layout.addr_tuple(value)
+        added = updated = removed = 0
+        for key, value in desired.items():
+            old = current.get(key)
+            if old == value:
+                continue
+            lib.map_update(fd, layout.make_addr(*key), layout.make_addr(*value))
+            if old is None:
+                added += 1
+            else:
+                updated += 1
+        for key in current.keys() - desired.keys():
+            if lib.map_delete(fd, layout.make_addr(*key)):
+                removed += 1
+        if added or updated or removed:
+            log.info("Services map of cgroup %s reconciled: %d added, %d updated, %d removed (%d total).",
+                     self._cgroup_path, added, updated, removed, len(desired))
+        return ReconcileResult(added=added, updated=updated, removed=removed)
+
+    def lookup(self, client_ip: str, client_port: int) -> Redirect | None:
+        """The original destination of the redirected connection from client_ip:client_port (the
+        peer address of the connection the proxy accepted), removed from the map as it is read.
+        None when there is no record (not a redirected connection, or already looked up)."""
+        lib, programs = self._require_started()
+        _check_endpoint(client_ip, client_port, what="client")
+        orig = layout.Orig()
+        if not lib.map_lookup_and_delete(programs.map_fds["cl_tuple_orig"],
+                                         layout.make_addr(client_ip, client_port), orig):
+            return None
+        ip, port = layout.addr_tuple(orig)
+        return Redirect(orig_ip=ip, orig_port=port, cgroup_id=orig.cgroup_id)
+
+    def attached(self) -> list[str]:
+        """Names of the programs currently attached by this datapath."""
+        return list(self._links)
+
+    def cgroup_path_for_id(self, cgroup_id: int) -> str | None:
+        """The path of a cgroup, relative to the cgroup2 mount, in the form of /proc/<pid>/cgroup
+        ("/kubepods/pod1", "/" for the root); None when no cgroup has that id (any more)."""
+        return self._resolver.resolve(cgroup_id)
+
+    # -- introspection for metrics and tests -----------------------------------------------------
+
+    def map_ids(self) -> dict[str, int]:
+        """Kernel ids of our maps (for bpftool and metrics)."""
+        lib, programs = self._require_started()
+        return {name: lib.map_info(fd).id for name, fd in programs.map_fds.items()}

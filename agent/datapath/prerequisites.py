@@ -1,0 +1,53 @@
+"""What the node must offer before the datapath compiles anything: privileges, kernel headers for
+BCC, and BCC itself. Each check raises DatapathError with the fix."""
+
+from __future__ import annotations
+
+import os
+
+from agent.datapath.errors import DatapathError
+from agent.datapath.loader import import_bcc
+
+CAP_NET_ADMIN = 12
+CAP_SYS_ADMIN = 21
+CAP_BPF = 39
+
+
+def effective_capabilities(status: str = "/proc/self/status") -> int:
+    with open(status) as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    raise DatapathError(f"cannot read the effective capabilities from {status}")
+
+
+def check_privileges() -> None:
+    caps = effective_capabilities()
+
+    def has(cap: int) -> bool:
+        return bool(caps & (1 << cap))
+
+    # Loading cgroup/sock_ops programs needs CAP_BPF + CAP_NET_ADMIN, attaching CAP_NET_ADMIN,
+    # and walking other processes' links (leftover cleanup) CAP_SYS_ADMIN.
+    if not (has(CAP_SYS_ADMIN) and has(CAP_NET_ADMIN) and (has(CAP_BPF) or os.geteuid() == 0)):
+        raise DatapathError(
+            f"not root: the datapath loads and attaches BPF programs, which needs root or CAP_BPF, "
+            f"CAP_NET_ADMIN and CAP_SYS_ADMIN (this process: euid {os.geteuid()}, CapEff {caps:#x}); "
+            "run the agent as root or as a privileged container")
+
+
+def check_kernel_headers() -> None:
+    release = os.uname().release
+    build = f"/lib/modules/{release}/build"
+    if not os.path.isdir(build):
+        why = "is a dangling symlink" if os.path.islink(build) else "does not exist"
+        raise DatapathError(
+            f"kernel headers missing: {build} {why}; BCC compiles the BPF programs on the node and needs "
+            f"them: install linux-headers and link {build} and /lib/modules/{release}/source to them "
+            "(run make install)")
+
+
+def check_all() -> None:
+    check_privileges()
+    import_bcc()
+    check_kernel_headers()

@@ -1,0 +1,69 @@
+/* clusterlink.h: the one definition of every struct and map shared by the agent's BPF programs.
+ *
+ * Compiled with BCC: agent/datapath/loader.py concatenates this header and the program files
+ * (connect4.c, sockops.c, getpeername4.c, sock_release.c) into one translation unit, so each map
+ * below is defined exactly once. Python mirrors these structs in agent/datapath/layout.py and
+ * checks them against the compiled layout at start-up: change both together.
+ *
+ * Byte order, stated once for every field below:
+ *   ip    IPv4 address in NETWORK byte order (the four bytes as on the wire; what
+ *         bpf_sock_addr.user_ip4 and bpf_sock_ops.local_ip4 hold).
+ *   port  TCP port in NETWORK byte order, as a 16-bit value (bpf_sock_addr.user_port holds it in the
+ *         low 16 bits of a __u32; bpf_sock_ops.local_port is in HOST order and is converted with
+ *         cl_htons before it is stored).
+ *   pad   always zero: map keys are compared bytewise, so no byte may be left undefined.
+ */
+#ifndef CLUSTERLINK_H
+#define CLUSTERLINK_H
+
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/in.h>
+
+#ifndef CL_SERVICES_MAX
+#define CL_SERVICES_MAX 16384      /* imported (VIP, port) pairs per node */
+#endif
+#ifndef CL_CONNECTIONS_MAX
+#define CL_CONNECTIONS_MAX 65536   /* redirected connections tracked at once (LRU) */
+#endif
+
+/* cgroup programs: 1 lets the operation proceed (we never deny, we only rewrite). */
+#define CL_PROCEED 1
+
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define cl_htons(x) ((__u16)__builtin_bswap16((__u16)(x)))
+#else
+#define cl_htons(x) ((__u16)(x))
+#endif
+
+/* An IPv4 endpoint: a VIP:port (services key), a proxy ip:port (services value), or a redirected
+ * client's local ip:port (tuple key). 8 bytes. */
+struct cl_addr {
+    __u32 ip;    /* network byte order */
+    __u16 port;  /* network byte order */
+    __u16 pad;   /* zero */
+};
+
+/* What a redirected connection originally asked for, and who asked. 16 bytes. */
+struct cl_orig {
+    __u32 ip;          /* original destination (the VIP), network byte order */
+    __u16 port;        /* original destination port, network byte order */
+    __u16 pad;         /* zero */
+    __u64 cgroup_id;   /* cgroup v2 id (= inode of its directory) of the connecting task */
+};
+
+_Static_assert(sizeof(struct cl_addr) == 8, "struct cl_addr must be 8 bytes");
+_Static_assert(sizeof(struct cl_orig) == 16, "struct cl_orig must be 16 bytes");
+
+/* (VIP, port) -> (proxy ip, proxy port). Written by the agent (Datapath.reconcile), read by connect4. */
+BPF_HASH(cl_services, struct cl_addr, struct cl_addr, CL_SERVICES_MAX);
+
+/* socket cookie -> original destination. Written by connect4; read by sockops and getpeername4;
+ * deleted by sock_release when the socket is closed (LRU eviction is the backstop). */
+BPF_TABLE("lru_hash", __u64, struct cl_orig, cl_cookie_orig, CL_CONNECTIONS_MAX);
+
+/* client's (local ip, local port) -> original destination. Written by sockops when the redirected
+ * connection is established (before the client's final ACK, so before the proxy can accept it);
+ * read and deleted by the proxy (Datapath.lookup). */
+BPF_TABLE("lru_hash", struct cl_addr, struct cl_orig, cl_tuple_orig, CL_CONNECTIONS_MAX);
+
+#endif /* CLUSTERLINK_H */
