@@ -1,0 +1,65 @@
+"""Entry point of the `clusterlink` command: builds the parser from the command modules and runs one.
+
+Each command group is a module of this package exposing `register(subparsers)`, which adds its
+sub-commands and sets `handler` (a function `handler(args) -> int`) on each of them. To add a
+group, import its module and append it to `COMMAND_MODULES`.
+
+Exit codes: 0 success, 1 a `CommandError` (one line on stderr), 2 a usage error (argparse),
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from importlib import metadata
+
+from controlplane.cli import create
+from controlplane.cli.errors import CommandError
+
+COMMAND_MODULES = (create,)
+
+PROG = "clusterlink"
+
+
+def _version() -> str:
+    try:
+        return metadata.version("clusterlink")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full `clusterlink` parser, with every module of `COMMAND_MODULES` registered."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Manage a ClusterLink fabric: certificates, peers, exports, imports and policies.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
+                        help="print the version and exit")
+    subparsers = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND", required=True)
+    for module in COMMAND_MODULES:
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `clusterlink` with `argv` (default: the process arguments); return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed the help, the version or the usage error
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    try:
+        return args.handler(args)
+    except CommandError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
