@@ -1,0 +1,229 @@
+"""The control plane's gRPC services (grpc.aio): snapshots and registration for gateways and agents,
+management calls for the CLI. The only module of the control-plane server that imports grpc.
+
+Authentication: `authorization: Bearer <token>` metadata; the join token for components, the admin
+token for management. Errors become gRPC status codes with messages that name the object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import grpc.aio
+
+from controlplane.api import clusterlink_pb2 as pb
+from controlplane.api import clusterlink_pb2_grpc as pb_grpc
+from controlplane.model import schema as S
+from controlplane.model.objects import ModelError, Object, parse_documents
+from controlplane.store.base import Store, StoreError
+from controlplane.tokens import TokenAuthority
+
+from .reconciler import Reconciler
+
+log = logging.getLogger(__name__)
+
+RequestHook = Callable[[str, str], None]  # (method, code)
+WatcherHook = Callable[[str, int], None]  # (role, delta)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    admin_token: str
+    join_token: str
+
+
+def _bearer(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and value.startswith("Bearer "):
+            return value[len("Bearer "):].strip()
+    return ""
+
+
+async def _require(context: grpc.aio.ServicerContext, *tokens: str) -> None:
+    presented = _bearer(context)
+    if not presented:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing bearer token")
+    if not any(t and hmac.compare_digest(presented.encode(), t.encode()) for t in tokens):
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "invalid token")
+
+
+class ControlPlaneService(pb_grpc.ControlPlaneServicer):
+    def __init__(self, reconciler: Reconciler, credentials: Credentials, authority: TokenAuthority, *,
+                 credential_lifetime: float, on_watcher: WatcherHook | None = None,
+                 on_request: RequestHook | None = None) -> None:
+        self.reconciler = reconciler
+        self.credentials = credentials
+        self.authority = authority
+        self.credential_lifetime = credential_lifetime
+        self._on_watcher = on_watcher
+        self._on_request = on_request
+
+    async def Register(self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext) -> pb.RegisterResponse:
+        await _require(context, self.credentials.join_token)
+        if not request.node:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "register: node name is required")
+        credential = self.authority.mint_agent_credential(request.node, lifetime=self.credential_lifetime)
+        if self._on_request:
+            self._on_request("Register", "OK")
+        return pb.RegisterResponse(credential=credential, expires_unix=int(time.time() + self.credential_lifetime))
+
+    async def Watch(self, request: pb.WatchRequest, context: grpc.aio.ServicerContext):  # type: ignore[override]
+        await _require(context, self.credentials.join_token)
+        role = request.role
+        if role not in ("gateway", "agent"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"watch: unknown role {role!r} (gateway, agent)")
+        if role == "agent" and not request.node:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "watch: agents must name their node")
+        rec = self.reconciler
+        if role == "agent":
+            rec.add_agent(request.node)
+        if self._on_watcher:
+            self._on_watcher(role, 1)
+        try:
+            sent = request.known_version
+            serial = rec.publication.serial
+            while True:
+                snap = rec.publication.gateway if role == "gateway" else rec.agent_snapshot(request.node)
+                if snap is not None and snap.version != sent:
+                    yield snap
+                    sent = snap.version
+                serial = await rec.wait_changed(serial)
+        finally:
+            if role == "agent":
+                rec.remove_agent(request.node)
+            if self._on_watcher:
+                self._on_watcher(role, -1)
+
+
+class ManagementService(pb_grpc.ManagementServicer):
+    def __init__(self, store: Store, credentials: Credentials, *, system_namespace: str, standalone: bool,
+                 on_applied: Callable[[], None] | None = None, on_request: RequestHook | None = None) -> None:
+        self.store = store
+        self.credentials = credentials
+        self.system_namespace = system_namespace
+        self.standalone = standalone
+        self._on_applied = on_applied
+        self._on_request = on_request
+
+    def _count(self, method: str, code: str) -> None:
+        if self._on_request:
+            self._on_request(method, code)
+
+    async def Apply(self, request: pb.ApplyRequest, context: grpc.aio.ServicerContext) -> pb.ApplyResponse:
+        await _require(context, self.credentials.admin_token)
+        try:
+            objects = parse_documents(request.yaml, source="apply")
+        except ModelError as exc:
+            self._count("Apply", "INVALID_ARGUMENT")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        errors = self._server_checks(objects)
+        if errors:
+            self._count("Apply", "INVALID_ARGUMENT")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "\n".join(errors))
+        results = []
+        try:
+            for obj in objects:
+                old = self.store.get(obj.kind, obj.namespace, obj.name)
+                new = self.store.apply(obj)
+                verb = "created" if old is None else ("unchanged" if new.resource_version == old.resource_version
+                                                      else "configured")
+                results.append(f"{obj.kind.lower()}.{S.GROUP} {_name(obj)} {verb}")
+        except StoreError as exc:
+            self._count("Apply", "INTERNAL")
+            await context.abort(grpc.StatusCode.INTERNAL, str(exc))
+        self._count("Apply", "OK")
+        return pb.ApplyResponse(results=results)
+
+    def _server_checks(self, objects: list[Object]) -> list[str]:
+        errors = []
+        for obj in objects:
+            if obj.kind == S.PEER.kind and obj.namespace != self.system_namespace:
+                errors.append(f"{obj.key}: Peer objects belong in the ClusterLink namespace "
+                              f"{self.system_namespace!r} (metadata.namespace)")
+            if obj.info.standalone_only and not self.standalone:
+                errors.append(f"{obj.key}: {obj.kind} exists only in standalone mode")
+        return errors
+
+    async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.GetResponse:
+        await _require(context, self.credentials.admin_token)
+        info = S.resolve_kind(request.kind)
+        if info is None:
+            self._count("Get", "INVALID_ARGUMENT")
+            known = ", ".join(k.plural for k in S.ALL_KINDS)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown kind {request.kind!r} (known: {known})")
+        if request.name:
+            namespace = request.namespace if info.namespaced else ""
+            obj = self.store.get(info.kind, namespace, request.name)
+            if obj is None:
+                self._count("Get", "NOT_FOUND")
+                where = f"{namespace}/{request.name}" if namespace else request.name
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"{info.kind} {where} not found")
+            objects = [obj]
+        else:
+            objects = [o for o in self.store.list(info.kind)
+                       if not request.namespace or not info.namespaced or o.namespace == request.namespace]
+        self._count("Get", "OK")
+        return pb.GetResponse(objects_json=json.dumps([o.to_dict() for o in objects]))
+
+    async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
+        await _require(context, self.credentials.admin_token)
+        info = S.resolve_kind(request.kind)
+        if info is None:
+            self._count("Delete", "INVALID_ARGUMENT")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown kind {request.kind!r}")
+        namespace = request.namespace if info.namespaced else ""
+        try:
+            deleted = self.store.delete(info.kind, namespace, request.name)
+        except StoreError as exc:
+            self._count("Delete", "INTERNAL")
+            await context.abort(grpc.StatusCode.INTERNAL, str(exc))
+        if not deleted:
+            self._count("Delete", "NOT_FOUND")
+            where = f"{namespace}/{request.name}" if namespace else request.name
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"{info.kind} {where} not found")
+        self._count("Delete", "OK")
+        return pb.DeleteResponse(deleted=True)
+
+
+def _name(obj: Object) -> str:
+    return f"{obj.namespace}/{obj.name}" if obj.namespace else obj.name
+
+
+async def start_server(address: str, *, control: ControlPlaneService, management: ManagementService,
+                       tls: tuple[bytes, bytes] | None = None) -> grpc.aio.Server:
+    """Bind and start. `address`: `unix:/path` (plain; file mode 0600) or host:port (TLS required)."""
+    server = grpc.aio.server(options=[("grpc.keepalive_permit_without_calls", 1),
+                                      ("grpc.http2.min_ping_interval_without_data_ms", 5000)])
+    pb_grpc.add_ControlPlaneServicer_to_server(control, server)
+    pb_grpc.add_ManagementServicer_to_server(management, server)
+    if address.startswith("unix:"):
+        path = Path("/" + address[len("unix:"):].lstrip("/"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            path.unlink()  # a stale socket of a previous run
+        server.add_insecure_port(f"unix:{path}")
+        await server.start()
+        os.chmod(path, 0o600)
+    else:
+        if tls is None:
+            raise ValueError(f"API address {address} is TCP: it needs the peer certificate for TLS")
+        key, cert = tls
+        creds = grpc.ssl_server_credentials([(key, cert)])
+        if server.add_secure_port(address, creds) == 0:
+            raise OSError(f"cannot listen on {address}")
+        await server.start()
+    log.info("control-plane API listening on %s", address)
+    return server
+
+
+async def stop_server(server: grpc.aio.Server, grace: float = 1.0) -> None:
+    await asyncio.shield(server.stop(grace))

@@ -1,0 +1,199 @@
+"""The reconcile loop: store changes in, status writes and new snapshots out.
+
+Every store event marks the state dirty; the loop (debounced) re-plans Imports and Exports, writes
+the conditions that changed, restarts heartbeats for new Peers, and publishes fresh snapshots to
+the watchers (gateways and agents). Only a leader writes (always true in standalone mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from controlplane.api import clusterlink_pb2 as pb
+from controlplane.model import schema as S
+from controlplane.model.conditions import set_condition
+from controlplane.model.objects import Object
+from controlplane.store.base import Event, Store
+
+from .exports import ExportTarget, resolve_export
+from .imports import VipPool, plan_imports
+from .snapshots import DesiredState, Versioner, agent_view, gateway_view
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReconcilerConfig:
+    peer_name: str
+    peer_labels: Mapping[str, str]
+    system_namespace: str
+    reserved_ports: Mapping[int, str]
+    vip_range: str | None  # standalone: lease VIPs from this CIDR; None: VIPs come from elsewhere (Kubernetes)
+    gateway_agent_address: str
+    kubernetes: bool = False
+    debounce: float = 0.02
+
+
+@dataclass
+class Publication:
+    """The latest views; watchers wait on `changed` and read what they need."""
+
+    gateway: pb.Snapshot | None = None
+    agents: dict[str, pb.Snapshot] = field(default_factory=dict)
+    serial: int = 0
+
+
+class Reconciler:
+    def __init__(self, config: ReconcilerConfig, store: Store, *, token_key: bytes,
+                 reachable: Callable[[], Mapping[str, bool]] = dict,
+                 on_peers_changed: Callable[[], None] | None = None, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.store = store
+        self._token_key = token_key
+        self._reachable = reachable
+        self._on_peers_changed = on_peers_changed
+        self._rng = rng or random.Random()
+        self._vip_pool = VipPool(config.vip_range) if config.vip_range else None
+        self._dirty = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._versioner = Versioner()
+        self._agent_nodes: dict[str, int] = {}  # node -> number of watchers
+        self.publication = Publication()
+        self.leader = True
+        self.reconcile_seconds: Callable[[float], None] | None = None
+        self._state: DesiredState | None = None
+        self._unsubscribe = store.subscribe(self._on_event)
+
+    # -- inputs ------------------------------------------------------------------------------------
+    def _on_event(self, event: Event) -> None:
+        self._dirty.set()
+        if event.obj.kind == S.PEER.kind and self._on_peers_changed:
+            self._on_peers_changed()
+
+    def mark_dirty(self) -> None:
+        self._dirty.set()
+
+    # -- the loop ----------------------------------------------------------------------------------
+    async def run(self) -> None:
+        self._dirty.set()
+        try:
+            while True:
+                await self._dirty.wait()
+                await asyncio.sleep(self.config.debounce)
+                self._dirty.clear()
+                start = time.perf_counter()
+                try:
+                    self.reconcile_once()
+                except Exception:
+                    log.exception("reconcile failed; retrying in 1 s")
+                    await asyncio.sleep(1.0)
+                    self._dirty.set()
+                    continue
+                if self.reconcile_seconds:
+                    self.reconcile_seconds(time.perf_counter() - start)
+                await self._publish()
+        finally:
+            self._unsubscribe()
+
+    def reconcile_once(self) -> None:
+        """Plan and write statuses; then render the desired state for snapshots."""
+        imports = self.store.list(S.IMPORT.kind)
+        services = {(s.namespace, s.name): s.spec["host"] for s in self.store.list(S.LOCAL_SERVICE.kind)}
+        exports = [(e, resolve_export(e, services, kubernetes=self.config.kubernetes))
+                   for e in self.store.list(S.EXPORT.kind)]
+        if self.leader:
+            self._write_imports(imports)
+            self._write_exports(exports)
+            imports = self.store.list(S.IMPORT.kind)
+        self._state = DesiredState(
+            peer_name=self.config.peer_name,
+            peer_labels=self.config.peer_labels,
+            system_namespace=self.config.system_namespace,
+            peers=self.store.list(S.PEER.kind),
+            exports=exports,
+            imports=imports,
+            policies=self.store.list(S.ACCESS_POLICY.kind) + self.store.list(S.PRIVILEGED_ACCESS_POLICY.kind),
+            workloads=self.store.list(S.WORKLOAD.kind),
+            token_key=self._token_key,
+            gateway_agent_address=self.config.gateway_agent_address,
+            reachable=self._reachable(),
+        )
+
+    def _write_imports(self, imports: list[Object]) -> None:
+        plans = plan_imports(imports, reserved=self.config.reserved_ports, vip_pool=self._vip_pool, rng=self._rng)
+        by_key = {i.key: i for i in imports}
+        for plan in plans:
+            obj = by_key[plan.key]
+            if plan.write_back:
+                spec = dict(obj.spec)
+                spec["targetPort"] = plan.target_port
+                updated = self.store.update_spec(obj, spec)
+                if updated is None:
+                    continue
+                obj = updated
+            status = dict(obj.status)
+            status = set_condition(status, S.IMPORT_TARGET_PORT_VALID, plan.port_condition.ok,
+                                   plan.port_condition.reason, plan.port_condition.message, generation=obj.generation)
+            status = set_condition(status, S.IMPORT_SERVICE_VALID, plan.service_condition.ok,
+                                   plan.service_condition.reason, plan.service_condition.message,
+                                   generation=obj.generation)
+            if self._vip_pool is not None:
+                if plan.vip:
+                    status["vip"] = plan.vip
+                else:
+                    status.pop("vip", None)
+            if self.store.set_status(S.IMPORT.kind, obj.namespace, obj.name, status) and not plan.port_condition.ok:
+                log.warning("import %s/%s: %s", obj.namespace, obj.name, plan.port_condition.message)
+
+    def _write_exports(self, exports: list[tuple[Object, ExportTarget]]) -> None:
+        for obj, target in exports:
+            status = set_condition(obj.status, S.EXPORT_VALID, target.valid, target.reason, target.message,
+                                   generation=obj.generation)
+            if self.store.set_status(S.EXPORT.kind, obj.namespace, obj.name, status) and not target.valid:
+                log.warning("export %s/%s: %s", obj.namespace, obj.name, target.message)
+
+    # -- publication -------------------------------------------------------------------------------
+    async def _publish(self) -> None:
+        state = self._state
+        if state is None:
+            return
+        pub = Publication(gateway=self._versioner.stamp("gateway", gateway_view(state)),
+                          agents={node: self._versioner.stamp(f"agent:{node}", agent_view(state, node))
+                                  for node in self._agent_nodes},
+                          serial=self.publication.serial + 1)
+        async with self._changed:
+            self.publication = pub
+            self._changed.notify_all()
+
+    def agent_snapshot(self, node: str) -> pb.Snapshot | None:
+        if self._state is None:
+            return None
+        snap = self.publication.agents.get(node)
+        if snap is None:
+            snap = self._versioner.stamp(f"agent:{node}", agent_view(self._state, node))
+            self.publication.agents[node] = snap
+        return snap
+
+    def add_agent(self, node: str) -> None:
+        self._agent_nodes[node] = self._agent_nodes.get(node, 0) + 1
+
+    def remove_agent(self, node: str) -> None:
+        left = self._agent_nodes.get(node, 0) - 1
+        if left <= 0:
+            self._agent_nodes.pop(node, None)
+        else:
+            self._agent_nodes[node] = left
+
+    async def wait_changed(self, serial: int, timeout: float | None = None) -> int:
+        """Wait until the publication serial differs from `serial`; returns the new serial."""
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(lambda: self.publication.serial != serial), timeout)
+            except asyncio.TimeoutError:
+                pass
+            return self.publication.serial
