@@ -15,10 +15,10 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 
-from controlplane.cli import create
+from controlplane.cli import create, objects
 from controlplane.cli.errors import CommandError
 
-COMMAND_MODULES = (create,)
+COMMAND_MODULES = (create, objects)
 
 PROG = "clusterlink"
 
