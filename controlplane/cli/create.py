@@ -16,7 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="create the fabric CA or a peer certificate",
         description="Create the fabric CA or a peer certificate signed by it.",
     )
-    commands = create.add_subparsers(title="objects", dest="object", metavar="OBJECT", required=True)
+    commands = create.add_subparsers(
+        title="objects", dest="object", metavar="OBJECT", required=True, help="what to create"
+    )
 
     fabric = commands.add_parser(
         "fabric",
