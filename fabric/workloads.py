@@ -1,0 +1,324 @@
+"""Small real programs for pods, run as `python -m fabric.workloads <name> ...` (stdlib only).
+
+Servers (print `<name> listening on HOST:PORT` once they accept, exit 0 on SIGTERM):
+  http-echo --name X --port P   HTTP/1.1; every request answered 200 with a JSON body naming X and
+                                echoing method, path, client address and request body size
+  tcp-echo --port P             echoes bytes; after the client's FIN it finishes echoing, then sends FIN
+  sink --port P                 reads to EOF, then answers and logs `<bytes> <sha256>`
+
+Clients (their exit status says how the connection ended; see EXIT_*):
+  http-get URL [--timeout S]    prints the response body
+  tcp-send --host H --port P --bytes N [--seed S]
+                                sends N pseudo-random bytes, half-closes, reads the reply to EOF,
+                                prints JSON {sent, sha256, received, received_sha256, reply}
+  getpeername --host H --port P prints JSON {peer, local} of a connected socket
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import hashlib
+import http.client
+import json
+import random
+import signal
+import socket
+import socketserver
+import sys
+import threading
+import urllib.parse
+from collections.abc import Callable, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType
+
+EXIT_OK = 0
+EXIT_ERROR = 1  # any other failure (2 is argparse's usage error)
+EXIT_REFUSED = 3
+EXIT_RESET = 4
+EXIT_TIMEOUT = 5
+EXIT_UNREACHABLE = 6  # no route (EHOSTUNREACH / ENETUNREACH), e.g. the VIP range
+EXIT_CLOSED = 7  # the server closed the connection without a (complete) answer
+EXIT_HTTP_STATUS = 8  # an HTTP answer that is not 2xx (body still printed)
+
+MAX_HTTP_BODY = 16 * 1024 * 1024
+CHUNK = 256 * 1024
+REPLY_PREVIEW = 4096
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """How a connection failure ends a client: one exit status per kind of failure."""
+    if isinstance(exc, (http.client.RemoteDisconnected, http.client.IncompleteRead)):
+        return EXIT_CLOSED
+    if isinstance(exc, ConnectionRefusedError):
+        return EXIT_REFUSED
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
+        return EXIT_RESET
+    if isinstance(exc, TimeoutError):
+        return EXIT_TIMEOUT
+    if isinstance(exc, OSError) and exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return EXIT_UNREACHABLE
+    return EXIT_ERROR
+
+
+def _client(name: str, action: Callable[[], int]) -> int:
+    try:
+        return action()
+    except (OSError, http.client.HTTPException) as exc:
+        code = exit_code_for(exc)
+        print(f"{name}: {type(exc).__name__}: {exc} (exit {code})", file=sys.stderr)
+        return code
+
+
+def _address(addr: tuple[str, int]) -> str:
+    return f"{addr[0]}:{addr[1]}"
+
+
+def _serve_until_sigterm(server: socketserver.BaseServer, banner: str) -> int:
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    print(banner, flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except (SystemExit, KeyboardInterrupt):
+        pass  # a requested stop: close below and exit 0
+    finally:
+        server.server_close()
+    return EXIT_OK
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+    request_queue_size = 1024
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024
+
+
+# --- http-echo -----------------------------------------------------------------------------------
+class _EchoHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "fabric-http-echo/1"
+    server_name_label = "?"  # set per server in a subclass
+
+    def _read_body(self) -> bytes | None:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            body = bytearray()
+            while True:
+                size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline().strip():
+                        pass  # trailers: read and ignored
+                    return bytes(body)
+                body += self.rfile.read(size)
+                self.rfile.readline()
+                if len(body) > MAX_HTTP_BODY:
+                    return None
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_HTTP_BODY:
+            return None
+        return self.rfile.read(length)
+
+    def _answer(self) -> None:
+        body = self._read_body()
+        if body is None:
+            self.send_error(413, "request body too large")
+            return
+        payload = {
+            "server": self.server_name_label,
+            "method": self.command,
+            "path": self.path,
+            "client": _address(self.client_address),
+            "host": self.headers.get("Host", ""),
+            "body_bytes": len(body),
+        }
+        data = (json.dumps(payload) + "\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _answer
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """No access log: one line per request would drown the log (errors are still logged)."""
+
+
+def http_echo(args: argparse.Namespace) -> int:
+    handler = type("EchoHandler", (_EchoHandler,), {"server_name_label": args.name})
+    server = _HTTPServer((args.host, args.port), handler)
+    return _serve_until_sigterm(server, f"http-echo {args.name} listening on {_address(server.server_address)}")
+
+
+# --- tcp-echo and sink ---------------------------------------------------------------------------
+class _EchoStream(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        try:
+            while data := sock.recv(CHUNK):
+                sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)  # the client half-closed and everything was echoed: close our side
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            print(f"tcp-echo: connection from {_address(self.client_address)} ended: {exc}", file=sys.stderr, flush=True)
+
+
+class _Sink(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        digest, count = hashlib.sha256(), 0
+        buf = bytearray(CHUNK)
+        try:
+            while n := sock.recv_into(buf):
+                digest.update(memoryview(buf)[:n])
+                count += n
+            report = f"{count} {digest.hexdigest()}"
+            print(f"sink: {_address(self.client_address)} sent {report}", flush=True)
+            sock.sendall((report + "\n").encode())
+            sock.shutdown(socket.SHUT_WR)
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            print(f"sink: connection from {_address(self.client_address)} ended after {count} bytes: {exc}", file=sys.stderr, flush=True)
+
+
+def tcp_echo(args: argparse.Namespace) -> int:
+    server = _Server((args.host, args.port), _EchoStream)
+    return _serve_until_sigterm(server, f"tcp-echo listening on {_address(server.server_address)}")
+
+
+def sink(args: argparse.Namespace) -> int:
+    server = _Server((args.host, args.port), _Sink)
+    return _serve_until_sigterm(server, f"sink listening on {_address(server.server_address)}")
+
+
+# --- clients -------------------------------------------------------------------------------------
+def http_get(args: argparse.Namespace) -> int:
+    url = urllib.parse.urlsplit(args.url)
+    if url.scheme != "http" or not url.hostname:
+        print(f"http-get: only http://host[:port]/path URLs, not {args.url!r}", file=sys.stderr)
+        return EXIT_ERROR
+    path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+
+    def get() -> int:
+        conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=args.timeout)
+        try:
+            conn.request(args.method, path, body=args.data.encode() if args.data is not None else None)
+            response = conn.getresponse()
+            body = response.read()
+        finally:
+            conn.close()
+        sys.stdout.buffer.write(body)
+        sys.stdout.flush()
+        print(f"http-get: HTTP {response.status} {response.reason}", file=sys.stderr)
+        return EXIT_OK if 200 <= response.status < 300 else EXIT_HTTP_STATUS
+
+    return _client("http-get", get)
+
+
+def tcp_send(args: argparse.Namespace) -> int:
+    def send() -> int:
+        rng = random.Random(args.seed)
+        sent_digest, received_digest = hashlib.sha256(), hashlib.sha256()
+        received = bytearray()
+        counts = {"received": 0}
+        failures: list[BaseException] = []
+        with socket.create_connection((args.host, args.port), timeout=args.timeout) as sock:
+
+            def receive() -> None:
+                try:
+                    while data := sock.recv(CHUNK):
+                        received_digest.update(data)
+                        counts["received"] += len(data)
+                        if len(received) < REPLY_PREVIEW:
+                            received.extend(data[: REPLY_PREVIEW - len(received)])
+                except OSError as exc:
+                    failures.append(exc)
+
+            reader = threading.Thread(target=receive, name="tcp-send-reader", daemon=True)
+            reader.start()
+            remaining = args.bytes
+            while remaining > 0:
+                chunk = rng.randbytes(min(CHUNK, remaining))
+                sock.sendall(chunk)
+                sent_digest.update(chunk)
+                remaining -= len(chunk)
+            sock.shutdown(socket.SHUT_WR)
+            reader.join(args.timeout)
+            if reader.is_alive():
+                raise TimeoutError(f"no end of the reply within {args.timeout}s after sending")
+        if failures:
+            raise failures[0]
+        reply = received.decode(errors="replace") if counts["received"] <= REPLY_PREVIEW else None
+        print(
+            json.dumps(
+                {
+                    "sent": args.bytes,
+                    "sha256": sent_digest.hexdigest(),
+                    "received": counts["received"],
+                    "received_sha256": received_digest.hexdigest(),
+                    "reply": reply,
+                }
+            ),
+            flush=True,
+        )
+        return EXIT_OK
+
+    return _client("tcp-send", send)
+
+
+def getpeername(args: argparse.Namespace) -> int:
+    def connect() -> int:
+        with socket.create_connection((args.host, args.port), timeout=args.timeout) as sock:
+            print(json.dumps({"peer": _address(sock.getpeername()), "local": _address(sock.getsockname())}), flush=True)
+        return EXIT_OK
+
+    return _client("getpeername", connect)
+
+
+# --- command line --------------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m fabric.workloads", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="workload", required=True)
+
+    def server(name: str, run: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+        p = sub.add_parser(name)
+        p.add_argument("--port", type=int, required=True)
+        p.add_argument("--host", default="0.0.0.0")
+        p.set_defaults(run=run)
+        return p
+
+    server("http-echo", http_echo).add_argument("--name", required=True)
+    server("tcp-echo", tcp_echo)
+    server("sink", sink)
+
+    p = sub.add_parser("http-get")
+    p.add_argument("url")
+    p.add_argument("--timeout", type=float, default=5.0)
+    p.add_argument("--method", default="GET")
+    p.add_argument("--data", help="request body")
+    p.set_defaults(run=http_get)
+
+    for name, run in (("tcp-send", tcp_send), ("getpeername", getpeername)):
+        p = sub.add_parser(name)
+        p.add_argument("--host", required=True)
+        p.add_argument("--port", type=int, required=True)
+        p.add_argument("--timeout", type=float, default=10.0)
+        p.set_defaults(run=run)
+        if name == "tcp-send":
+            p.add_argument("--bytes", type=int, required=True)
+            p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
