@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from controlplane import flags
-from controlplane.logsetup import setup_logging
+from controlplane.api import flags
+from controlplane.api.logsetup import setup_logging
 from controlplane.model import schema as S
 from controlplane.model.objects import SYSTEM_NAMESPACE
 

@@ -1,0 +1,255 @@
+"""`clusterlink-agent`: the node agent.
+
+Loads the BPF redirect on the pods' cgroup, runs the splice proxy on an address the pods reach,
+registers with the control plane for a credential, and follows the agent snapshot: every imported
+VIP:port is redirected into the proxy, which tells the gateway which import the client asked for and
+who the client is (its workload, found from the cgroup the kernel recorded at connect()).
+
+The data path keeps working with the last snapshot while the control plane is away.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from controlplane.api.client import APIError, ControlPlaneClient, Endpoint, SnapshotFeed, read_token
+from controlplane.api.preamble import Preamble, encode_preamble
+from controlplane.api.flags import add as add_flag
+from controlplane.api.flags import host_port
+from controlplane.api.logsetup import setup_logging
+
+from agent.sync.table import NodeTable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Config:
+    node: str
+    cgroup: str
+    controlplane: str
+    join_token_file: Path
+    controlplane_ca: Path | None
+    server_name: str
+    proxy_address: str
+    proxy_port: int
+    proxy_interface: str
+    metrics_listen: tuple[str, int] | None
+    workloads: str
+    log_level: str
+    log_format: str
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="clusterlink-agent",
+        description="ClusterLink node agent: eBPF redirect of imported-service VIPs into a local splice proxy, "
+                    "with the client's identity taken from its cgroup.")
+    add_flag(p, "--node", default=os.uname().nodename, help="This node's name (Kubernetes: spec.nodeName)")
+    add_flag(p, "--cgroup", help="cgroup v2 directory whose processes (the pods) are redirected; programs apply to "
+                                 "it and every cgroup below it")
+    add_flag(p, "--controlplane", default="unix:/run/clusterlink/controlplane.sock",
+             help="Control-plane API address: unix:/<path> or host:port (TLS)")
+    add_flag(p, "--join-token-file", type=Path, default=Path("/var/lib/clusterlink/join.token"),
+             help="File with the join token the control plane expects from agents")
+    add_flag(p, "--controlplane-ca", type=Path, help="CA certificate to verify a TCP control-plane address")
+    add_flag(p, "--server-name", default="", help="Name in the control plane's certificate (TCP only; the peer name)")
+    add_flag(p, "--proxy-address", help="Address of the node proxy, reachable from the pods (never 127.0.0.1 "
+                                        "for pods in their own network namespace)")
+    add_flag(p, "--proxy-port", type=int, default=15001, help="Port of the node proxy")
+    add_flag(p, "--proxy-interface", default="",
+             help="Interface to put --proxy-address on if it is missing (removed again on stop); empty: the address "
+                  "must already exist")
+    add_flag(p, "--metrics-listen", default="0.0.0.0:9092", help="host:port for /metrics; 'none' disables it")
+    add_flag(p, "--workloads", default="standalone",
+             help="Where client identities come from: standalone (Workload objects from the control plane) or "
+                  "kubernetes (the pods of this node)")
+    add_flag(p, "--log-level", default="info", help="debug, info, warning or error")
+    add_flag(p, "--log-format", default="auto", help="text, json, or auto (text on a terminal)")
+    return p
+
+
+def load_config(argv: Sequence[str] | None = None) -> Config:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if not a.cgroup:
+        parser.error("--cgroup is required (the cgroup v2 directory of the pods)")
+    if not a.proxy_address:
+        parser.error("--proxy-address is required (an address of this node that the pods can reach)")
+    if a.workloads not in ("standalone", "kubernetes"):
+        parser.error(f"--workloads must be standalone or kubernetes, not {a.workloads!r}")
+    metrics = None if a.metrics_listen in ("", "none") else host_port(a.metrics_listen)
+    return Config(node=a.node, cgroup=a.cgroup, controlplane=a.controlplane, join_token_file=a.join_token_file,
+                  controlplane_ca=a.controlplane_ca, server_name=a.server_name, proxy_address=a.proxy_address,
+                  proxy_port=a.proxy_port, proxy_interface=a.proxy_interface, metrics_listen=metrics,
+                  workloads=a.workloads, log_level=a.log_level, log_format=a.log_format)
+
+
+class Agent:
+    """The agent's state: the current table, the credential, and the datapath/proxy it drives."""
+
+    def __init__(self, config: Config, datapath, metrics) -> None:  # type: ignore[no-untyped-def]
+        self.config = config
+        self.datapath = datapath
+        self.metrics = metrics
+        self.table = NodeTable()
+        self.table_received_at = 0.0
+        self.credential = ""
+        self.workload_resolver = None  # Kubernetes mode: agent.kube resolver
+
+    # -- snapshots ---------------------------------------------------------------------------------
+    def apply_snapshot(self, snap) -> None:  # type: ignore[no-untyped-def]
+        table = NodeTable.from_snapshot(snap)
+        result = self.datapath.reconcile(table.services((self.config.proxy_address, self.config.proxy_port)))
+        self.table = table
+        self.table_received_at = time.time()
+        self.metrics.snapshot_version.set(table.version)
+        self.metrics.imports.set(len(table.imports))
+        if result.added or result.updated or result.removed:
+            log.info("snapshot %d: %d imports redirected (+%d ~%d -%d)", table.version, len(table.imports),
+                     result.added, result.updated, result.removed)
+
+    # -- the proxy's question ----------------------------------------------------------------------
+    async def resolve(self, client: tuple[str, int]):  # type: ignore[no-untyped-def]
+        from agent.proxy.server import Upstream
+
+        redirect = self.datapath.lookup(client[0], client[1])
+        if redirect is None:
+            self.metrics.lookup_failures.labels(reason="no-redirect-record").inc()
+            return None
+        table = self.table
+        ref = table.imports.get((redirect.orig_ip, redirect.orig_port))
+        if ref is None:
+            self.metrics.lookup_failures.labels(reason="unknown-import").inc()
+            return None
+        if table.gateway is None:
+            self.metrics.lookup_failures.labels(reason="no-gateway").inc()
+            return None
+        attrs: dict[str, str] = {}
+        path = self.datapath.cgroup_path_for_id(redirect.cgroup_id)
+        if path is None:
+            self.metrics.identity_failures.labels(reason="unknown-cgroup").inc()
+        elif self.workload_resolver is not None:
+            workload = self.workload_resolver.resolve(path)
+            if workload is None:
+                self.metrics.identity_failures.labels(reason="no-pod").inc()
+            else:
+                from controlplane.api.attributes import client_attributes
+
+                attrs = client_attributes(workload.namespace, workload.service_account, workload.labels)
+        else:
+            workload = table.workload_for(path)
+            if workload is None:
+                self.metrics.identity_failures.labels(reason="no-workload").inc()
+            else:
+                attrs = workload.attributes()
+        self.metrics.redirected.labels(import_namespace=ref.namespace, import_name=ref.name).inc()
+        preamble = encode_preamble(Preamble(import_namespace=ref.namespace, import_name=ref.name,
+                                            destination=f"{redirect.orig_ip}:{redirect.orig_port}", client=attrs,
+                                            credential=self.credential, node=self.config.node))
+        return Upstream(address=table.gateway, preamble=preamble)
+
+    # -- registration ------------------------------------------------------------------------------
+    async def keep_registered(self, endpoint: Endpoint) -> None:
+        """Register, then renew the credential at half-life; retry with backoff on failure."""
+        backoff = 0.2
+        while True:
+            try:
+                async with ControlPlaneClient(endpoint) as client:
+                    resp = await client.register(self.config.node)
+                self.credential = resp.credential
+                self.metrics.registered.set(1)
+                lifetime = max(resp.expires_unix - time.time(), 2.0)
+                backoff = 0.2
+                await asyncio.sleep(lifetime / 2)
+            except APIError as exc:
+                self.metrics.registered.set(1 if self.credential else 0)
+                log.warning("registering node %s with the control plane failed: %s", self.config.node, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+
+async def run(config: Config) -> None:
+    from agent.datapath import Datapath
+    from agent.metrics import AgentMetrics
+    from agent.proxy.server import NodeProxy
+
+    token = read_token(config.join_token_file)
+    endpoint = Endpoint(address=config.controlplane, token=token, ca_file=config.controlplane_ca,
+                        server_name=config.server_name)
+    datapath = Datapath(config.cgroup, owner=f"clusterlink-agent:{config.node}")
+    metrics = AgentMetrics()
+    agent = Agent(config, datapath, metrics)
+    addresses = None
+    proxy = None
+    datapath.start()
+    try:
+        metrics.attached.set(len(datapath.attached()))
+        if config.proxy_interface:
+            from agent.netlink import AddressManager
+
+            addresses = AddressManager()
+            addresses.ensure(config.proxy_interface, config.proxy_address)
+        if config.workloads == "kubernetes":
+            from agent.kube import PodResolver  # type: ignore[attr-defined]
+
+            agent.workload_resolver = PodResolver(node=config.node)
+            await agent.workload_resolver.start()
+        proxy = NodeProxy((config.proxy_address, config.proxy_port), resolve=agent.resolve,
+                          metrics=metrics.proxy)
+        await proxy.start()
+        if config.metrics_listen:
+            metrics.serve(config.metrics_listen, table_age=lambda: time.time() - agent.table_received_at
+                          if agent.table_received_at else float("nan"))
+        feed = SnapshotFeed(endpoint, role="agent", node=config.node, on_snapshot=agent.apply_snapshot,
+                            on_connected=lambda up: metrics.controlplane_connected.set(1 if up else 0))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("agent of node %s started: redirecting cgroup %s to %s:%d", config.node, config.cgroup,
+                 config.proxy_address, config.proxy_port)
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(feed.run(), name="snapshot-feed"),
+                     tg.create_task(agent.keep_registered(endpoint), name="registration")]
+            await stop.wait()
+            for task in tasks:
+                task.cancel()
+    finally:
+        if proxy is not None:
+            await proxy.stop()
+        if agent.workload_resolver is not None:
+            await agent.workload_resolver.stop()
+        datapath.stop()
+        if addresses is not None:
+            addresses.stop()
+        log.info("agent of node %s stopped; attachments removed", config.node)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = load_config(argv)
+    try:
+        setup_logging(config.log_level, config.log_format, component="agent")
+    except ValueError as exc:
+        print(f"clusterlink-agent: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(run(config))
+    except Exception as exc:  # start-up failures (BCC, headers, cgroup v2, token): one clear line
+        log.debug("agent failed", exc_info=exc)
+        print(f"clusterlink-agent: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

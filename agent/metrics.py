@@ -1,0 +1,64 @@
+"""Prometheus metrics of the node agent (one registry per process, passed explicitly).
+
+The proxy keeps plain integer counters (agent.proxy.metrics.ProxyMetrics); a collector reads them at
+scrape time as clusterlink_agent_proxy_*.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from agent.proxy.metrics import ProxyMetrics
+
+_GAUGES = {"connections_active"}
+
+
+class _ProxyCollector:
+    def __init__(self, proxy: ProxyMetrics) -> None:
+        self.proxy = proxy
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        for name, value in self.proxy.snapshot().items():
+            full = f"clusterlink_agent_proxy_{name}"
+            if name in _GAUGES:
+                yield GaugeMetricFamily(full, f"Node proxy: {name.replace('_', ' ')}", value=value)
+            else:
+                yield CounterMetricFamily(full, f"Node proxy: {name.replace('_', ' ')}", value=value)
+
+
+class AgentMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.proxy = ProxyMetrics()
+        r.register(_ProxyCollector(self.proxy))
+        self.redirected = Counter("clusterlink_agent_redirected_connections_total",
+                                  "Connections redirected by the kernel and sent to the gateway, by import",
+                                  ["import_namespace", "import_name"], registry=r)
+        self.lookup_failures = Counter("clusterlink_agent_lookup_failures_total",
+                                       "Accepted connections that could not be matched to an import (reset)",
+                                       ["reason"], registry=r)
+        self.identity_failures = Counter("clusterlink_agent_identity_lookup_failures_total",
+                                         "Redirected connections whose client workload is unknown (sent without "
+                                         "client attributes)", ["reason"], registry=r)
+        self.snapshot_version = Gauge("clusterlink_agent_snapshot_version", "Version of the applied snapshot",
+                                      registry=r)
+        self.imports = Gauge("clusterlink_agent_imports", "Imported VIP:ports redirected on this node", registry=r)
+        self.attached = Gauge("clusterlink_agent_attached_programs", "BPF programs attached by this agent",
+                              registry=r)
+        self.controlplane_connected = Gauge("clusterlink_agent_controlplane_connected",
+                                            "1 while the snapshot stream is connected", registry=r)
+        self.registered = Gauge("clusterlink_agent_registered", "1 while the agent holds a credential", registry=r)
+        self._age: Callable[[], float] = lambda: math.nan
+        self.snapshot_age = Gauge("clusterlink_agent_snapshot_age_seconds",
+                                  "Seconds since the applied snapshot arrived", registry=r)
+        self.snapshot_age.set_function(lambda: self._age())
+
+    def serve(self, listen: tuple[str, int], *, table_age: Callable[[], float]) -> None:
+        self._age = table_age
+        host, port = listen
+        start_http_server(port, addr=host, registry=self.registry)

@@ -1,0 +1,80 @@
+"""The agent's view of a snapshot, as pure data: what to redirect and who is who.
+
+`NodeTable.from_snapshot` turns the control plane's agent snapshot into (a) the desired BPF
+services map (VIP:port → this node's proxy), (b) the import behind each VIP:port, and (c) the
+standalone workloads by cgroup path, with the longest-prefix lookup a pod's nested cgroups need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from controlplane.api import clusterlink_pb2 as pb
+from controlplane.api.attributes import client_attributes
+
+
+@dataclass(frozen=True)
+class ImportRef:
+    namespace: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Workload:
+    namespace: str
+    name: str
+    service_account: str
+    labels: Mapping[str, str]
+
+    def attributes(self) -> dict[str, str]:
+        return client_attributes(self.namespace, self.service_account, self.labels)
+
+
+def _parse_host_port(text: str) -> tuple[str, int] | None:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return None
+    return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class NodeTable:
+    version: int = 0
+    imports: Mapping[tuple[str, int], ImportRef] = field(default_factory=dict)
+    workloads: Mapping[str, Workload] = field(default_factory=dict)
+    gateway: tuple[str, int] | None = None
+    peer_name: str = ""
+
+    @classmethod
+    def from_snapshot(cls, snap: pb.Snapshot) -> NodeTable:
+        imports: dict[tuple[str, int], ImportRef] = {}
+        for imp in snap.imports:
+            if imp.vip and imp.port:
+                imports[(imp.vip, imp.port)] = ImportRef(imp.namespace, imp.name)
+        workloads = {
+            _normalise(w.cgroup): Workload(w.namespace, w.name, w.service_account or "default", dict(w.labels))
+            for w in snap.workloads if w.cgroup
+        }
+        return cls(version=snap.version, imports=imports, workloads=workloads,
+                   gateway=_parse_host_port(snap.gateway_agent_address), peer_name=snap.peer_name)
+
+    def services(self, proxy: tuple[str, int]) -> dict[tuple[str, int], tuple[str, int]]:
+        """The desired BPF services map: every import VIP:port → the proxy."""
+        return {key: proxy for key in self.imports}
+
+    def workload_for(self, cgroup_path: str) -> Workload | None:
+        """The workload whose cgroup is `cgroup_path` or one of its ancestors (longest match)."""
+        path = _normalise(cgroup_path)
+        while True:
+            found = self.workloads.get(path)
+            if found is not None:
+                return found
+            if path in ("/", ""):
+                return None
+            path = path.rsplit("/", 1)[0] or "/"
+
+
+def _normalise(path: str) -> str:
+    path = "/" + path.strip("/")
+    return path
