@@ -26,7 +26,10 @@ Reload reaches connections as follows:
   with `ssl=tls.server_context()` presents the new certificate and trusts the new `ca.pem` on its
   next handshake. Session tickets stay those of the context the listener was created with, so TLS
   1.3 resumption keeps working across reloads; a resumed session keeps the identity verified by
-  its full handshake (ticket lifetime: OpenSSL's default, 2 hours).
+  its full handshake (ticket lifetime: OpenSSL's default, 2 hours). Consequence: removing a CA
+  from `ca.pem` refuses new full handshakes at once, but a client holding a ticket from before can
+  still resume until the ticket expires, and established connections are not cut; restart the
+  listener to revoke immediately (Python offers no way to rotate the ticket keys).
 - client: call `client_context()` for every new connection; it returns the current context.
 
 Session resumption (clients, asyncio). `asyncio.open_connection` has no `session=` argument, but
