@@ -1,0 +1,270 @@
+"""The eBPF redirect end to end: real programs in the kernel, a client in its own network namespace
+and cgroup, the node proxy, and an upstream that shows what arrived."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import sys
+from collections.abc import AsyncIterator
+
+import pytest
+
+from agent.datapath import Datapath, ReconcileResult, Redirect
+from agent.proxy import NodeProxy, Upstream
+from tests.integration.agent import kit
+from tests.integration.agent.conftest import RedirectEnv
+
+
+def random_vip() -> str:
+    return f"10.{random.randrange(96, 112)}.{random.randrange(256)}.{random.randrange(1, 255)}"
+
+
+def redirect_resolver(datapath: Datapath, upstream: tuple[str, int], seen: list):
+    """The agent's resolve in miniature: look the connection up, send it upstream with a preamble
+    naming the original destination and the client's cgroup."""
+
+    async def resolve(client: tuple[str, int]) -> Upstream | None:
+        redirect = datapath.lookup(*client)
+        seen.append((client, redirect))
+        if redirect is None:
+            return None
+        preamble = {"dst": f"{redirect.orig_ip}:{redirect.orig_port}", "cgroup_id": redirect.cgroup_id,
+                    "cgroup": datapath.cgroup_path_for_id(redirect.cgroup_id)}
+        return Upstream(upstream, json.dumps(preamble).encode() + b"\n")
+
+    return resolve
+
+
+async def echo_upstream(conn) -> None:
+    """Answers "<preamble JSON>|<everything the client sent>" after the client's EOF."""
+    line, rest = await kit.read_line(conn)
+    data = await kit.read_to_eof(conn, rest)
+    await asyncio.get_running_loop().sock_sendall(conn, line + b"|" + data)
+
+
+@contextlib.asynccontextmanager
+async def proxy_for(env: RedirectEnv, vips: dict[tuple[str, int], None] | list[tuple[str, int]], seen: list,
+                    upstream: tuple[str, int]) -> AsyncIterator[NodeProxy]:
+    proxy = NodeProxy((env.net.host_ip, 0), resolve=redirect_resolver(env.datapath, upstream, seen))
+    await proxy.start()
+    try:
+        env.datapath.reconcile({vip: proxy.address for vip in vips})
+        yield proxy
+    finally:
+        await proxy.stop()
+        env.datapath.reconcile({})
+
+
+def test_redirected_client_reaches_proxy_sees_vip_and_is_identified(redirect_env: RedirectEnv,
+                                                                    processes: kit.Processes) -> None:
+    env = redirect_env
+    vip = (random_vip(), 80)
+    seen: list = []
+
+    async def scenario() -> dict:
+        async with kit.tcp_server(echo_upstream) as upstream, proxy_for(env, [vip], seen, upstream) as proxy:
+            report = await kit.run_client(processes, mode="echo", to=vip, netns=env.net.netns,
+                                          cgroup=env.pod_a, send="hello through the VIP")
+            assert proxy.metrics.connections_completed == 1
+            return report
+
+    report = asyncio.run(scenario())
+    # The application sees the VIP as its peer, and the bytes went through the upstream.
+    assert report["peer"] == list(vip)
+    preamble, _, echoed = report["reply"].partition("|")
+    assert echoed == "hello through the VIP"
+    # The proxy found the record by the client's address: original destination and its cgroup.
+    (client, redirect), = seen
+    assert client == (env.net.client_ip, report["local"][1])
+    pod_a_id = os.stat(env.pod_a).st_ino
+    assert redirect == Redirect(orig_ip=vip[0], orig_port=vip[1], cgroup_id=pod_a_id)
+    assert json.loads(preamble) == {"dst": f"{vip[0]}:{vip[1]}", "cgroup_id": pod_a_id,
+                                    "cgroup": "/" + os.path.relpath(env.pod_a, kit.CGROUP2)}
+
+
+def test_non_vip_tcp_and_udp_from_the_cgroup_are_untouched(redirect_env: RedirectEnv,
+                                                           processes: kit.Processes) -> None:
+    env = redirect_env
+    vip = (random_vip(), 443)
+    seen: list = []
+
+    async def direct_echo(conn) -> None:
+        data = await kit.read_to_eof(conn)
+        await asyncio.get_running_loop().sock_sendall(conn, b"direct:" + data)
+
+    async def scenario() -> tuple[dict, dict, dict, tuple[str, int]]:
+        async with kit.tcp_server(echo_upstream) as upstream, proxy_for(env, [vip], seen, upstream) as proxy, \
+                kit.tcp_server(direct_echo, host=env.net.host_ip) as direct:
+            tcp = await kit.run_client(processes, mode="echo", to=direct, netns=env.net.netns,
+                                       cgroup=env.pod_a, send="plain")
+            # Same VIP address, other port: not an imported service.
+            other_port = await kit.run_client(processes, mode="echo", to=(vip[0], 444), netns=env.net.netns,
+                                              cgroup=env.pod_a)
+            udp = await kit.run_client(processes, mode="udp", to=vip, netns=env.net.netns, cgroup=env.pod_a)
+            assert proxy.metrics.connections_accepted == 0
+            return tcp, other_port, udp, direct
+
+    tcp, other_port, udp, direct = asyncio.run(scenario())
+    assert tcp["peer"] == list(direct) and tcp["reply"] == "direct:plain"
+    assert other_port == {"connect_error": "EHOSTUNREACH"}  # the netns guard route, not the proxy
+    assert udp == {"connect_error": "EHOSTUNREACH"}  # connect4 leaves UDP alone
+    assert seen == []
+
+
+def test_process_outside_the_cgroup_is_not_redirected(redirect_env: RedirectEnv,
+                                                      processes: kit.Processes) -> None:
+    env = redirect_env
+    vip = (random_vip(), 80)
+    seen: list = []
+
+    async def scenario() -> dict:
+        async with kit.tcp_server(echo_upstream) as upstream, proxy_for(env, [vip], seen, upstream) as proxy:
+            report = await kit.run_client(processes, mode="echo", to=vip, netns=env.net.netns, cgroup=None)
+            assert proxy.metrics.connections_accepted == 0
+            return report
+
+    assert asyncio.run(scenario()) == {"connect_error": "EHOSTUNREACH"}
+    assert seen == []
+
+
+def test_reconcile_adds_updates_deletes_and_prunes(redirect_env: RedirectEnv, processes: kit.Processes) -> None:
+    env = redirect_env
+    dp = env.datapath
+    v1, v2, v3 = (random_vip(), 81), (random_vip(), 82), (random_vip(), 83)
+    seen: list = []
+
+    def tagged_upstream(tag: bytes):
+        async def handler(conn) -> None:
+            line, rest = await kit.read_line(conn)
+            data = await kit.read_to_eof(conn, rest)
+            await asyncio.get_running_loop().sock_sendall(conn, tag + data)
+        return handler
+
+    async def scenario() -> None:
+        async with kit.tcp_server(tagged_upstream(b"one:")) as up1, \
+                kit.tcp_server(tagged_upstream(b"two:")) as up2:
+            p1 = NodeProxy((env.net.host_ip, 0), resolve=redirect_resolver(dp, up1, seen))
+            p2 = NodeProxy((env.net.host_ip, 0), resolve=redirect_resolver(dp, up2, seen))
+            await p1.start()
+            await p2.start()
+            try:
+                assert dp.reconcile({}) == ReconcileResult(0, 0, 0)
+                r = dp.reconcile({v1: p1.address, v2: p1.address})
+                assert (r.added, r.updated, r.removed) == (2, 0, 0)
+                assert dp.reconcile({v1: p1.address, v2: p1.address}) == ReconcileResult(0, 0, 0)
+
+                async def via(vip):
+                    return await kit.run_client(processes, mode="echo", to=vip, netns=env.net.netns,
+                                                cgroup=env.pod_b, send="x")
+
+                assert (await via(v1))["reply"] == "one:x"
+                assert (await via(v2))["reply"] == "one:x"
+                # v1 moves to the second proxy, v2 is pruned (absent from the desired state), v3 is new.
+                r = dp.reconcile({v1: p2.address, v3: p2.address})
+                assert (r.added, r.updated, r.removed) == (1, 1, 1)
+                assert (await via(v1))["reply"] == "two:x"
+                assert (await via(v3))["reply"] == "two:x"
+                assert await via(v2) == {"connect_error": "EHOSTUNREACH"}
+                # Invalid input is refused before the map is touched.
+                with pytest.raises(ValueError, match="port must be an integer"):
+                    dp.reconcile({v1: p1.address, (random_vip(), 0): p1.address})
+                with pytest.raises(ValueError, match="not-an-ip"):
+                    dp.reconcile({("not-an-ip", 80): p1.address})
+                assert (await via(v1))["reply"] == "two:x"
+                r = dp.reconcile({})
+                assert (r.added, r.updated, r.removed) == (0, 0, 2)
+                assert await via(v1) == {"connect_error": "EHOSTUNREACH"}
+                assert kit.map_entries(dp.map_ids()["cl_services"]) == []
+            finally:
+                await p1.stop()
+                await p2.stop()
+
+    asyncio.run(scenario())
+
+
+def test_records_are_deleted_on_lookup_and_on_socket_release(redirect_env: RedirectEnv,
+                                                              processes: kit.Processes) -> None:
+    env = redirect_env
+    dp = env.datapath
+    vip = (random_vip(), 8080)
+    seen: list = []
+    ids = dp.map_ids()
+
+    async def scenario() -> None:
+        async def hold_upstream(conn) -> None:
+            await kit.read_to_eof(conn)
+
+        async with kit.tcp_server(hold_upstream) as upstream, proxy_for(env, [vip], seen, upstream) as proxy:
+            proc = await kit.start_client(processes, mode="hold", to=vip, netns=env.net.netns, cgroup=env.pod_a,
+                                          stdin=asyncio.subprocess.PIPE)
+            connected = json.loads(await asyncio.wait_for(proc.stdout.readline(), 10))
+            assert connected["peer"] == list(vip)
+            for _ in range(100):
+                if seen:
+                    break
+                await asyncio.sleep(0.02)
+            (_, redirect), = seen
+            assert redirect is not None
+            # Looked up once: the tuple record is gone; the socket is open: its cookie record stays
+            # (getpeername needs it).
+            assert kit.map_entries(ids["cl_tuple_orig"]) == []
+            assert len(kit.map_entries(ids["cl_cookie_orig"])) == 1
+            assert dp.lookup(*seen[0][0]) is None
+            proc.stdin.close()
+            await asyncio.wait_for(proc.wait(), 10)
+            # sock_release removed the cookie record when the client closed its socket.
+            assert kit.map_entries(ids["cl_cookie_orig"]) == []
+            assert proxy.metrics.connections_accepted == 1
+
+    asyncio.run(scenario())
+
+
+def test_cgroup_path_for_id_resolves_new_cgroups_and_unknown_ids(redirect_env: RedirectEnv) -> None:
+    env = redirect_env
+    dp = env.datapath
+    assert dp.cgroup_path_for_id(os.stat(env.pod_a).st_ino) == "/" + os.path.relpath(env.pod_a, kit.CGROUP2)
+    assert dp.cgroup_path_for_id(os.stat(kit.CGROUP2).st_ino) == "/"
+    late = os.path.join(env.root, "pod-late")
+    os.mkdir(late)
+    try:
+        # Not in the cache yet: a miss rescans.
+        assert dp.cgroup_path_for_id(os.stat(late).st_ino) == "/" + os.path.relpath(late, kit.CGROUP2)
+    finally:
+        os.rmdir(late)
+    assert dp.cgroup_path_for_id(2**62 + 12345) is None
+
+
+def test_lookup_of_an_unknown_client_is_none(redirect_env: RedirectEnv) -> None:
+    assert redirect_env.datapath.lookup("192.0.2.200", 40000) is None
+    with pytest.raises(ValueError):
+        redirect_env.datapath.lookup("192.0.2.200", 70000)
+
+
+@pytest.mark.slow
+def test_one_gib_through_the_redirect_arrives_intact(redirect_env: RedirectEnv, processes: kit.Processes) -> None:
+    env = redirect_env
+    vip = (random_vip(), 5201)
+    size = 1 << 30
+    seen: list = []
+
+    async def scenario() -> tuple[dict, NodeProxy]:
+        sink = await asyncio.create_subprocess_exec(sys.executable, kit.SINK_PROG, stdout=asyncio.subprocess.PIPE)
+        processes.register(sink.pid)
+        port = int((await asyncio.wait_for(sink.stdout.readline(), 10)).decode())
+        async with proxy_for(env, [vip], seen, ("127.0.0.1", port)) as proxy:
+            report = await kit.run_client(processes, mode="bulk", to=vip, netns=env.net.netns, cgroup=env.pod_a,
+                                          nbytes=size, timeout=120)
+            await asyncio.wait_for(sink.wait(), 10)
+            return report, proxy
+
+    report, proxy = asyncio.run(scenario())
+    received, digest, preamble = report["reply"].split(" ", 2)
+    assert int(received) == size == report["sent"]
+    assert digest == report["sha256"]
+    assert json.loads(preamble)["dst"] == f"{vip[0]}:{vip[1]}"
+    assert proxy.metrics.bytes_client_to_upstream == size
+    print(f"1 GiB through VIP redirect + splice proxy: {size / report['seconds'] / 1e9:.2f} GB/s")
