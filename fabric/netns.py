@@ -54,6 +54,11 @@ def sysctl(netns: str, settings: Mapping[str, str | int]) -> None:
     command(nsenter_argv(netns) + ["sysctl", "-q", "-w"] + [f"{k}={v}" for k, v in settings.items()])
 
 
+def nft(netns: str, ruleset: str) -> None:
+    """Load an nftables ruleset (`nft -f` syntax) into `netns`."""
+    command(nsenter_argv(netns) + ["nft", "-f", "-"], input=ruleset)
+
+
 def add_veth(name: str, netns: str, peer_name: str, peer_netns: str) -> None:
     """A veth pair created directly in its two namespaces: it never appears in the root namespace."""
     command(["ip", "link", "add", name, "netns", netns, "type", "veth", "peer", "name", peer_name, "netns", peer_netns])

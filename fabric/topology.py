@@ -62,8 +62,8 @@ def _check_name(kind: str, name: str) -> None:
         raise ValueError(f"{kind} name {name!r} must be 1-24 of [a-z0-9-], starting and ending alphanumeric")
 
 
-class _Member:
-    """Something in the fabric processes can run in: a netns and a cgroup."""
+class Place:
+    """Somewhere in the fabric processes run: a netns and a cgroup (a pod, a node, a gateway)."""
 
     netns: str
     cgroup: Path
@@ -93,7 +93,7 @@ class _Member:
         return run(argv, netns=self.netns, cgroup=self.cgroup, timeout=timeout, check=check, input=input, env=env)
 
 
-class PodNet(_Member):
+class PodNet(Place):
     """A pod: a netns on its node's pod bridge and a cgroup under the node's `pods` cgroup."""
 
     def __init__(self, node: NodeNet, name: str, index: int) -> None:
@@ -136,7 +136,7 @@ class PodNet(_Member):
         return self.topology.link_name(f"p{self.index}")
 
 
-class NodeNet(_Member):
+class NodeNet(Place):
     """A node: a netns on its peer's LAN with a pod bridge, forwarding on. Processes here (the agent) run in
     `cgroup` (`.../<node>/system`); pods are below `pods_cgroup` (`.../<node>/pods`)."""
 
@@ -207,7 +207,7 @@ class NodeNet(_Member):
         return pod
 
 
-class PeerNet(_Member):
+class PeerNet(Place):
     """A peer (cluster): a gateway netns on the WAN and on the peer's LAN (a bridge in its own netns).
     Gateway processes run in `cgroup` (`cl<id>/<peer>/gateway`)."""
 
@@ -254,6 +254,11 @@ class PeerNet(_Member):
     @property
     def lan_cidr(self) -> str:
         return f"{self.lan_prefix}.0/24"
+
+    @property
+    def cidr(self) -> str:
+        """Every address of the peer: its LAN and its nodes' pod subnets."""
+        return f"10.{self.octet}.0.0/16"
 
     @property
     def cgroup_dir(self) -> Path:
@@ -473,6 +478,7 @@ class Topology:
             {
                 "net.ipv4.ip_forward": int(forwarding),  # new namespaces inherit the root's value: always set it
                 "net.ipv6.conf.default.disable_ipv6": 1,  # no IPv6 on our links (lo keeps ::1)
+                **({"net.ipv4.icmp_ratemask": 0} if forwarding else {}),
             },
         )
 
@@ -532,6 +538,19 @@ class Topology:
                 f"addr add {node.pod_gateway_ip}/24 dev {node.bridge}",
                 f"link set {node.bridge} up",
             ],
+        )
+        # A forwarded packet with no route is answered by the kernel's ip_error, rate limited machine-wide
+        # (5 then 1/s per source): pods would see timeouts instead of "unreachable". So the node refuses, at
+        # once and without rate limit (icmp_ratemask 0, set with forwarding), whatever its pods send outside
+        # their peer.
+        netns.nft(
+            node.netns,
+            f"table ip {self.prefix} {{\n"
+            "  chain prerouting {\n"
+            "    type filter hook prerouting priority filter; policy accept;\n"
+            f'    iifname "{node.bridge}" ip daddr != {peer.cidr} reject with icmp type host-unreachable\n'
+            "  }\n"
+            "}\n",
         )
         node.built = True
 
