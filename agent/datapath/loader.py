@@ -106,13 +106,13 @@ def load(bpf_dir: Path, *, cflags: list[str] | None = None, lib: libbpf.Libbpf) 
     text = translation_unit(bpf_dir)
     flags = [f"-I{bpf_dir}", *(cflags or [])]
     try:
-        bpf = bcc.BPF(text=text, cflags=flags)
+        bpf = bcc.BPF(text=text.encode(), cflags=flags)
     except Exception as exc:  # BCC raises a bare Exception; the compiler output went to stderr
         release = os.uname().release
         raise DatapathError(
             f"BCC could not compile {bpf_dir}/*.c ({exc}); the compiler's messages are on stderr. "
             f"If they mention missing headers, check the kernel headers at /lib/modules/{release}/build "
-            "and /lib/modules/{release}/source: run make install") from exc
+            f"and /lib/modules/{release}/source: run make install") from exc
     try:
         prog_fds: dict[str, int] = {}
         for spec in PROGRAMS:

@@ -36,14 +36,14 @@ def check_privileges() -> None:
             "run the agent as root or as a privileged container")
 
 
-def check_kernel_headers() -> None:
-    release = os.uname().release
-    build = f"/lib/modules/{release}/build"
+def check_kernel_headers(release: str | None = None, modules_dir: str = "/lib/modules") -> None:
+    release = release or os.uname().release
+    build = f"{modules_dir}/{release}/build"
     if not os.path.isdir(build):
         why = "is a dangling symlink" if os.path.islink(build) else "does not exist"
         raise DatapathError(
             f"kernel headers missing: {build} {why}; BCC compiles the BPF programs on the node and needs "
-            f"them: install linux-headers and link {build} and /lib/modules/{release}/source to them "
+            f"them: install linux-headers and link {build} and {modules_dir}/{release}/source to them "
             "(run make install)")
 
 
