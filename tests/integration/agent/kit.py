@@ -237,6 +237,8 @@ async def tcp_server(handler: Handler, host: str = "127.0.0.1") -> AsyncIterator
     async def serve_one(conn: socket.socket) -> None:
         try:
             await handler(conn)
+        except ConnectionError:
+            pass  # clients that reset are part of several tests; they assert on the client side
         finally:
             conn.close()
 
