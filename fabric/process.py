@@ -176,24 +176,31 @@ class Proc:
         return found[0]
 
     def stop(self, timeout: float = 5.0) -> int:
-        """SIGTERM, then SIGKILL (to its whole process group) after `timeout`; reap; return the exit status."""
-        if self.alive:
+        """SIGTERM, then SIGKILL after `timeout`; reap; kill what is left of its process group; return the exit status."""
+        if self.popen.returncode is not None:
+            return self.popen.returncode  # reaped earlier: its group id may belong to someone else by now
+        if self.popen.poll() is None:
             self._signal(signal.SIGTERM)
             try:
-                return self.popen.wait(timeout)
+                self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
-                pass  # it ignored SIGTERM: escalate below
-        return self.kill()
+                return self.kill()  # it ignored SIGTERM
+        self._kill_group()  # just reaped: children it forked and left behind (a clean exit should have stopped them)
+        return self.popen.wait(5.0)
 
     def kill(self) -> int:
         """SIGKILL the process and its process group, reap it, return the exit status."""
-        if self.alive:
-            self._signal(signal.SIGKILL)
-        try:
-            os.killpg(self.pid, signal.SIGKILL)  # children it forked (it leads its own session)
-        except (ProcessLookupError, PermissionError):
-            pass  # no process group left
+        if self.popen.returncode is None:
+            self._kill_group()  # first, while its unreaped pid still reserves the group id
+            self._signal(signal.SIGKILL)  # in case it left its process group
         return self.popen.wait(5.0)
+
+    def _kill_group(self) -> None:
+        """SIGKILL the process group it leads (it was started in its own session)."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # no member left
 
     def _signal(self, signum: int) -> None:
         try:
