@@ -1,0 +1,179 @@
+"""The gateway's configuration: flags (each also read from `CLUSTERLINK_<FLAG>`), parsed once into
+a frozen `GatewayConfig` that is passed explicitly to whatever needs it.
+
+The supervisor and its workers parse the same command line; workers get two more, internal flags
+(`--worker-index`, `--runtime-dir`) that --help does not show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from controlplane.api import flags
+
+DEFAULT_PEER_LISTEN = "0.0.0.0:443"
+DEFAULT_AGENT_LISTEN = "0.0.0.0:4443"
+DEFAULT_METRICS_LISTEN = "0.0.0.0:9090"
+
+EXIT_CONFIG = 78  # EX_CONFIG: a worker cannot start with this configuration; restarting won't help
+
+
+class ConfigError(ValueError):
+    """The configuration cannot work; the message says which setting and why."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what a client may cost us (seconds and bytes)."""
+
+    handshake_timeout: float = 5.0      # TLS handshake on the peer port
+    request_timeout: float = 10.0       # from the first byte of a request (or the preamble) to its end
+    idle_timeout: float = 120.0         # keep-alive: between requests on the peer port
+    connect_timeout: float = 3.0        # TCP+TLS to a remote gateway; TCP to an exported service
+    response_timeout: float = 5.0       # a remote gateway's answer to /authz or CONNECT
+    drain_timeout: float = 10.0         # on SIGTERM: how long connections may take to finish
+    max_connections: int = 8192         # per gateway (split evenly between workers)
+    max_pending_handshakes: int = 512   # per worker
+    max_header_bytes: int = 16 * 1024   # HTTP header block (431 beyond)
+    max_body_bytes: int = 64 * 1024     # HTTP body (413 beyond)
+    replay_bytes: int = 64 * 1024       # client bytes kept until the remote accepts the CONNECT
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    certs: Path
+    controlplane: str
+    join_token_file: Path
+    controlplane_ca: Path | None
+    peer_listen: tuple[str, int]
+    agent_listen: tuple[str, int]
+    import_host: str
+    workers: int
+    metrics_listen: tuple[str, int] | None
+    token_lifetime: float
+    pool_size: int
+    pool_keepalive: float
+    limits: Limits
+    log_level: str
+    log_format: str
+    worker_index: int | None = None
+    runtime_dir: Path | None = None
+
+    @property
+    def is_worker(self) -> bool:
+        return self.worker_index is not None
+
+    @property
+    def connections_per_worker(self) -> int:
+        return max(1, -(-self.limits.max_connections // max(1, self.workers)))
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number")
+    return number
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive whole number")
+    return number
+
+
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is negative")
+    return number
+
+
+def _optional_host_port(value: str) -> tuple[str, int] | None:
+    if value.strip().lower() in ("", "off", "none"):
+        return None
+    return flags.host_port(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="clusterlink-gateway",
+        description="The ClusterLink gateway of one peer: the mTLS peer port (healthz, authz, CONNECT to exported "
+                    "services), the agent port and the Imports' target ports (egress through pooled mTLS tunnels). "
+                    "A supervisor runs --workers processes that share every port.")
+    d = Limits()
+    flags.add(p, "--certs", type=Path, help="Directory with this peer's cert.pem, key.pem and the fabric's ca.pem; "
+                                           "our peer name is the certificate's DNS SAN")
+    flags.add(p, "--controlplane", help="Address of the control plane's API: unix:/<path> or host:port (TLS)")
+    flags.add(p, "--join-token-file", type=Path, help="File holding the join token presented to the control plane")
+    flags.add(p, "--controlplane-ca", type=Path,
+              help="CA certificate that signed the control plane's API certificate (host:port only; "
+                   "default: the fabric CA in --certs)")
+    flags.add(p, "--peer-listen", default=DEFAULT_PEER_LISTEN, type=flags.host_port,
+              help="Address of the mTLS peer port (remote gateways and heartbeats connect here)")
+    flags.add(p, "--agent-listen", default=DEFAULT_AGENT_LISTEN, type=flags.host_port,
+              help="Address of the agent port (plain TCP, node agents' redirected connections with a preamble)")
+    flags.add(p, "--import-host", default="0.0.0.0",
+              help="Bind address of the Imports' target ports (one listener per Import)")
+    flags.add(p, "--workers", default=os.cpu_count() or 1, type=_positive_int,
+              help="Worker processes; each serves every port (SO_REUSEPORT) on its own core")
+    flags.add(p, "--metrics-listen", default=DEFAULT_METRICS_LISTEN, type=_optional_host_port,
+              help="Address of the Prometheus /metrics endpoint (all workers aggregated); 'off' disables it")
+    flags.add(p, "--token-lifetime", default=30.0, type=_positive_float,
+              help="Lifetime in seconds of the access tokens this gateway issues to remote peers")
+    flags.add(p, "--pool-size", default=4, type=_non_negative_int,
+              help="Established mTLS tunnels kept ready per remote peer and worker (0: connect on demand)")
+    flags.add(p, "--pool-keepalive", default=10.0, type=_positive_float,
+              help="Seconds between health checks (GET /healthz) on each idle pooled tunnel")
+    flags.add(p, "--max-connections", default=d.max_connections, type=_positive_int,
+              help="Concurrent client connections (peer, agent and import ports together), split between workers")
+    flags.add(p, "--handshake-timeout", default=d.handshake_timeout, type=_positive_float,
+              help="Seconds a client gets to complete its TLS handshake on the peer port")
+    flags.add(p, "--request-timeout", default=d.request_timeout, type=_positive_float,
+              help="Seconds a client gets to send a whole request (peer port) or preamble (agent port); "
+                   "also bounds the wait for a first request")
+    flags.add(p, "--idle-timeout", default=d.idle_timeout, type=_positive_float,
+              help="Seconds an idle keep-alive connection on the peer port is kept (longer than the remote "
+                   "pools' --pool-keepalive)")
+    flags.add(p, "--connect-timeout", default=d.connect_timeout, type=_positive_float,
+              help="Seconds to connect to a remote gateway (TCP+TLS) or to an exported service (TCP)")
+    flags.add(p, "--response-timeout", default=d.response_timeout, type=_positive_float,
+              help="Seconds to wait for a remote gateway's answer to /authz or CONNECT")
+    flags.add(p, "--drain-timeout", default=d.drain_timeout, type=_positive_float,
+              help="On SIGTERM/SIGINT: seconds open connections get to finish before they are reset")
+    flags.add(p, "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="Log level")
+    flags.add(p, "--log-format", default="auto", choices=["auto", "text", "json"],
+              help="Log format: text, json, or auto (text on a terminal, JSON otherwise)")
+    p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--runtime-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def load_config(argv: Sequence[str] | None = None) -> GatewayConfig:
+    """Parse flags (and environment) into a GatewayConfig; exits with a usage message on errors."""
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    missing = [name for name in ("certs", "controlplane", "join_token_file") if getattr(a, name) in (None, "")]
+    if missing:
+        parser.error("missing required setting(s): " + ", ".join(
+            f"--{m.replace('_', '-')} (or ${flags.env_name(m.replace('_', '-'))})" for m in missing))
+    if a.controlplane.startswith("unix:") and a.controlplane_ca is not None:
+        parser.error("--controlplane-ca is for a host:port control plane, not unix:")
+    if a.idle_timeout <= a.pool_keepalive:
+        parser.error(f"--idle-timeout ({a.idle_timeout:g} s) must be longer than --pool-keepalive "
+                     f"({a.pool_keepalive:g} s), or pooled tunnels are cut while idle")
+    limits = Limits(handshake_timeout=a.handshake_timeout, request_timeout=a.request_timeout,
+                    idle_timeout=a.idle_timeout, connect_timeout=a.connect_timeout,
+                    response_timeout=a.response_timeout, drain_timeout=a.drain_timeout,
+                    max_connections=a.max_connections)
+    return GatewayConfig(
+        certs=a.certs, controlplane=a.controlplane, join_token_file=a.join_token_file,
+        controlplane_ca=a.controlplane_ca, peer_listen=a.peer_listen, agent_listen=a.agent_listen,
+        import_host=a.import_host, workers=a.workers, metrics_listen=a.metrics_listen,
+        token_lifetime=a.token_lifetime, pool_size=a.pool_size, pool_keepalive=a.pool_keepalive,
+        limits=limits, log_level=a.log_level, log_format=a.log_format,
+        worker_index=a.worker_index, runtime_dir=a.runtime_dir)

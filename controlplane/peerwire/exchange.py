@@ -1,0 +1,173 @@
+"""The client side of the peer protocol's HTTP framing, sans-IO: requests out as bytes, bytes in,
+responses out (h11 underneath, never exposed).
+
+A `ClientConnection` sends one request at a time on a keep-alive HTTP/1.1 connection to a remote
+gateway: `healthz()`, `authz(...)` and finally `connect(token)`, each returning the bytes to
+write. `next_response()` returns a complete `Response` or `NEED_DATA`, and raises
+`ResponseError` when the server misbehaved or closed the connection before a complete response.
+The response to an accepted CONNECT (2xx) is returned as soon as its header arrives; from then on
+the connection carries raw bytes, the first of which (sent by the server right after its
+response) are in `trailing_data`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import h11
+
+from .codec import (
+    ACCESS_TOKEN_HEADER,
+    AUTHORIZATION_HEADER,
+    AUTHZ_PATH,
+    HEALTHZ_PATH,
+    MAX_BODY_BYTES,
+    AuthzRequest,
+    connect_authority,
+    encode_authz_request,
+)
+from .server import NEED_DATA, _Sentinel
+
+DEFAULT_MAX_HEADER_BYTES = 16 * 1024
+USER_AGENT = "clusterlink-gateway"
+
+
+class ResponseError(Exception):
+    """The server's answer is not a usable HTTP response (or there was none)."""
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    reason: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    @property
+    def access_token(self) -> str | None:
+        return self.header(ACCESS_TOKEN_HEADER)
+
+    def summary(self) -> str:
+        """Status and (shortened) body, for messages: `403 Forbidden: denied by policy ns/p`."""
+        text = self.body[:200].decode("utf-8", "replace").strip()
+        head = f"{self.status} {self.reason}".strip()
+        return f"{head}: {text}" if text else head
+
+
+class ClientConnection:
+    """One connection's HTTP state, client side (see the module docstring)."""
+
+    def __init__(self, peer_name: str, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
+        self.peer_name = peer_name
+        self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_header_bytes)
+        self._max_body = max_body_bytes
+        self._response: h11.Response | None = None
+        self._body = bytearray()
+        self._connecting = False
+        self._switched = False
+
+    # --- requests ----------------------------------------------------------------------------
+
+    def _request(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes = b"") -> bytes:
+        if self._switched:
+            raise RuntimeError("request on a connection switched to a CONNECT tunnel")
+        if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
+            self._h11.start_next_cycle()
+        if self._h11.our_state is not h11.IDLE:
+            raise RuntimeError(f"request while the previous exchange is unfinished ({self._h11.our_state})")
+        host = target if method == "CONNECT" else self.peer_name
+        all_headers = [("Host", host), ("User-Agent", USER_AGENT), *headers]
+        if method != "CONNECT":
+            all_headers.append(("Content-Length", str(len(body))))
+        data = self._h11.send(h11.Request(method=method, target=target, headers=all_headers))
+        if body:
+            data += self._h11.send(h11.Data(data=body))
+        return data + self._h11.send(h11.EndOfMessage())
+
+    def healthz(self) -> bytes:
+        return self._request("GET", HEALTHZ_PATH, [])
+
+    def authz(self, request: AuthzRequest) -> bytes:
+        return self._request("POST", AUTHZ_PATH, [("Content-Type", "application/json")],
+                             encode_authz_request(request))
+
+    def connect(self, token: str) -> bytes:
+        authority = connect_authority(self.peer_name)
+        self._connecting = True
+        return self._request("CONNECT", authority, [(AUTHORIZATION_HEADER, f"Bearer {token}")])
+
+    # --- responses ---------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the server; b"" means the server closed its side."""
+        self._h11.receive_data(data)
+
+    def next_response(self) -> Response | _Sentinel:
+        """A complete response or NEED_DATA; raises ResponseError."""
+        try:
+            while True:
+                event = self._h11.next_event()
+                if event is h11.NEED_DATA:
+                    return NEED_DATA
+                if isinstance(event, h11.InformationalResponse):
+                    continue
+                if isinstance(event, h11.Response):
+                    if self._connecting and 200 <= event.status_code < 300:
+                        self._switched = True
+                        return _response(event, b"")
+                    self._start(event)
+                elif isinstance(event, h11.Data):
+                    self._body += event.data
+                    if len(self._body) > self._max_body:
+                        raise ResponseError(f"response body exceeds {self._max_body} bytes")
+                elif isinstance(event, h11.EndOfMessage):
+                    response = self._response
+                    if response is None:
+                        raise ResponseError("end of a response that never started")
+                    self._response = None
+                    self._connecting = False
+                    return _response(response, bytes(self._body))
+                elif isinstance(event, h11.ConnectionClosed):
+                    raise ResponseError("the server closed the connection without answering")
+                elif event is h11.PAUSED:
+                    raise ResponseError("the server's answer could not be framed")
+        except h11.RemoteProtocolError as exc:
+            raise ResponseError(f"malformed response: {exc}") from None
+
+    def _start(self, event: h11.Response) -> None:
+        for name, value in event.headers:
+            if name == b"content-length" and int(value) > self._max_body:
+                raise ResponseError(f"response body of {int(value)} bytes exceeds {self._max_body}")
+        self._response = event
+        self._body = bytearray()
+
+    @property
+    def switched(self) -> bool:
+        """Whether a CONNECT was accepted (the connection now carries raw bytes)."""
+        return self._switched
+
+    @property
+    def trailing_data(self) -> bytes:
+        return bytes(self._h11.trailing_data[0])
+
+    @property
+    def reusable(self) -> bool:
+        """Whether another request may be sent on this connection."""
+        if self._switched:
+            return False
+        state = (self._h11.our_state, self._h11.their_state)
+        return state == (h11.DONE, h11.DONE) or state == (h11.IDLE, h11.IDLE)
+
+
+def _response(event: h11.Response, body: bytes) -> Response:
+    headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers)
+    return Response(status=event.status_code, reason=event.reason.decode("latin-1", "replace"),
+                    headers=headers, body=body)

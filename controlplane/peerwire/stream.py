@@ -1,0 +1,620 @@
+"""Byte streams over asyncio transports: plain TCP, and TLS done here on memory BIOs.
+
+A `Stream` is the asyncio protocol of one TCP connection. It has two modes:
+
+- *control*: coroutines `read()` what arrived and `write()`/`drain()` (used while a connection
+  speaks HTTP, or while the agent's preamble is read);
+- *consumer*: `set_consumer(c)` hands every received chunk to `c.data(view)` synchronously,
+  from the event loop's read callback, with no task or copy in between (used by the relay, which
+  writes each chunk straight to the other stream). `set_consumer(None)` goes back to control.
+
+Reads are large (`READ_SIZE`, 256 KiB) into a buffer the stream owns (`asyncio.BufferedProtocol`):
+a consumer must use a chunk before returning, or call `renew_read_buffer()` if something may keep
+a reference to it.
+
+Why TLS is not asyncio's `ssl=` transport: that transport cannot half-close (its `write_eof()`
+raises NotImplementedError) and, when the other side sends close_notify, it shuts its own
+sending side down and drops what is written afterwards. A tunnel must carry a half-close in
+each direction independently (a client that sends a request, shuts down its sending side and
+then reads the answer). `TlsStream` runs TLS on an `ssl.SSLObject` with memory BIOs: `write_eof()`
+sends close_notify and keeps reading, a received close_notify is an end of data in one direction
+only (TLS 1.3 allows both, and OpenSSL lets us write after receiving close_notify). A TCP FIN
+without close_notify after the handshake is a *truncation*, reported as a failure, never as a
+clean end of data.
+
+Failures are `StreamError` with a `reason` (`reset`, `tls`, `truncated`, `closed`, `timeout`),
+delivered to the reader (raised by `read()`/`drain()`/`handshake()`) or to the consumer's
+`failed()`. `abort()` resets the connection (RST, SO_LINGER 0); `close()` ends it gracefully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import struct
+import sys
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+READ_SIZE = 256 * 1024
+INBOX_LIMIT = 256 * 1024
+WRITE_HIGH_WATER = 512 * 1024
+WRITE_LOW_WATER = 128 * 1024
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+# Until Python 3.12, a selector transport copies what it cannot send at once; later versions may
+# keep a reference to the written buffer. Consumers use this to decide whether a read buffer that
+# was written to a backed-up transport must be replaced.
+TRANSPORT_MAY_KEEP_BUFFERS = sys.version_info >= (3, 12)
+
+
+class StreamError(ConnectionError):
+    """A connection failed; `reason` classifies how (for metrics and logs)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class Consumer(Protocol):
+    """Receives a stream's bytes in consumer mode (see the module docstring)."""
+
+    def data(self, view: memoryview) -> None: ...
+
+    def eof(self) -> None: ...
+
+    def failed(self, error: StreamError) -> None: ...
+
+
+def _classify(exc: BaseException) -> StreamError:
+    if isinstance(exc, StreamError):
+        return exc
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
+        return StreamError("reset", f"connection reset ({exc.__class__.__name__})")
+    if isinstance(exc, TimeoutError):
+        return StreamError("timeout", "connection timed out")
+    if isinstance(exc, ssl.SSLError):
+        return StreamError("tls", f"TLS error: {tls_reason(exc)}")
+    return StreamError("reset", f"connection lost: {exc}")
+
+
+def tls_reason(exc: BaseException) -> str:
+    """A short reason for a TLS failure: 'certificate has expired', 'TLSV1_ALERT_UNKNOWN_CA', ..."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return exc.verify_message
+    reason = getattr(exc, "reason", None)
+    return str(reason) if reason else str(exc)
+
+
+class Stream(asyncio.BufferedProtocol):
+    """One TCP connection (see the module docstring). Subclasses: `TcpStream`, `TlsStream`."""
+
+    def __init__(self, *, on_open: Callable[[Stream], None] | None = None) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._buf = bytearray(READ_SIZE)
+        self._view = memoryview(self._buf)
+        self._inbox = bytearray()
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._at_eof = False  # the other side finished sending
+        self._eof_sent = False  # we finished sending
+        self._error: StreamError | None = None
+        self._consumer: Consumer | None = None
+        self._paused: set[str] = set()
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._write_pause_hooks: tuple[Callable[[], None], Callable[[], None]] | None = None
+        self._closing = False  # we closed or aborted it
+        self._lost = False
+        self._closed: asyncio.Future[None] | None = None
+        self._on_open = on_open
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.opened_at = 0.0
+
+    # --- asyncio protocol callbacks ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self._loop = asyncio.get_running_loop()
+        self._closed = self._loop.create_future()
+        self.opened_at = time.monotonic()
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
+        self._start()
+        if self._on_open is not None:
+            self._on_open(self)
+
+    def _start(self) -> None:
+        """Subclass hook, called when the connection is made (before `on_open`)."""
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        raise NotImplementedError
+
+    def eof_received(self) -> bool:
+        raise NotImplementedError
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._lost = True
+        if exc is not None:
+            self._fail(_classify(exc))
+        elif not self._closing and self._error is None:
+            self._fail(StreamError("closed", "connection closed"))
+        self._wake_reader()
+        self._wake_drain()
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self._write_pause_hooks is not None:
+            self._write_pause_hooks[0]()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drain()
+        if self._write_pause_hooks is not None:
+            self._write_pause_hooks[1]()
+
+    # --- delivery ----------------------------------------------------------------------------
+
+    def _deliver(self, view: memoryview) -> None:
+        self.bytes_received += len(view)
+        consumer = self._consumer
+        if consumer is not None:
+            consumer.data(view)
+            return
+        self._inbox += view
+        self._wake_reader()
+        if len(self._inbox) >= INBOX_LIMIT:
+            self.pause_reading("inbox")
+
+    def _deliver_eof(self) -> None:
+        if self._at_eof:
+            return
+        self._at_eof = True
+        consumer = self._consumer
+        if consumer is not None:
+            consumer.eof()
+        else:
+            self._wake_reader()
+
+    def _fail(self, error: StreamError) -> None:
+        if self._error is not None:
+            return
+        self._error = error
+        consumer = self._consumer
+        if consumer is not None and not self._closing:
+            consumer.failed(error)
+        self._wake_reader()
+        self._wake_drain()
+
+    def _wake_reader(self) -> None:
+        waiter = self._read_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake_drain(self) -> None:
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # --- control mode ------------------------------------------------------------------------
+
+    async def read(self) -> bytes:
+        """What arrived (at least one byte), or b"" at the end of data; raises StreamError."""
+        while not self._inbox:
+            if self._error is not None:
+                raise self._error
+            if self._at_eof or self._lost:
+                return b""
+            if self._consumer is not None:
+                raise RuntimeError("Stream.read while a consumer is attached")
+            assert self._loop is not None
+            self._read_waiter = self._loop.create_future()
+            try:
+                await self._read_waiter
+            finally:
+                self._read_waiter = None
+        data = bytes(self._inbox)
+        self._inbox.clear()
+        self.resume_reading("inbox")
+        return data
+
+    def unread(self, data: bytes) -> None:
+        """Put bytes back in front of what arrived (they will be read or consumed first)."""
+        if data:
+            self._inbox[:0] = data
+
+    def take_buffered(self) -> bytes:
+        """What arrived and was not read yet, without waiting."""
+        data = bytes(self._inbox)
+        self._inbox.clear()
+        self.resume_reading("inbox")
+        return data
+
+    async def drain(self) -> None:
+        """Wait until the write buffer is below its low-water mark; raises StreamError."""
+        if self._error is not None:
+            raise self._error
+        while self._write_paused and not self._lost:
+            assert self._loop is not None
+            self._drain_waiter = self._loop.create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+            if self._error is not None:
+                raise self._error
+
+    # --- consumer mode -----------------------------------------------------------------------
+
+    def set_consumer(self, consumer: Consumer | None) -> None:
+        """Hand every received chunk to `consumer` (None: back to control mode).
+
+        What arrived before is handed over at once, then the end of data or the failure, if any.
+        """
+        self._consumer = consumer
+        if consumer is None:
+            return
+        if self._inbox:
+            pending = bytes(self._inbox)
+            self._inbox.clear()
+            self.resume_reading("inbox")
+            consumer.data(memoryview(pending))
+        if self._consumer is not consumer:
+            return
+        if self._error is not None:
+            if not self._closing:
+                consumer.failed(self._error)
+        elif self._at_eof:
+            consumer.eof()
+
+    def set_write_pause_hooks(self, pause: Callable[[], None], resume: Callable[[], None]) -> None:
+        """Called when our write buffer goes above / back below its watermarks (flow control)."""
+        self._write_pause_hooks = (pause, resume)
+        if self._write_paused:
+            pause()
+
+    def clear_write_pause_hooks(self) -> None:
+        self._write_pause_hooks = None
+
+    def renew_read_buffer(self) -> None:
+        """Read into a new buffer from now on (the current one may still be referenced)."""
+        self._buf = bytearray(READ_SIZE)
+        self._view = memoryview(self._buf)
+
+    @property
+    def write_buffer_size(self) -> int:
+        transport = self.transport
+        return transport.get_write_buffer_size() if transport is not None and not self._lost else 0
+
+    # --- flow control ------------------------------------------------------------------------
+
+    def pause_reading(self, reason: str) -> None:
+        if not self._paused and self.transport is not None and not self._lost:
+            self.transport.pause_reading()
+        self._paused.add(reason)
+
+    def resume_reading(self, reason: str) -> None:
+        if reason not in self._paused:
+            return
+        self._paused.discard(reason)
+        if not self._paused and self.transport is not None and not self._lost:
+            self.transport.resume_reading()
+
+    # --- writing and closing -----------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Send bytes (buffered by the transport). Dropped when the stream is already dead."""
+        raise NotImplementedError
+
+    def write_eof(self) -> None:
+        """Finish our sending side; the other direction keeps flowing."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """End the connection gracefully (what was written is still sent)."""
+        if self._closing or self.transport is None:
+            return
+        self._closing = True
+        self.transport.close()
+
+    def abort(self) -> None:
+        """Reset the connection now (RST): nothing buffered is sent."""
+        if self.transport is None or self._lost:
+            self._closing = True
+            return
+        self._closing = True
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            except OSError:
+                pass  # already closed by the kernel: aborting is all that is left to do
+        self.transport.abort()
+
+    async def wait_closed(self) -> None:
+        if self._closed is not None:
+            await asyncio.shield(self._closed)
+
+    # --- state -------------------------------------------------------------------------------
+
+    @property
+    def at_eof(self) -> bool:
+        """The other side finished sending (and everything it sent was read or consumed)."""
+        return self._at_eof and not self._inbox
+
+    @property
+    def alive(self) -> bool:
+        """Neither failed, closed, nor ended by the other side."""
+        return not (self._lost or self._closing or self._error is not None or self._at_eof)
+
+    @property
+    def buffered(self) -> int:
+        """How many received bytes wait to be read."""
+        return len(self._inbox)
+
+    @property
+    def error(self) -> StreamError | None:
+        return self._error
+
+    @property
+    def eof_sent(self) -> bool:
+        return self._eof_sent
+
+    @property
+    def peername(self) -> tuple[str, int] | None:
+        return self.transport.get_extra_info("peername") if self.transport is not None else None
+
+    @property
+    def sockname(self) -> tuple[str, int] | None:
+        return self.transport.get_extra_info("sockname") if self.transport is not None else None
+
+
+class TcpStream(Stream):
+    """A plain TCP connection."""
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._deliver(self._view[:nbytes])
+
+    def eof_received(self) -> bool:
+        self._deliver_eof()
+        return True  # keep our sending side open (half-close)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing or self._lost:
+            return
+        if self._eof_sent:
+            raise RuntimeError("write after write_eof")
+        assert self.transport is not None
+        self.transport.write(data)
+        self.bytes_sent += len(data)
+
+    def write_eof(self) -> None:
+        if self._eof_sent or self._closing or self._lost:
+            return
+        self._eof_sent = True
+        assert self.transport is not None
+        self.transport.write_eof()
+
+
+class TlsStream(Stream):
+    """A TLS connection, client or server side (see the module docstring).
+
+    The handshake starts when the connection is made; `await handshake()` waits for it (raises
+    StreamError with reason `tls` or `timeout`).
+    """
+
+    def __init__(self, context: ssl.SSLContext, *, server_side: bool, server_hostname: str | None = None,
+                 handshake_timeout: float = 10.0, on_open: Callable[[Stream], None] | None = None) -> None:
+        super().__init__(on_open=on_open)
+        self._context = context
+        self._server_side = server_side
+        self._server_hostname = server_hostname
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._ssl: ssl.SSLObject | None = None
+        self._plain = bytearray(READ_SIZE)
+        self._pview = memoryview(self._plain)
+        self._handshake_timeout = handshake_timeout
+        self._handshake_timer: asyncio.TimerHandle | None = None
+        self._handshake_done: asyncio.Future[None] | None = None
+        self._handshaked = False
+        self.handshake_seconds: float | None = None
+
+    # --- handshake ---------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        assert self._loop is not None
+        self._handshake_done = self._loop.create_future()
+        try:
+            self._ssl = self._context.wrap_bio(self._incoming, self._outgoing, server_side=self._server_side,
+                                               server_hostname=self._server_hostname)
+        except (ssl.SSLError, ValueError) as exc:
+            self._handshake_failed(StreamError("tls", f"cannot start TLS: {exc}"))
+            return
+        self._handshake_timer = self._loop.call_later(self._handshake_timeout, self._handshake_timed_out)
+        if not self._server_side:
+            self._do_handshake()
+
+    async def handshake(self) -> None:
+        """Wait for the handshake; raises StreamError when it failed."""
+        assert self._handshake_done is not None, "handshake() before the connection was made"
+        await asyncio.shield(self._handshake_done)
+        if not self._handshaked:
+            raise self._error or StreamError("tls", "TLS handshake did not complete")
+
+    def _do_handshake(self) -> None:
+        assert self._ssl is not None
+        try:
+            self._ssl.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return
+        except (ssl.SSLError, ssl.CertificateError) as exc:
+            self._flush()
+            self._handshake_failed(StreamError("tls", f"TLS handshake failed: {tls_reason(exc)}"))
+            return
+        self._handshaked = True
+        self.handshake_seconds = time.monotonic() - self.opened_at
+        self._cancel_handshake_timer()
+        self._flush()
+        if self._handshake_done is not None and not self._handshake_done.done():
+            self._handshake_done.set_result(None)
+
+    def _handshake_failed(self, error: StreamError) -> None:
+        self._cancel_handshake_timer()
+        self._fail(error)
+        if self._handshake_done is not None and not self._handshake_done.done():
+            self._handshake_done.set_result(None)
+        if not self._closing and self.transport is not None:
+            self._closing = True
+            self.transport.close()  # graceful: our alert, if any, still goes out
+
+    def _handshake_timed_out(self) -> None:
+        self._handshake_timer = None
+        if not self._handshaked:
+            self._handshake_failed(StreamError("timeout", f"no TLS handshake within {self._handshake_timeout:g} s"))
+            self.abort()
+
+    def _cancel_handshake_timer(self) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._incoming.write(self._view[:nbytes])
+        if not self._handshaked:
+            if self._error is not None:
+                return
+            self._do_handshake()
+            if not self._handshaked:
+                return
+        self._decrypt()
+
+    def _decrypt(self) -> None:
+        assert self._ssl is not None
+        read = self._ssl.read
+        view = self._pview
+        size = len(view)
+        offset = 0
+        eof = False
+        error: ssl.SSLError | None = None
+        while True:
+            try:
+                count = read(size - offset, view[offset:])
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                eof = True
+                break
+            except ssl.SSLError as exc:
+                error = exc
+                break
+            if count == 0:
+                eof = True
+                break
+            offset += count
+            if offset == size:
+                self._deliver(view)
+                if self._lost or self._closing:
+                    return
+                view = self._pview
+                offset = 0
+        if offset:
+            self._deliver(view[:offset])
+        self._flush()
+        if error is not None:
+            self._fail(StreamError("tls", f"TLS error: {tls_reason(error)}"))
+            self.abort()
+        elif eof:
+            self._deliver_eof()
+
+    def renew_read_buffer(self) -> None:
+        self._plain = bytearray(READ_SIZE)
+        self._pview = memoryview(self._plain)
+
+    def eof_received(self) -> bool:
+        if not self._handshaked:
+            self._handshake_failed(StreamError("tls", "the other side closed the connection during the TLS handshake"))
+        elif not self._at_eof:
+            self._fail(StreamError("truncated", "the connection ended without a TLS close_notify"))
+            self.abort()
+        return True
+
+    # --- writing -----------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        if self._outgoing.pending and self.transport is not None and not self._lost:
+            self.transport.write(self._outgoing.read())
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing or self._lost or self._error is not None:
+            return
+        if not self._handshaked:
+            raise RuntimeError("TlsStream.write before the handshake completed")
+        if self._eof_sent:
+            raise RuntimeError("write after write_eof")
+        assert self._ssl is not None and self.transport is not None
+        try:
+            self._ssl.write(data)
+        except ssl.SSLError as exc:
+            self._fail(StreamError("tls", f"TLS error: {tls_reason(exc)}"))
+            self.abort()
+            return
+        self.bytes_sent += len(data)
+        self.transport.write(self._outgoing.read())
+
+    def write_eof(self) -> None:
+        """Send close_notify; reading goes on until the other side sends its own."""
+        if self._eof_sent or self._closing or self._lost or not self._handshaked:
+            return
+        self._eof_sent = True
+        assert self._ssl is not None
+        try:
+            self._ssl.unwrap()
+        except ssl.SSLWantReadError:
+            pass  # expected: close_notify is out, the other side's is still to come
+        except ssl.SSLError as exc:
+            self._fail(StreamError("tls", f"TLS error while closing: {tls_reason(exc)}"))
+            self.abort()
+            return
+        self._flush()
+
+    def close(self) -> None:
+        if self._closing or self.transport is None:
+            return
+        if self._handshaked and self._error is None:
+            self.write_eof()
+        super().close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._cancel_handshake_timer()
+        super().connection_lost(exc)
+        if self._handshake_done is not None and not self._handshake_done.done():
+            self._handshake_done.set_result(None)
+
+    # --- TLS details -------------------------------------------------------------------------
+
+    @property
+    def handshaked(self) -> bool:
+        return self._handshaked
+
+    @property
+    def ssl_object(self) -> ssl.SSLObject | None:
+        return self._ssl
+
+    def peer_certificate(self) -> dict | None:
+        return self._ssl.getpeercert() if self._ssl is not None and self._handshaked else None
+
+    @property
+    def session_reused(self) -> bool:
+        return bool(self._ssl is not None and self._handshaked and self._ssl.session_reused)
