@@ -117,12 +117,14 @@ class Attachment:
     link_id: int | None
 
 
-def attachments(path: Path) -> list[Attachment]:
-    """BPF programs attached directly to `path` (not inherited), as `bpftool cgroup show` lists them."""
+def attachments(path: Path, links: dict[tuple[int, int, str], int] | None = None) -> list[Attachment]:
+    """BPF programs attached directly to `path` (not inherited), as `bpftool cgroup show` lists them.
+    `links` is `cgroup_links()`, when the caller already has it."""
     out = command(["bpftool", "-j", "cgroup", "show", str(path)]).strip()
     if not out:
         return []
-    links = _cgroup_links()
+    if links is None:
+        links = cgroup_links()
     cgroup_id = path.stat().st_ino
     return [
         Attachment(
@@ -136,7 +138,8 @@ def attachments(path: Path) -> list[Attachment]:
     ]
 
 
-def _cgroup_links() -> dict[tuple[int, int, str], int]:
+def cgroup_links() -> dict[tuple[int, int, str], int]:
+    """The bpf links attached to cgroups: (cgroup id, program id, attach type) -> link id."""
     out = command(["bpftool", "-j", "link", "list"]).strip()
     found = {}
     for link in json.loads(out) if out else []:

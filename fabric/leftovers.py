@@ -36,7 +36,7 @@ class Leftovers:
         return {
             "pid_files": [d / "pids" for d in self.runtime_dirs],
             "cgroup_paths": self.cgroups,
-            "netns_names": sorted(self.netns, reverse=True),  # pods before their node: fewer dangling veths
+            "netns_names": sorted(self.netns, key=lambda n: (-n.count("."), n)),  # pods first, then nodes, ...
             "root_links": self.links,
             "paths": self.runtime_dirs,
         }

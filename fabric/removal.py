@@ -90,7 +90,7 @@ class Removal:
         root_links: Iterable[str] = (),
         paths: Iterable[Path] = (),
     ) -> None:
-        cgroup_paths, netns_names = list(cgroup_paths), list(netns_names)
+        cgroup_paths, netns_names = _outermost(list(cgroup_paths)), list(netns_names)
         for pid_file in pid_files:
             self._step(f"kill processes recorded in {pid_file}", self._kill_recorded, pid_file)
         for cgroup in cgroup_paths:
@@ -167,7 +167,8 @@ class Removal:
             # Not fatal: removing the cgroup releases legacy attachments too; detaching first is hygiene.
             self.report(f"note: bpftool is not installed, BPF programs on {path} go when the cgroup is removed")
             return
-        for a in [a for cg in cgroups.subtree(path) for a in cgroups.attachments(cg)]:
+        links = cgroups.cgroup_links()
+        for a in [a for cg in cgroups.subtree(path) for a in cgroups.attachments(cg, links)]:
             if a.link_id is not None:
                 # A live process holds the link: it was killed above if it is ours; otherwise rmdir releases it.
                 self.report(f"note: program {a.prog_id} ({a.attach_type}) on {a.cgroup} is held by bpf link {a.link_id}")
@@ -203,6 +204,11 @@ class Removal:
             self._did(f"remove file {path}")
             if not self.dry_run:
                 path.unlink()
+
+
+def _outermost(paths: list[Path]) -> list[Path]:
+    """The paths not below another one of the list (each step handles a whole cgroup subtree), in order."""
+    return [p for p in paths if not any(other != p and other in p.parents for other in paths)]
 
 
 def _signal(pid: int, signum: int) -> None:

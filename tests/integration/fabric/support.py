@@ -12,7 +12,7 @@ import pytest
 
 from fabric import Proc
 from fabric.cgroups import DEFAULT_ROOT, is_cgroup2_mount
-from fabric.topology import PeerNet, Place, PodNet
+from fabric.places import PeerNet, Place, PodNet
 
 WORKLOADS = [sys.executable, "-m", "fabric.workloads"]
 REPO = Path(__file__).resolve().parents[3]
