@@ -108,7 +108,7 @@ _INDEX = re.compile(r"^(\w+)\[(\d+)\]$")
 def json_path(doc: Any, path: str) -> Any:
     """The tiny subset of JSONPath our printer columns use."""
     value = doc
-    for part in path.lstrip(".").split("."):
+    for part in re.findall(r"(?:[^.\[]|\[[^\]]*\])+", path):
         if value is None:
             return None
         m = _FILTER.match(part)
