@@ -11,17 +11,18 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from controlplane.api import clusterlink_pb2 as pb
 from controlplane.model import schema as S
 from controlplane.model.conditions import set_condition
-from controlplane.model.objects import Object
+from controlplane.model.objects import Object, ObjectKey
 from controlplane.store.base import Event, Store
 
 from .exports import ExportTarget, resolve_export
-from .imports import VipPool, plan_imports
+from .imports import ImportPlan, VipPool, plan_imports
 from .snapshots import DesiredState, Versioner, agent_view, gateway_view
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,25 @@ class ReconcilerConfig:
     debounce: float = 0.02
 
 
+class ImportService(Protocol):
+    """What a service provider reports for one Import: its VIP and the ImportServiceValid condition."""
+
+    vip: str
+    ok: bool
+    reason: str
+    message: str
+
+
+class ServiceProvider(Protocol):
+    """Where Imports get their service address when it is not leased from a VIP range (Kubernetes:
+    a Service per Import, VIP = its ClusterIP), and which local services exist (export validity)."""
+
+    def local_services(self) -> Mapping[tuple[str, str], str]: ...
+
+    def reconcile(self, imports: Sequence[tuple[Object, int]]) -> Mapping[ObjectKey, ImportService]:
+        """Ensure the service of every (Import, target port; 0 = none valid); leader only."""
+
+
 @dataclass
 class Publication:
     """The latest views; watchers wait on `changed` and read what they need."""
@@ -51,9 +71,11 @@ class Publication:
 class Reconciler:
     def __init__(self, config: ReconcilerConfig, store: Store, *, token_key: bytes,
                  reachable: Callable[[], Mapping[str, bool]] = dict,
-                 on_peers_changed: Callable[[], None] | None = None, rng: random.Random | None = None) -> None:
+                 on_peers_changed: Callable[[], None] | None = None, rng: random.Random | None = None,
+                 services: ServiceProvider | None = None) -> None:
         self.config = config
         self.store = store
+        self._services = services
         self._token_key = token_key
         self._reachable = reachable
         self._on_peers_changed = on_peers_changed
@@ -103,7 +125,10 @@ class Reconciler:
     def reconcile_once(self) -> None:
         """Plan and write statuses; then render the desired state for snapshots."""
         imports = self.store.list(S.IMPORT.kind)
-        services = {(s.namespace, s.name): s.spec["host"] for s in self.store.list(S.LOCAL_SERVICE.kind)}
+        if self._services is not None:
+            services = self._services.local_services()
+        else:
+            services = {(s.namespace, s.name): s.spec["host"] for s in self.store.list(S.LOCAL_SERVICE.kind)}
         exports = [(e, resolve_export(e, services, kubernetes=self.config.kubernetes))
                    for e in self.store.list(S.EXPORT.kind)]
         if self.leader:
@@ -127,6 +152,7 @@ class Reconciler:
     def _write_imports(self, imports: list[Object]) -> None:
         plans = plan_imports(imports, reserved=self.config.reserved_ports, vip_pool=self._vip_pool, rng=self._rng)
         by_key = {i.key: i for i in imports}
+        planned: list[tuple[Object, ImportPlan]] = []
         for plan in plans:
             obj = by_key[plan.key]
             if plan.write_back:
@@ -136,15 +162,26 @@ class Reconciler:
                 if updated is None:
                     continue
                 obj = updated
+            planned.append((obj, plan))
+        provided: Mapping[ObjectKey, ImportService] = {}
+        if self._services is not None:
+            provided = self._services.reconcile([(obj, plan.target_port) for obj, plan in planned])
+        for obj, plan in planned:
             status = dict(obj.status)
             status = set_condition(status, S.IMPORT_TARGET_PORT_VALID, plan.port_condition.ok,
                                    plan.port_condition.reason, plan.port_condition.message, generation=obj.generation)
-            status = set_condition(status, S.IMPORT_SERVICE_VALID, plan.service_condition.ok,
-                                   plan.service_condition.reason, plan.service_condition.message,
-                                   generation=obj.generation)
-            if self._vip_pool is not None:
-                if plan.vip:
-                    status["vip"] = plan.vip
+            service = provided.get(obj.key)
+            if service is not None:
+                status = set_condition(status, S.IMPORT_SERVICE_VALID, service.ok, service.reason, service.message,
+                                       generation=obj.generation)
+            else:
+                status = set_condition(status, S.IMPORT_SERVICE_VALID, plan.service_condition.ok,
+                                       plan.service_condition.reason, plan.service_condition.message,
+                                       generation=obj.generation)
+            if service is not None or self._vip_pool is not None:
+                vip = service.vip if service is not None else plan.vip
+                if vip:
+                    status["vip"] = vip
                 else:
                     status.pop("vip", None)
             if self.store.set_status(S.IMPORT.kind, obj.namespace, obj.name, status) and not plan.port_condition.ok:
