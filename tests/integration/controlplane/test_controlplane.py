@@ -1,0 +1,159 @@
+"""The control-plane process: management API, statuses, persistence, authentication, snapshots."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from controlplane.api.client import APIError, SnapshotFeed
+from controlplane.tokens import TokenAuthority
+
+SAMPLES = Path("/work/shared/clusterlink-samples")
+
+IMPORT = """
+apiVersion: clusterlink.net/v1alpha1
+kind: Import
+metadata: {{name: {name}, namespace: default}}
+spec:
+  port: 9080
+  {target}
+  sources: [{{peer: west, exportName: reviews, exportNamespace: default}}]
+"""
+
+
+def wait_for(fn, timeout=10.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
+
+
+def conditions(obj: dict) -> dict[str, dict]:
+    return {c["type"]: c for c in (obj.get("status") or {}).get("conditions", [])}
+
+
+@pytest.mark.skipif(not SAMPLES.exists(), reason="the ClusterLink samples are not on this machine")
+def test_clusterlink_samples_apply_unchanged(controlplane):
+    for path in sorted(SAMPLES.glob("*/*.yaml")):
+        text = re.sub(r"\$\{\w+\}", "127.0.0.9", path.read_text())
+        results = controlplane.apply(text)
+        assert results and all(r.split()[-1] in ("created", "configured", "unchanged") for r in results), results
+
+
+def test_import_gets_a_port_and_vip_that_survive_a_restart(controlplane):
+    controlplane.apply(IMPORT.format(name="reviews", target=""))
+    imp = wait_for(lambda: (lambda o: o if conditions(o).get("ImportServiceValid") else None)(
+        controlplane.get("Import", "reviews", "default")[0]))
+    assert conditions(imp)["ImportTargetPortValid"]["status"] == "True"
+    port, vip = imp["spec"]["targetPort"], imp["status"]["vip"]
+    assert 1024 <= port < 49152 and vip.startswith("10.96.")
+    controlplane.stop()
+    controlplane.start()
+    again = controlplane.get("Import", "reviews", "default")[0]
+    assert again["spec"]["targetPort"] == port and again["status"]["vip"] == vip
+
+
+def test_import_target_port_conflict_is_a_condition(controlplane):
+    controlplane.apply(IMPORT.format(name="first", target="targetPort: 20000"))
+    wait_for(lambda: conditions(controlplane.get("Import", "first", "default")[0]).get("ImportTargetPortValid"))
+    controlplane.apply(IMPORT.format(name="second", target="targetPort: 20000"))
+    cond = wait_for(lambda: conditions(controlplane.get("Import", "second", "default")[0]).get(
+        "ImportTargetPortValid"))
+    assert cond["status"] == "False" and cond["reason"] == "Error"
+    assert "already leased by import default/first" in cond["message"]
+    # deleting the holder frees the port for the other one
+    controlplane.call(lambda c: c.delete("Import", "default", "first"))
+    cond = wait_for(lambda: (lambda c: c if c and c["status"] == "True" else None)(
+        conditions(controlplane.get("Import", "second", "default")[0]).get("ImportTargetPortValid")))
+    assert cond["reason"] == "Leased"
+
+
+def test_export_validity_follows_the_local_service(controlplane):
+    controlplane.apply("apiVersion: clusterlink.net/v1alpha1\nkind: Export\nmetadata: {name: reviews}\n"
+                       "spec: {port: 9080}\n")
+    cond = wait_for(lambda: conditions(controlplane.get("Export", "reviews", "default")[0]).get("ExportValid"))
+    assert cond["status"] == "False" and cond["message"] == "export service 'default/reviews' does not exist"
+    controlplane.apply("apiVersion: clusterlink.net/v1alpha1\nkind: LocalService\nmetadata: {name: reviews}\n"
+                       "spec: {host: 10.1.2.3}\n")
+    cond = wait_for(lambda: (lambda c: c if c["status"] == "True" else None)(
+        conditions(controlplane.get("Export", "reviews", "default")[0])["ExportValid"]))
+    assert cond["reason"] == "Verified"
+
+
+def test_an_invalid_document_applies_nothing(controlplane):
+    good = "apiVersion: clusterlink.net/v1alpha1\nkind: Export\nmetadata: {name: a}\nspec: {port: 1}\n"
+    bad = "apiVersion: clusterlink.net/v1alpha1\nkind: Export\nmetadata: {name: b}\nspec: {port: -1}\n"
+    with pytest.raises(APIError) as err:
+        controlplane.apply(good + "---\n" + bad)
+    assert err.value.code == "INVALID_ARGUMENT" and "spec.port" in err.value.message
+    assert controlplane.get("Export") == []
+
+
+def test_peer_outside_the_clusterlink_namespace_is_refused(controlplane):
+    with pytest.raises(APIError, match="ClusterLink namespace"):
+        controlplane.apply("apiVersion: clusterlink.net/v1alpha1\nkind: Peer\nmetadata: {name: w, namespace: x}\n"
+                           "spec: {gateways: [{host: 127.0.0.9, port: 443}]}\n")
+
+
+def test_unreachable_peer_condition(controlplane):
+    # 127.0.0.9:1 refuses connections: the first heartbeat decides
+    controlplane.apply("apiVersion: clusterlink.net/v1alpha1\nkind: Peer\n"
+                       "metadata: {name: west, namespace: clusterlink-system}\n"
+                       "spec: {gateways: [{host: 127.0.0.9, port: 1}]}\n")
+    cond = wait_for(lambda: conditions(controlplane.get("Peer", "west", "clusterlink-system")[0]).get(
+        "PeerReachable"))
+    assert cond["status"] == "False" and cond["reason"] == "Heartbeat"
+
+
+@pytest.mark.parametrize("token, code", [("", "UNAUTHENTICATED"), ("wrong", "PERMISSION_DENIED")])
+def test_management_needs_the_admin_token(controlplane, token, code):
+    with pytest.raises(APIError) as err:
+        controlplane.call(lambda c: c.get("Import"), token=token)
+    assert err.value.code == code
+
+
+def test_the_join_token_is_not_an_admin_token(controlplane):
+    with pytest.raises(APIError) as err:
+        controlplane.call(lambda c: c.get("Import"), token=controlplane.join_token)
+    assert err.value.code == "PERMISSION_DENIED"
+
+
+def test_agents_register_and_gateways_get_versioned_snapshots(controlplane):
+    resp = controlplane.call(lambda c: c.register("n1"), token=controlplane.join_token)
+    snapshots = []
+
+    async def watch() -> None:
+        feed = SnapshotFeed(controlplane.endpoint(controlplane.join_token), role="gateway",
+                            on_snapshot=snapshots.append)
+        task = asyncio.create_task(feed.run())
+        try:
+            await asyncio.wait_for(_until(lambda: len(snapshots) >= 1), 10)
+            await asyncio.to_thread(controlplane.apply, IMPORT.format(name="reviews", target=""))
+            await asyncio.wait_for(_until(lambda: any(s.imports and s.imports[0].target_port for s in snapshots)),
+                                   10)
+        finally:
+            task.cancel()
+
+    asyncio.run(watch())
+    assert snapshots[0].peer_name == "east" and len(snapshots[0].token_key) == 32
+    versions = [s.version for s in snapshots]
+    assert versions == sorted(versions) and len(set(versions)) == len(versions)
+    authority = TokenAuthority(snapshots[-1].token_key, "east")
+    assert authority.verify_agent_credential(resp.credential) == "n1"
+
+
+async def _until(pred) -> None:  # type: ignore[no-untyped-def]
+    while not pred():
+        await asyncio.sleep(0.05)
+
+
+def test_register_refuses_the_admin_token(controlplane):
+    with pytest.raises(APIError) as err:
+        controlplane.call(lambda c: c.register("n1"))
+    assert err.value.code == "PERMISSION_DENIED"
