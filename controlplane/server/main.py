@@ -47,6 +47,12 @@ class Config:
     probe_timeout: float
     log_level: str
     log_format: str
+    gateway_selector: str = "app.kubernetes.io/name=clusterlink,app.kubernetes.io/component=gateway"
+    lease_name: str = "clusterlink-controlplane"
+
+    @property
+    def kubernetes(self) -> bool:
+        return self.store == "kubernetes"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add(p, "--credential-lifetime", type=float, default=86400.0,
               help="Seconds an agent credential is valid (agents renew at half-life)")
     flags.add(p, "--probe-timeout", type=float, default=3.0, help="Heartbeat probe timeout, seconds")
+    flags.add(p, "--gateway-selector", default="app.kubernetes.io/name=clusterlink,app.kubernetes.io/component=gateway",
+              help="Kubernetes: labels of the gateway pods (k=v,...), the backends of every Import's Service")
+    flags.add(p, "--lease-name", default="clusterlink-controlplane",
+              help="Kubernetes: the Lease (in --namespace) whose holder is the replica that writes")
     flags.add(p, "--log-level", default="info", help="debug, info, warning or error")
     flags.add(p, "--log-format", default="auto", help="text, json, or auto (text on a terminal)")
     return p
@@ -115,10 +125,11 @@ def load_config(argv: Sequence[str] | None = None) -> Config:
         admin_token_file=a.admin_token_file or state_dir / "admin.token",
         join_token_file=a.join_token_file or state_dir / "join.token",
         namespace=a.namespace, peer_labels=dict(a.peer_label),
-        vip_range=None if a.vip_range in ("", "none") else a.vip_range,
+        vip_range=None if a.vip_range in ("", "none") or a.store == "kubernetes" else a.vip_range,
         gateway_agent_address=a.gateway_agent_address, reserved_ports=reserved, metrics_listen=metrics,
         credential_lifetime=a.credential_lifetime, probe_timeout=a.probe_timeout,
         log_level=a.log_level, log_format=a.log_format,
+        gateway_selector=a.gateway_selector, lease_name=a.lease_name,
     )
 
 
@@ -142,7 +153,7 @@ def open_store(url: str):  # type: ignore[no-untyped-def]
         from controlplane.store.sqlite import SQLiteStore, parse_url
 
         return SQLiteStore(parse_url(url))
-    raise ValueError(f"unsupported store {url!r} (sqlite:///<file>)")
+    raise ValueError(f"unsupported store {url!r} (sqlite:///<file> or kubernetes)")
 
 
 async def run(config: Config) -> None:
@@ -159,7 +170,16 @@ async def run(config: Config) -> None:
 
     tls = PeerTLS(config.certs, expected_name=config.name)
     peer_name = tls.name
-    store = open_store(config.store)
+    kube = None
+    if config.kubernetes:  # watches + caches, Import Services, Lease; in-cluster config or $KUBECONFIG
+        from controlplane.store.kube_backend import KubeBackend, KubeSettings, parse_selector
+
+        kube = KubeBackend.from_environment(KubeSettings(namespace=config.namespace, lease_name=config.lease_name,
+                                                         gateway_selector=parse_selector(config.gateway_selector)))
+        await kube.start()
+        store = kube.store
+    else:
+        store = open_store(config.store)
     metrics = ControlPlaneMetrics()
     credentials = Credentials(admin_token=ensure_token(config.admin_token_file),
                               join_token=ensure_token(config.join_token_file))
@@ -179,8 +199,9 @@ async def run(config: Config) -> None:
     reconciler = Reconciler(
         ReconcilerConfig(peer_name=peer_name, peer_labels=config.peer_labels, system_namespace=config.namespace,
                          reserved_ports=config.reserved_ports, vip_range=config.vip_range,
-                         gateway_agent_address=config.gateway_agent_address),
-        store, token_key=token_key, reachable=heartbeats.reachable, on_peers_changed=heartbeats.sync)
+                         gateway_agent_address=config.gateway_agent_address, kubernetes=kube is not None),
+        store, token_key=token_key, reachable=heartbeats.reachable, on_peers_changed=heartbeats.sync,
+        services=kube.services if kube is not None else None)
     reconciler.reconcile_seconds = metrics.reconcile.observe
 
     def on_request(method: str, code: str) -> None:
@@ -191,7 +212,7 @@ async def run(config: Config) -> None:
 
     control = ControlPlaneService(reconciler, credentials, authority, credential_lifetime=config.credential_lifetime,
                                   on_watcher=on_watcher, on_request=on_request)
-    management = ManagementService(store, credentials, system_namespace=config.namespace, standalone=True,
+    management = ManagementService(store, credentials, system_namespace=config.namespace, standalone=kube is None,
                                    on_request=on_request)
     tls_pair = None
     if not config.api_listen.startswith("unix:"):
@@ -202,7 +223,18 @@ async def run(config: Config) -> None:
         host, port = config.metrics_listen
         start_http_server(port, addr=host, registry=metrics.registry)
         log.info("metrics on http://%s:%d/metrics", host, port)
-    metrics.leader.set(1)
+    if kube is None:
+        metrics.leader.set(1)
+    else:  # every replica serves snapshots; only the Lease holder writes
+        reconciler.leader = False
+
+        def on_leadership(leading: bool) -> None:
+            reconciler.leader = leading
+            metrics.leader.set(1 if leading else 0)
+            reconciler.mark_dirty()
+
+        kube.on_leadership(on_leadership)
+        kube.store.on_cluster_change(reconciler.mark_dirty)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -228,6 +260,8 @@ async def run(config: Config) -> None:
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(reconciler.run(), name="reconciler"),
                      tg.create_task(observe(), name="observer")]
+            if kube is not None:
+                tasks.append(tg.create_task(kube.run_leader_election(), name="leader-election"))
             heartbeats.sync()
             await stop.wait()
             log.info("stopping the control plane of peer %s", peer_name)
@@ -236,7 +270,10 @@ async def run(config: Config) -> None:
     finally:
         await heartbeats.stop()
         await stop_server(server)
-        store.close()
+        if kube is not None:
+            await kube.stop()
+        else:
+            store.close()
         log.info("control plane of peer %s stopped", peer_name)
 
 
