@@ -62,6 +62,7 @@ class GatewayConfig:
     log_format: str
     worker_index: int | None = None
     runtime_dir: Path | None = None
+    supervisor_pid: int | None = None
 
     @property
     def is_worker(self) -> bool:
@@ -150,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
               help="Log format: text, json, or auto (text on a terminal, JSON otherwise)")
     p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--runtime-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--supervisor-pid", type=int, default=None, help=argparse.SUPPRESS)
     return p
 
 
@@ -176,4 +178,4 @@ def load_config(argv: Sequence[str] | None = None) -> GatewayConfig:
         import_host=a.import_host, workers=a.workers, metrics_listen=a.metrics_listen,
         token_lifetime=a.token_lifetime, pool_size=a.pool_size, pool_keepalive=a.pool_keepalive,
         limits=limits, log_level=a.log_level, log_format=a.log_format,
-        worker_index=a.worker_index, runtime_dir=a.runtime_dir)
+        worker_index=a.worker_index, runtime_dir=a.runtime_dir, supervisor_pid=a.supervisor_pid)

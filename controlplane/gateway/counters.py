@@ -25,6 +25,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+COUNTERS_FILE = "rr-counters"  # its name in the supervisor's runtime directory
 MAGIC = b"CLRR"
 VERSION = 1
 DEFAULT_SLOTS = 4096

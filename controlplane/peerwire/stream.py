@@ -110,6 +110,7 @@ class Stream(asyncio.BufferedProtocol):
         self._lost = False
         self._closed: asyncio.Future[None] | None = None
         self._on_open = on_open
+        self._watcher: Callable[[], None] | None = None
         self.bytes_received = 0
         self.bytes_sent = 0
         self.opened_at = 0.0
@@ -183,6 +184,7 @@ class Stream(asyncio.BufferedProtocol):
             consumer.eof()
         else:
             self._wake_reader()
+            self._notify_watcher()
 
     def _fail(self, error: StreamError) -> None:
         if self._error is not None:
@@ -193,6 +195,20 @@ class Stream(asyncio.BufferedProtocol):
             consumer.failed(error)
         self._wake_reader()
         self._wake_drain()
+        self._notify_watcher()
+
+    def _notify_watcher(self) -> None:
+        watcher = self._watcher
+        if watcher is not None:
+            self._watcher = None
+            watcher()
+
+    def set_watcher(self, callback: Callable[[], None] | None) -> None:
+        """Call `callback` once if the stream ends or fails while idle in control mode (e.g. a
+        pooled connection whose other side went away); None removes it."""
+        self._watcher = callback
+        if callback is not None and (self._error is not None or self._at_eof):
+            self._notify_watcher()
 
     def _wake_reader(self) -> None:
         waiter = self._read_waiter
@@ -339,6 +355,11 @@ class Stream(asyncio.BufferedProtocol):
                 pass  # already closed by the kernel: aborting is all that is left to do
         self.transport.abort()
 
+    @property
+    def closing(self) -> bool:
+        """We closed or aborted it (or it is gone)."""
+        return self._closing or self._lost
+
     async def wait_closed(self) -> None:
         if self._closed is not None:
             await asyncio.shield(self._closed)
@@ -426,6 +447,7 @@ class TlsStream(Stream):
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._handshake_done: asyncio.Future[None] | None = None
         self._handshaked = False
+        self._raw_received = 0
         self.handshake_seconds: float | None = None
 
     # --- handshake ---------------------------------------------------------------------------
@@ -492,6 +514,7 @@ class TlsStream(Stream):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._incoming.write(self._view[:nbytes])
+        self._raw_received += nbytes
         if not self._handshaked:
             if self._error is not None:
                 return
@@ -544,7 +567,11 @@ class TlsStream(Stream):
 
     def eof_received(self) -> bool:
         if not self._handshaked:
-            self._handshake_failed(StreamError("tls", "the other side closed the connection during the TLS handshake"))
+            if self._raw_received == 0:
+                self._handshake_failed(StreamError("closed", "the other side closed the connection without a byte"))
+            else:
+                self._handshake_failed(StreamError("tls", "the other side closed the connection during the TLS "
+                                                          "handshake"))
         elif not self._at_eof:
             self._fail(StreamError("truncated", "the connection ended without a TLS close_notify"))
             self.abort()

@@ -1,0 +1,264 @@
+"""Egress: connections from local clients to an Import, carried to a remote peer's export.
+
+Clients arrive on the agent port (a preamble names the Import and the client's attributes, and
+carries the agent's credential: without a valid one the connection is reset, so a pod cannot
+forge attributes by talking to the gateway directly) or on an Import's target port (no preamble,
+client attributes unknown). Then, for each source in load-balancing order (`lb`): the local
+egress policy check (`decisions`), an access token (`authorizer`: cached, or `POST /authz`), a
+tunnel from the peer's pool, and `CONNECT` with the token, followed at once by the client's
+bytes, so that a new connection pays no round trip before its first byte leaves. A copy of what
+was sent is kept (`Limits.replay_bytes`) until the peer answers 200; on any other answer the next
+source gets the same bytes (a cached token refused with 401 is first retried once with a fresh
+one; a pooled tunnel that broke is first retried once with a new tunnel). When every source
+failed, or the bytes sent outgrew the copy, the client's connection is reset (RST).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from controlplane.api.attributes import only_client
+from controlplane.api.preamble import Preamble, PreambleError, PreambleReader
+from controlplane.peerwire.client import ExchangeFailed, PeerError
+from controlplane.peerwire.stream import Stream, StreamError
+from controlplane.tokens import TokenError
+
+from .authorizer import AuthzRefused, RemoteAuthorizer
+from .config import Limits
+from .counters import SharedCounters
+from .decisions import egress_check, egress_src
+from .health import PeerHealth
+from .lb import RANDOM, ROUND_ROBIN, source_order
+from .logthrottle import LogThrottle
+from .metrics import GatewayMetrics
+from .pool import TunnelPools
+from .relay import Relay, RelayMeter
+from .state import GatewayState, ImportView, PeerView, SourceView
+
+log = logging.getLogger(__name__)
+
+DIRECTION = "egress"
+
+
+@dataclass
+class _Attempt:
+    """How trying one source ended, when it did not carry the connection."""
+
+    result: str
+    replay: bytearray | None  # what to send to the next source; None: too much was sent already
+    client_gone: bool = False
+
+
+class Egress:
+    def __init__(self, *, state: Callable[[], GatewayState], pools: TunnelPools, authorizer: RemoteAuthorizer,
+                 counters: SharedCounters, health: PeerHealth, metrics: GatewayMetrics, limits: Limits,
+                 meter: RelayMeter) -> None:
+        self._state = state
+        self._pools = pools
+        self._authorizer = authorizer
+        self._counters = counters
+        self._health = health
+        self._metrics = metrics
+        self._limits = limits
+        self._meter = meter
+        self._throttle = LogThrottle(log, interval=10.0)
+
+    # --- entry points ------------------------------------------------------------------------
+
+    async def serve_agent(self, stream: Stream) -> None:
+        """A connection on the agent port: preamble, credential, then the Import."""
+        started = time.monotonic()
+        try:
+            preamble = await self._read_preamble(stream)
+        except (PreambleError, StreamError, TimeoutError) as exc:
+            reason = ("preamble" if isinstance(exc, PreambleError) else
+                      "timeout" if isinstance(exc, TimeoutError) else exc.reason)
+            self._metrics.bad_requests.labels(listener="agent", reason=reason).inc()
+            self._throttle.warning(f"preamble:{reason}", "Agent-port connection from %s reset: %s",
+                                   _peer(stream), exc or "no preamble in time")
+            stream.abort()
+            return
+        state = self._state()
+        if state.authority is None:
+            self._metrics.agent_credential_failures.labels(reason="no-key").inc()
+            stream.abort()
+            return
+        try:
+            state.authority.verify_agent_credential(preamble.credential)
+        except TokenError as exc:
+            self._metrics.agent_credential_failures.labels(reason=exc.reason).inc()
+            self._throttle.warning(f"credential:{exc.reason}", "Agent-port connection from %s for Import %s/%s "
+                                   "reset: invalid agent credential (%s)", _peer(stream), preamble.import_namespace,
+                                   preamble.import_name, exc)
+            stream.abort()
+            return
+        imp = state.imports.get((preamble.import_namespace, preamble.import_name))
+        if imp is None:
+            self._count(f"{preamble.import_namespace}/{preamble.import_name}", "", "unknown-import")
+            stream.abort()
+            return
+        await self._forward(stream, state, imp, only_client(preamble.client), started)
+
+    async def serve_import(self, stream: Stream, port: int) -> None:
+        """A connection on an Import's target port: no preamble, unknown client."""
+        started = time.monotonic()
+        state = self._state()
+        imp = state.imports_by_port.get(port)
+        if imp is None:
+            self._count(f"port:{port}", "", "unknown-import")
+            stream.abort()
+            return
+        await self._forward(stream, state, imp, {}, started)
+
+    async def _read_preamble(self, stream: Stream) -> Preamble:
+        reader = PreambleReader()
+        async with asyncio.timeout(self._limits.request_timeout):
+            while True:
+                data = await stream.read()
+                if not data:
+                    raise PreambleError("the connection ended before the preamble was complete")
+                preamble = reader.feed(data)
+                if preamble is not None:
+                    stream.unread(reader.rest)
+                    return preamble
+
+    # --- forwarding --------------------------------------------------------------------------
+
+    def _count(self, service: str, peer: str, result: str) -> None:
+        self._metrics.connections.labels(direction=DIRECTION, service=service, peer=peer, result=result).inc()
+
+    async def _forward(self, client: Stream, state: GatewayState, imp: ImportView, client_attrs: Mapping[str, str],
+                       started: float) -> None:
+        src = egress_src(state, client_attrs)
+        scheme = imp.lb_scheme
+        counter = self._counters.increment(imp.ref) if scheme == ROUND_ROBIN else 0
+        rnd = random.getrandbits(32) if scheme == RANDOM else 0
+        unreachable = set()
+        for i, source in enumerate(imp.sources):
+            peer = state.peers.get(source.peer)
+            if peer is None or self._health.unreachable(peer):
+                unreachable.add(i)
+        order = source_order(scheme, len(imp.sources), counter=counter, random_value=rnd, unreachable=unreachable)
+        replay: bytearray | None = bytearray()
+        result = "no-source"
+        try:
+            for index in order:
+                source = imp.sources[index]
+                peer = state.peers.get(source.peer)
+                if peer is None:
+                    result = "unknown-peer"
+                    self._throttle.warning(f"unknown-peer:{imp.ref}:{source.peer}", "Import %s: source peer %s is "
+                                           "not a known Peer; trying the next source", imp.ref, source.peer)
+                    continue
+                check = egress_check(state, imp, source, peer, src)
+                decision = check.decision
+                self._metrics.authz_decisions.labels(direction=DIRECTION, verdict="allow" if decision.allowed
+                                                     else "deny", tier=decision.tier.value).inc()
+                if not decision.allowed:
+                    result = "denied"
+                    log.debug("Egress to %s/%s on peer %s for Import %s denied by %s", source.export_namespace,
+                              source.export_name, peer.name, imp.ref, decision.policy)
+                    continue
+                assert replay is not None
+                attempt = await self._try_source(client, imp, source, peer, src, replay, started)
+                if attempt is None:
+                    return
+                result = attempt.result
+                if attempt.client_gone:
+                    self._count(imp.ref, peer.name, "client-reset")
+                    return
+                replay = attempt.replay
+                if replay is None:
+                    result = "replay-overflow"
+                    break
+        except asyncio.CancelledError:
+            client.abort()
+            raise
+        self._count(imp.ref, "", result)
+        client.abort()
+
+    async def _try_source(self, client: Stream, imp: ImportView, source: SourceView, peer: PeerView,
+                          src: Mapping[str, str], replay: bytearray, started: float) -> _Attempt | None:
+        """Carry the connection through `source`; None when it was carried (and is now finished)."""
+        pool = self._pools.get(peer)
+        retried = False
+        while True:
+            try:
+                grant = await self._authorizer.grant(peer, source, src)
+            except AuthzRefused as exc:
+                return _Attempt(_refusal(exc.status), replay)
+            except PeerError as exc:
+                log.debug("Egress for Import %s: peer %s unreachable: %s", imp.ref, peer.name, exc)
+                return _Attempt("unreachable", replay)
+            try:
+                conn, pooled = await pool.acquire()
+            except PeerError:
+                return _Attempt("unreachable", replay)
+
+            relay = Relay(client, conn.stream)
+            early = bytes(replay) + client.take_buffered()
+            conn.send_connect(grant.token, early)
+            relay.start_upstream(tap=bytearray(early), tap_limit=self._limits.replay_bytes)
+            try:
+                response = await conn.connect_response(self._limits.response_timeout)
+            except ExchangeFailed as exc:
+                if relay.finished.done():
+                    return _Attempt("client-reset", None, client_gone=True)
+                kept = relay.detach_upstream()
+                conn.abort()
+                if kept is not None and pooled and not retried:
+                    pool.report_stale()
+                    retried, replay = True, kept
+                    continue
+                log.debug("Egress for Import %s: CONNECT to peer %s failed: %s", imp.ref, peer.name, exc)
+                return _Attempt("unreachable", kept)
+            except asyncio.CancelledError:
+                relay.abort()
+                raise
+
+            if 200 <= response.status < 300:
+                await self._carry(client, conn.trailing_data, relay, imp, peer, started)
+                return None
+
+            kept = relay.detach_upstream()
+            conn.close()
+            self._authorizer.invalidate(grant)
+            if response.status == 401 and grant.cached and not retried and kept is not None:
+                retried, replay = True, kept
+                continue
+            log.debug("Egress for Import %s: peer %s refused CONNECT: %s", imp.ref, peer.name, response.summary())
+            return _Attempt(_refusal(response.status), kept)
+
+    async def _carry(self, client: Stream, trailing: bytes, relay: Relay, imp: ImportView, peer: PeerView,
+                     started: float) -> None:
+        relay.commit()
+        self._metrics.setup_seconds.labels(direction=DIRECTION).observe(time.monotonic() - started)
+        if trailing:
+            client.write(trailing)
+        relay.start_downstream()
+        self._meter.track(relay, DIRECTION)
+        active = self._metrics.active.labels(direction=DIRECTION)
+        active.inc()
+        try:
+            outcome = await relay.wait()
+        except asyncio.CancelledError:
+            relay.abort()
+            raise
+        finally:
+            active.dec()
+            self._meter.untrack(relay)
+        self._count(imp.ref, peer.name, "ok" if outcome.outcome == "closed" else "reset")
+
+
+def _refusal(status: int) -> str:
+    return {401: "remote-unauthorized", 403: "remote-denied", 404: "remote-not-found"}.get(status, "remote-error")
+
+
+def _peer(stream: Stream) -> str:
+    name = stream.peername
+    return f"{name[0]}:{name[1]}" if name else "?"

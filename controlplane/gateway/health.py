@@ -1,0 +1,40 @@
+"""What this worker has seen of each remote peer's reachability (pure: no I/O, no clock).
+
+The control plane's heartbeats (`PeerInfo.reachable` in the snapshot) are slow by design (5
+failures at 1 s intervals, up to 20 s when packets are dropped). The tunnel pool knows sooner: a
+connection attempt that failed on every gateway of a peer, or a pooled tunnel that fails its
+keepalive and cannot be replaced, marks the peer unreachable at once; the next successful
+connection marks it reachable again. For load balancing, this local evidence wins; a peer this
+worker has not tried yet is judged by the heartbeats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .state import PeerView
+
+
+class PeerHealth:
+    def __init__(self, on_change: Callable[[str, bool], None] | None = None) -> None:
+        self._seen: dict[str, bool] = {}
+        self._on_change = on_change
+
+    def mark(self, peer: str, reachable: bool) -> bool:
+        """Record an outcome; True when it changed what we believed."""
+        changed = self._seen.get(peer) != reachable
+        self._seen[peer] = reachable
+        if changed and self._on_change is not None:
+            self._on_change(peer, reachable)
+        return changed
+
+    def seen(self, peer: str) -> bool | None:
+        """What the last attempt said (None: no attempt yet)."""
+        return self._seen.get(peer)
+
+    def unreachable(self, peer: PeerView) -> bool:
+        seen = self._seen.get(peer.name)
+        return (not seen) if seen is not None else not peer.reachable
+
+    def forget(self, peer: str) -> None:
+        self._seen.pop(peer, None)

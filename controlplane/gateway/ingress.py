@@ -1,0 +1,275 @@
+"""Ingress: the peer port. Remote gateways (and heartbeats) connect with mTLS and speak HTTP/1.1:
+
+- `GET /healthz` → 200 with our labels (`ClusterLinkPeerLabels`);
+- `POST /authz` → the Export must exist and be valid (else 404); the ingress policy decides on the
+  requested source attributes, with the peer name taken from the client certificate (never the
+  one claimed); deny → 403 naming the policy; allow → 200 with an access token bound to that peer;
+- `CONNECT` with `Authorization: Bearer <token>` → the token must be ours, unexpired, and issued
+  to the peer presenting it (else 401); the policy is evaluated again, now, on the token's source
+  attributes (a policy change applies to the very next connection, cached token or not; 403); the
+  Export must still exist (404); then the exported service is connected (502 when refused, 503 on
+  timeout), 200 is answered and bytes flow (those the client sent after its request included).
+
+Keep-alive between requests (pooled tunnels send `/healthz` now and then). Limits: handshake
+time, time to a first request and to a complete request, idle time, header size (431), body
+size (413). Misbehaviour is counted and logged at a limited rate; one connection never affects
+another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from controlplane.peerwire import codec
+from controlplane.peerwire.server import CLOSED, NEED_DATA, BadRequest, Request, ServerConnection
+from controlplane.peerwire.stream import Stream, StreamError, TcpStream, TlsStream
+from controlplane.tlsconfig import peer_name_from_peercert
+from controlplane.tokens import TokenError
+
+from .config import Limits
+from .decisions import ingress_check
+from .logthrottle import LogThrottle
+from .metrics import GatewayMetrics
+from .relay import Relay, RelayMeter
+from .state import ExportView, GatewayState
+
+log = logging.getLogger(__name__)
+
+DIRECTION = "ingress"
+LISTENER = "peer"
+
+
+class _Close(Exception):
+    """End this connection (the reason was already counted and logged)."""
+
+
+class Ingress:
+    def __init__(self, *, state: Callable[[], GatewayState], metrics: GatewayMetrics, limits: Limits,
+                 meter: RelayMeter) -> None:
+        self._state = state
+        self._metrics = metrics
+        self._limits = limits
+        self._meter = meter
+        self._throttle = LogThrottle(log, interval=10.0)
+
+    def _bad(self, reason: str, message: str, *args: object) -> None:
+        self._metrics.bad_requests.labels(listener=LISTENER, reason=reason).inc()
+        self._throttle.warning(f"bad:{reason}", message, *args)
+
+    # --- connection loop ---------------------------------------------------------------------
+
+    async def serve(self, stream: TlsStream) -> None:
+        try:
+            await stream.handshake()
+        except StreamError as exc:
+            stream.abort()
+            if exc.reason == "closed":  # a TCP probe (load balancer, kubelet): routine
+                self._metrics.bad_requests.labels(listener=LISTENER, reason="closed-before-handshake").inc()
+                log.debug("Peer-port connection from %s closed before its TLS handshake", _peer(stream))
+                return
+            reason = "handshake-timeout" if exc.reason == "timeout" else "tls-handshake"
+            self._bad(reason, "Peer-port connection from %s refused: %s", _peer(stream), exc)
+            return
+        presenting = peer_name_from_peercert(stream.peer_certificate())
+        if not presenting:
+            self._bad("no-san", "Peer-port connection from %s refused: its certificate has no DNS name",
+                      _peer(stream))
+            stream.abort()
+            return
+        http = ServerConnection(max_header_bytes=self._limits.max_header_bytes,
+                                max_body_bytes=self._limits.max_body_bytes)
+        first = True
+        try:
+            while True:
+                request = await self._next_request(stream, http, presenting, first)
+                if request is None:
+                    stream.close()
+                    return
+                first = False
+                if request.method == "CONNECT":
+                    await self._connect(stream, http, request, presenting)
+                    return
+                status, headers, body = self._answer(request, presenting)
+                stream.write(http.respond(status, headers=headers, body=body))
+                if not http.keep_alive:
+                    stream.close()
+                    return
+        except _Close:
+            stream.close()
+        except StreamError as exc:
+            self._metrics.bad_requests.labels(listener=LISTENER, reason=exc.reason).inc()
+            log.debug("Peer-port connection from %s (%s) ended: %s", presenting, _peer(stream), exc)
+            stream.abort()
+        except asyncio.CancelledError:
+            stream.abort()
+            raise
+
+    async def _next_request(self, stream: Stream, http: ServerConnection, presenting: str,
+                            first: bool) -> Request | None:
+        """The next request; None when the client closed or stayed idle too long."""
+        now = time.monotonic()
+        waiting_for_first_byte = not http.has_pending_bytes
+        deadline = now + (self._limits.idle_timeout if waiting_for_first_byte and not first
+                          else self._limits.request_timeout)
+        while True:
+            try:
+                request = http.next_request()
+            except BadRequest as exc:
+                reason = {431: "header-too-large", 413: "body-too-large"}.get(exc.status, "bad-request")
+                self._bad(reason, "Peer-port request from %s (%s) refused with %d: %s", presenting, _peer(stream),
+                          exc.status, exc)
+                stream.write(http.respond(exc.status, body=f"{exc}\n".encode(), close=True))
+                raise _Close() from None
+            if request is CLOSED:
+                return None
+            if request is not NEED_DATA:
+                assert isinstance(request, Request)
+                return request
+            if waiting_for_first_byte and http.has_pending_bytes:
+                waiting_for_first_byte = False
+                deadline = time.monotonic() + self._limits.request_timeout
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                async with asyncio.timeout(remaining):
+                    data = await stream.read()
+            except TimeoutError:
+                if waiting_for_first_byte and not first:
+                    return None  # an idle keep-alive connection: closing it is routine
+                self._bad("timeout", "Peer-port connection from %s (%s) dropped: no complete request within %g s",
+                          presenting, _peer(stream), self._limits.request_timeout)
+                raise _Close() from None
+            http.receive_data(data)
+
+    # --- healthz and authz -------------------------------------------------------------------
+
+    def _answer(self, request: Request, presenting: str) -> tuple[int, list[tuple[str, str]], bytes]:
+        path = request.target.split("?", 1)[0]
+        state = self._state()
+        if path == codec.HEALTHZ_PATH:
+            if request.method not in ("GET", "HEAD"):
+                return 405, [("Allow", "GET")], b"use GET /healthz\n"
+            return 200, [(codec.LABELS_HEADER, codec.encode_labels(state.peer_labels))], b""
+        if path == codec.AUTHZ_PATH:
+            if request.method != "POST":
+                return 405, [("Allow", "POST")], b"use POST /authz\n"
+            return self._authz(state, request, presenting)
+        self._metrics.bad_requests.labels(listener=LISTENER, reason="unknown-path").inc()
+        return 404, [], f"no such endpoint {path[:100]}\n".encode()
+
+    def _authz(self, state: GatewayState, request: Request,
+               presenting: str) -> tuple[int, list[tuple[str, str]], bytes]:
+        try:
+            authz = codec.parse_authz_request(request.body)
+        except codec.WireError as exc:
+            self._bad("bad-authz", "Authorization request from peer %s refused with %d: %s", presenting,
+                      exc.status, exc)
+            return exc.status, [], f"{exc}\n".encode()
+        export = _valid_export(state, authz.service_namespace, authz.service_name)
+        if export is None:
+            self._count(f"{authz.service_namespace}/{authz.service_name}", presenting, "not-found")
+            return 404, [], f"no valid export {authz.service_namespace}/{authz.service_name}\n".encode()
+        check = ingress_check(state, export, authz.src_attributes, presenting)
+        self._count_decision(check.decision)
+        if not check.decision.allowed:
+            self._count(export.ref, presenting, "denied")
+            return 403, [], f"access to {export.ref} denied by policy {check.decision.policy}\n".encode()
+        if state.authority is None:
+            return 503, [], b"this gateway has no token key yet\n"
+        token = state.authority.mint_access_token(presenting, export.namespace, export.name, check.src)
+        return 200, [(codec.ACCESS_TOKEN_HEADER, token)], b""
+
+    def _count(self, service: str, peer: str, result: str) -> None:
+        self._metrics.connections.labels(direction=DIRECTION, service=service, peer=peer, result=result).inc()
+
+    def _count_decision(self, decision) -> None:  # type: ignore[no-untyped-def]
+        self._metrics.authz_decisions.labels(direction=DIRECTION, verdict="allow" if decision.allowed else "deny",
+                                             tier=decision.tier.value).inc()
+
+    # --- CONNECT -----------------------------------------------------------------------------
+
+    def _refuse(self, stream: Stream, http: ServerConnection, status: int, message: str) -> None:
+        stream.write(http.respond(status, body=f"{message}\n".encode(), close=True))
+        stream.close()
+
+    async def _connect(self, stream: TlsStream, http: ServerConnection, request: Request, presenting: str) -> None:
+        started = time.monotonic()
+        state = self._state()
+        token = codec.bearer_token(request.header("authorization"))
+        if token is None:
+            self._count("", presenting, "unauthorized")
+            self._bad("no-token", "CONNECT from peer %s refused: no bearer token", presenting)
+            return self._refuse(stream, http, 401, "a bearer token is required")
+        if state.authority is None:
+            return self._refuse(stream, http, 503, "this gateway has no token key yet")
+        try:
+            grant = state.authority.verify_access_token(token, presenting)
+        except TokenError as exc:
+            self._count("", presenting, "unauthorized")
+            self._bad(f"token-{exc.reason}", "CONNECT from peer %s refused: %s", presenting, exc)
+            return self._refuse(stream, http, 401, f"access token refused: {exc.reason}")
+        export = _valid_export(state, grant.export_namespace, grant.export_name)
+        ref = f"{grant.export_namespace}/{grant.export_name}"
+        if export is None:
+            self._count(ref, presenting, "not-found")
+            return self._refuse(stream, http, 404, f"no valid export {ref}")
+        check = ingress_check(state, export, grant.src_attributes, presenting)
+        self._count_decision(check.decision)
+        if not check.decision.allowed:
+            self._count(ref, presenting, "denied")
+            return self._refuse(stream, http, 403, f"access to {ref} denied by policy {check.decision.policy}")
+
+        try:
+            service = await self._open_service(export)
+        except TimeoutError:
+            self._count(ref, presenting, "service-timeout")
+            self._throttle.warning(f"service:{ref}", "Export %s: no connection to %s:%d within %g s", ref,
+                                   export.host, export.port, self._limits.connect_timeout)
+            return self._refuse(stream, http, 503, f"export {ref} did not accept a connection in time")
+        except OSError as exc:
+            self._count(ref, presenting, "service-error")
+            self._throttle.warning(f"service:{ref}", "Export %s: cannot connect to %s:%d: %s", ref, export.host,
+                                   export.port, exc.strerror or exc)
+            return self._refuse(stream, http, 502, f"export {ref} refused the connection")
+
+        stream.write(http.accept_connect())
+        early = http.trailing_data
+        if early:
+            service.write(early)
+        self._metrics.setup_seconds.labels(direction=DIRECTION).observe(time.monotonic() - started)
+        relay = Relay(stream, service)
+        relay.start_upstream()
+        relay.start_downstream()
+        self._meter.track(relay, DIRECTION)
+        active = self._metrics.active.labels(direction=DIRECTION)
+        active.inc()
+        try:
+            outcome = await relay.wait()
+        except asyncio.CancelledError:
+            relay.abort()
+            raise
+        finally:
+            active.dec()
+            self._meter.untrack(relay)
+        self._count(ref, presenting, "ok" if outcome.outcome == "closed" else "reset")
+
+    async def _open_service(self, export: ExportView) -> TcpStream:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self._limits.connect_timeout):
+            _, service = await loop.create_connection(TcpStream, export.host, export.port)
+        assert isinstance(service, TcpStream)
+        return service
+
+
+def _valid_export(state: GatewayState, namespace: str, name: str) -> ExportView | None:
+    export = state.exports.get((namespace, name))
+    return export if export is not None and export.valid else None
+
+
+def _peer(stream: Stream) -> str:
+    name = stream.peername
+    return f"{name[0]}:{name[1]}" if name else "?"

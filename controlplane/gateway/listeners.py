@@ -1,0 +1,100 @@
+"""The listening sockets of a worker and the admission of their connections.
+
+Every worker binds every port itself with SO_REUSEPORT, so the kernel spreads new connections
+over the workers (and their cores). `Listeners` opens the fixed ports (peer, agent) and keeps one
+listener per Import target port in line with the snapshot (`reconcile_imports`): new ports are
+opened, removed ones closed; connections already accepted are not affected either way. A port
+that cannot be bound is reported (log and metric) and retried at the next reconciliation.
+
+`Admission` enforces the connection limit of the worker (what exceeds it is reset at once and
+counted) and keeps every admitted stream, so that a drain that times out can reset them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+from collections.abc import Callable
+
+from controlplane.peerwire.stream import Stream
+
+from .logthrottle import LogThrottle
+from .metrics import GatewayMetrics
+
+log = logging.getLogger(__name__)
+
+BACKLOG = 1024
+
+
+class Admission:
+    def __init__(self, max_connections: int, metrics: GatewayMetrics) -> None:
+        self._max = max_connections
+        self._metrics = metrics
+        self.streams: set[Stream] = set()
+
+    def admit(self, listener: str, stream: Stream) -> bool:
+        if len(self.streams) >= self._max:
+            self._metrics.refused.labels(listener=listener, reason="max-connections").inc()
+            stream.abort()
+            return False
+        self.streams.add(stream)
+        return True
+
+    def release(self, stream: Stream) -> None:
+        self.streams.discard(stream)
+
+    def abort_all(self) -> int:
+        streams = list(self.streams)
+        for stream in streams:
+            stream.abort()
+        return len(streams)
+
+
+StreamFactory = Callable[[], Stream]
+
+
+async def open_listener(host: str, port: int, factory: StreamFactory) -> asyncio.Server:
+    """A listening server on host:port with SO_REUSEPORT (shared with the other workers)."""
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(factory, host, port, reuse_port=True, backlog=BACKLOG)
+
+
+class Listeners:
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self._metrics = metrics
+        self._fixed: dict[str, asyncio.Server] = {}
+        self._imports: dict[int, asyncio.Server] = {}
+        self._throttle = LogThrottle(log, interval=60.0)
+
+    async def open_fixed(self, name: str, host: str, port: int, factory: StreamFactory) -> None:
+        """Open the `name` listener; an error here is fatal for the worker (it raises OSError)."""
+        self._fixed[name] = await open_listener(host, port, factory)
+        log.debug("Listening on %s:%d (%s)", host, port, name)
+
+    async def reconcile_imports(self, host: str, ports: set[int], factory: Callable[[int], StreamFactory]) -> None:
+        for port in list(self._imports):
+            if port not in ports:
+                self._imports.pop(port).close()
+                log.debug("Stopped listening on Import target port %d", port)
+        for port in sorted(ports - set(self._imports)):
+            try:
+                self._imports[port] = await open_listener(host, port, factory(port))
+            except OSError as exc:
+                self._metrics.listener_errors.labels(listener="import").inc()
+                why = "it is in use by another program" if exc.errno == errno.EADDRINUSE else exc.strerror
+                self._throttle.log(logging.ERROR, f"bind:{port}", "Cannot listen on Import target port %s:%d: %s; "
+                                   "retrying with the next snapshot", host, port, why)
+                continue
+            log.debug("Listening on Import target port %s:%d", host, port)
+
+    @property
+    def import_ports(self) -> set[int]:
+        return set(self._imports)
+
+    def close(self) -> None:
+        """Stop accepting (established connections are not affected)."""
+        for server in [*self._fixed.values(), *self._imports.values()]:
+            server.close()
+        self._fixed.clear()
+        self._imports.clear()

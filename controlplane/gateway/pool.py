@@ -1,0 +1,303 @@
+"""Tunnel pools: established, verified mTLS connections to remote peers' gateways, kept ready.
+
+A new application connection should not pay a TCP and TLS handshake with the remote peer on its
+critical path. Each worker keeps, per remote peer that one of our Imports uses, up to `size`
+idle `PeerConnection`s: connected, handshaken (the server certificate checked against the peer
+name), and exercised once with `GET /healthz` so that TLS 1.3 session tickets arrived (the next
+connection resumes). Egress takes one (`acquire`), sends `/authz` on it and gives it back
+(`release`), or sends `CONNECT` and keeps it for the relay. A background loop per pool refills it
+and checks every idle connection with `GET /healthz` every `keepalive` seconds; a connection that
+fails its check, or whose other side goes away, is dropped at once.
+
+Connecting tries every gateway of the peer at once (the first handshake wins; other successes
+join the pool). When none can be reached the peer is marked unreachable in `PeerHealth` at once
+(load balancing then tries it last) until a connection succeeds again; refills retry with
+backoff. This is the sub-second failover the heartbeats (seconds) only back up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable
+
+from controlplane.peerwire.client import ExchangeFailed, PeerConnection, PeerUnreachable, first_success
+from controlplane.tlsconfig import PeerTLS
+
+from .config import Limits
+from .health import PeerHealth
+from .logthrottle import LogThrottle
+from .metrics import GatewayMetrics
+from .state import PeerView
+from .tasks import TaskSet
+
+log = logging.getLogger(__name__)
+
+RETRY_MIN = 0.2
+RETRY_MAX = 5.0
+
+
+class TunnelPool:
+    """The ready connections of one worker to one remote peer."""
+
+    def __init__(self, peer: PeerView, *, tls: PeerTLS, size: int, keepalive: float, limits: Limits,
+                 metrics: GatewayMetrics, health: PeerHealth, throttle: LogThrottle) -> None:
+        self.peer = peer
+        self.size = size
+        self._tls = tls
+        self._keepalive = keepalive
+        self._limits = limits
+        self._metrics = metrics
+        self._health = health
+        self._throttle = throttle
+        self._idle: deque[PeerConnection] = deque()
+        self._wake = asyncio.Event()
+        self._closed = False
+
+    @property
+    def name(self) -> str:
+        return self.peer.name
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    def _changed(self) -> None:
+        self._metrics.pool_idle.labels(peer=self.name).set(len(self._idle))
+
+    def update(self, peer: PeerView) -> None:
+        """A new snapshot's view of the peer; connections to gateways it no longer has are dropped."""
+        old = self.peer
+        self.peer = peer
+        if old.gateways != peer.gateways:
+            keep = set(peer.gateways)
+            for conn in [c for c in self._idle if c.gateway not in keep]:
+                self._idle.remove(conn)
+                conn.close()
+            self._changed()
+            self._wake.set()
+
+    # --- taking and giving back --------------------------------------------------------------
+
+    async def acquire(self) -> tuple[PeerConnection, bool]:
+        """A ready connection (True: from the pool) or a new one; raises PeerUnreachable."""
+        while self._idle:
+            conn = self._idle.popleft()
+            conn.stream.set_watcher(None)
+            if conn.usable:
+                self._changed()
+                self._wake.set()
+                self._metrics.pool_acquires.labels(peer=self.name, result="hit").inc()
+                return conn, True
+            conn.abort()
+        self._changed()
+        self._metrics.pool_acquires.labels(peer=self.name, result="miss").inc()
+        conn = await self._connect()
+        self._wake.set()
+        return conn, False
+
+    def release(self, conn: PeerConnection) -> None:
+        """Give back a connection after a request/response exchange (closed if not wanted)."""
+        if self._closed or not conn.usable or len(self._idle) >= self.size or conn.gateway not in self.peer.gateways:
+            conn.close()
+            return
+        self._add_idle(conn)
+
+    def report_stale(self) -> None:
+        """A pooled connection broke when it was used."""
+        self._metrics.tunnel_failures.labels(peer=self.name, reason="stale").inc()
+
+    def _add_idle(self, conn: PeerConnection) -> None:
+        self._idle.append(conn)
+        conn.stream.set_watcher(self._wake.set)
+        self._changed()
+
+    def _adopt(self, conn: PeerConnection) -> None:
+        """A connection that also succeeded in a race of gateways."""
+        self._count_handshake(conn)
+        if self._closed or len(self._idle) >= self.size:
+            conn.close()
+        else:
+            self._add_idle(conn)
+
+    def _count_handshake(self, conn: PeerConnection) -> None:
+        kind = "resumed" if conn.resumed else "full"
+        self._metrics.tunnel_handshakes.labels(peer=self.name, kind=kind).inc()
+
+    # --- connecting --------------------------------------------------------------------------
+
+    async def _connect(self) -> PeerConnection:
+        peer = self.peer
+        if not peer.gateways:
+            self._health.mark(peer.name, False)
+            raise PeerUnreachable(f"peer {peer.name!r} has no gateways")
+        context = self._tls.client_context()
+        timeout = self._limits.connect_timeout
+
+        def attempt(gateway: tuple[str, int]):  # type: ignore[no-untyped-def]
+            return lambda: PeerConnection.open(gateway, peer_name=peer.name, context=context, timeout=timeout)
+
+        try:
+            conn, _ = await first_success([attempt(g) for g in peer.gateways], name=f"connect-{peer.name}",
+                                          on_extra=self._adopt)
+        except PeerUnreachable as exc:
+            self._metrics.tunnel_failures.labels(peer=peer.name, reason="connect").inc()
+            if self._health.mark(peer.name, False):
+                log.warning("Peer %s is unreachable from this gateway: %s", peer.name, exc)
+            raise PeerUnreachable(f"peer {peer.name!r} is unreachable: {exc}") from None
+        self._count_handshake(conn)
+        if self._health.mark(peer.name, True):
+            log.info("Peer %s is reachable again from this gateway", peer.name)
+        return conn
+
+    # --- background upkeep -------------------------------------------------------------------
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake at once when something changed."""
+        self._wake.clear()
+        try:
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        except TimeoutError:
+            pass  # the time was up: that is what we waited for
+
+    async def _prepare(self, conn: PeerConnection) -> bool:
+        """First exchange on a new connection: proves it works and brings the session tickets."""
+        try:
+            await conn.healthz(timeout=self._limits.response_timeout)
+        except ExchangeFailed as exc:
+            conn.abort()
+            self._metrics.tunnel_failures.labels(peer=self.name, reason="keepalive").inc()
+            self._throttle.warning(f"prepare:{self.name}", "New tunnel to peer %s failed its first health check: %s",
+                                   self.name, exc)
+            return False
+        ssl_object = conn.stream.ssl_object
+        if ssl_object is not None:
+            self._tls.remember_session(self.name, ssl_object)
+        return True
+
+    async def _check_idle(self) -> None:
+        """Health-check the idle connections that were not used for `keepalive` seconds."""
+        now = time.monotonic()
+        for conn in list(self._idle):
+            if conn not in self._idle or now - conn.last_used < self._keepalive:
+                continue
+            self._idle.remove(conn)
+            conn.stream.set_watcher(None)
+            self._changed()
+            try:
+                await conn.healthz(timeout=self._limits.response_timeout)
+            except ExchangeFailed as exc:
+                conn.abort()
+                self._metrics.tunnel_failures.labels(peer=self.name, reason="keepalive").inc()
+                self._throttle.warning(f"keepalive:{self.name}", "A pooled tunnel to peer %s failed its health "
+                                       "check and was dropped: %s", self.name, exc)
+                continue
+            if self._closed or len(self._idle) >= self.size:
+                conn.close()
+            else:
+                self._add_idle(conn)
+
+    def _drop_dead(self) -> None:
+        for conn in [c for c in self._idle if not c.usable]:
+            self._idle.remove(conn)
+            conn.abort()
+            self._metrics.tunnel_failures.labels(peer=self.name, reason="keepalive").inc()
+        self._changed()
+
+    async def run(self) -> None:
+        """Refill and check the pool until cancelled."""
+        backoff = RETRY_MIN
+        while True:
+            self._drop_dead()
+            if len(self._idle) < self.size:
+                try:
+                    conn = await self._connect()
+                except PeerUnreachable as exc:
+                    self._throttle.warning(f"refill:{self.name}", "Cannot refill the tunnel pool of peer %s: %s",
+                                           self.name, exc)
+                    await self._sleep(backoff)
+                    backoff = min(backoff * 2, RETRY_MAX)
+                    continue
+                if await self._prepare(conn):
+                    backoff = RETRY_MIN
+                    if len(self._idle) < self.size and not self._closed:
+                        self._add_idle(conn)
+                    else:
+                        conn.close()
+                else:
+                    await self._sleep(backoff)
+                    backoff = min(backoff * 2, RETRY_MAX)
+                continue
+            if self._idle:
+                oldest = min(c.last_used for c in self._idle)
+                wait = max(0.0, oldest + self._keepalive - time.monotonic())
+            else:
+                wait = self._keepalive
+            await self._sleep(wait)
+            await self._check_idle()
+
+    def close(self) -> None:
+        self._closed = True
+        while self._idle:
+            conn = self._idle.popleft()
+            conn.stream.set_watcher(None)
+            conn.close()
+        self._changed()
+
+
+class TunnelPools:
+    """A worker's pools, one per remote peer its Imports use, each with its upkeep task."""
+
+    def __init__(self, *, tls: PeerTLS, size: int, keepalive: float, limits: Limits, metrics: GatewayMetrics,
+                 health: PeerHealth, tasks: TaskSet) -> None:
+        self._tls = tls
+        self._size = size
+        self._keepalive = keepalive
+        self._limits = limits
+        self._metrics = metrics
+        self._health = health
+        self._tasks = tasks
+        self._pools: dict[str, TunnelPool] = {}
+        self._runners: dict[str, asyncio.Task[None]] = {}
+        self._throttle = LogThrottle(log, interval=30.0)
+
+    def _new(self, peer: PeerView) -> TunnelPool:
+        pool = TunnelPool(peer, tls=self._tls, size=self._size, keepalive=self._keepalive, limits=self._limits,
+                          metrics=self._metrics, health=self._health, throttle=self._throttle)
+        self._pools[peer.name] = pool
+        if self._size > 0:
+            self._runners[peer.name] = self._tasks.spawn(pool.run(), name=f"tunnel-pool-{peer.name}", kind="pool")
+        return pool
+
+    def get(self, peer: PeerView) -> TunnelPool:
+        """The pool of `peer` (made now if no Import needed it yet)."""
+        pool = self._pools.get(peer.name)
+        if pool is None:
+            pool = self._new(peer)
+        elif pool.peer != peer:
+            pool.update(peer)
+        return pool
+
+    def reconcile(self, peers: Iterable[PeerView]) -> None:
+        """Keep pools exactly for `peers` (a new snapshot)."""
+        wanted = {p.name: p for p in peers}
+        for name in list(self._pools):
+            if name not in wanted:
+                self._stop(name)
+        for peer in wanted.values():
+            self.get(peer)
+
+    def _stop(self, name: str) -> None:
+        pool = self._pools.pop(name)
+        runner = self._runners.pop(name, None)
+        if runner is not None:
+            runner.cancel()
+        pool.close()
+        self._health.forget(name)
+
+    def close(self) -> None:
+        for name in list(self._pools):
+            self._stop(name)

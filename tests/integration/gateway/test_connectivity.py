@@ -1,0 +1,126 @@
+"""Connectivity through two real gateways: the Import target port, the agent port with a
+preamble, the raw peer protocol (healthz, authz), a large transfer, half-close, and the warm
+path (pooled tunnels and cached tokens)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import socket
+import time
+
+from controlplane.tokens import TokenAuthority
+
+from .conftest import WEST_LABELS, Fabric
+from .support import (
+    authz_request,
+    greeting,
+    http_exchange,
+    open_agent,
+    open_import,
+    read_line,
+    tls_connect,
+)
+
+
+def _echo_roundtrip(sock: socket.socket, payload: bytes = b"hello through the tunnel") -> bytes:
+    sock.sendall(b"ECHO\n" + payload)
+    sock.shutdown(socket.SHUT_WR)  # half-close: the answer still has to come back
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    sock.close()
+    return data
+
+
+def test_import_target_port_reaches_the_export(net: Fabric) -> None:
+    sock = open_import(net.echo_port)
+    assert greeting(sock) == "echo"
+    assert _echo_roundtrip(sock) == b"hello through the tunnel"
+
+
+def test_agent_port_with_a_valid_credential(net: Fabric) -> None:
+    credential = TokenAuthority(net.east_key, "east").mint_agent_credential("n1")
+    sock = open_agent(net.east.agent_port, "default", "echo", credential,
+                      {"client.clusterlink.net/namespace": "default"})
+    assert greeting(sock) == "echo"
+    assert _echo_roundtrip(sock, b"via the agent port") == b"via the agent port"
+
+
+def test_healthz_carries_the_peer_labels(net: Fabric) -> None:
+    with tls_connect(net.west.peer_port, net.certs.east, "west") as sock:
+        status, headers, _ = http_exchange(sock, b"GET /healthz HTTP/1.1\r\nHost: west\r\n\r\n")
+        assert status == 200
+        assert json.loads(base64.b64decode(headers["clusterlinkpeerlabels"])) == WEST_LABELS
+        # keep-alive: a second request on the same connection
+        status, _, _ = http_exchange(sock, b"GET /healthz HTTP/1.1\r\nHost: west\r\n\r\n")
+        assert status == 200
+
+
+def test_authz_answers_200_403_404(net: Fabric) -> None:
+    with tls_connect(net.west.peer_port, net.certs.east, "west") as sock:
+        status, headers, _ = http_exchange(sock, authz_request("echo"))
+        assert status == 200 and headers["x-access-token"].count(".") == 2
+        status, _, body = http_exchange(sock, authz_request("no-such-export"))
+        assert status == 404, body
+    net.publish_west(policies=[])  # default deny
+    with tls_connect(net.west.peer_port, net.certs.east, "west") as sock:
+        status, _, body = http_exchange(sock, authz_request("echo"))
+        assert status == 403 and b"<default deny>" in body
+        status, _, body = http_exchange(sock, b"POST /authz HTTP/1.1\r\nHost: west\r\nContent-Length: 5\r\n\r\n{bad:")
+        assert status == 400 and b"not JSON" in body
+
+
+def test_256_mib_arrive_intact(net: Fabric) -> None:
+    size = 256 * 1024 * 1024
+    block = hashlib.sha256(b"payload").digest() * 32768  # 1 MiB
+    sock = open_import(net.echo_port, timeout=60)
+    assert greeting(sock) == "echo"
+    sock.sendall(b"HASH\n")
+    digest = hashlib.sha256()
+    view = memoryview(block)
+    sent = 0
+    while sent < size:
+        sock.sendall(view)
+        digest.update(view)
+        sent += len(view)
+    sock.shutdown(socket.SHUT_WR)
+    answer = read_line(sock).decode().split()
+    sock.close()
+    assert answer == [digest.hexdigest(), str(size)]
+
+
+def test_download_arrives_intact_and_ends_cleanly(net: Fabric) -> None:
+    from .support import pattern
+
+    size = 32 * 1024 * 1024
+    sock = open_import(net.echo_port, timeout=30)
+    assert greeting(sock) == "echo"
+    sock.sendall(f"GEN {size}\n".encode())
+    received = bytearray()
+    while chunk := sock.recv(1 << 20):
+        received += chunk
+    sock.close()
+    assert len(received) == size and hashlib.sha256(received).digest() == hashlib.sha256(pattern(size)).digest()
+
+
+def test_warm_path_uses_pooled_tunnels_and_cached_tokens(net: Fabric) -> None:
+    # Pools and tokens are warmed in the background after a snapshot; wait until both workers are.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        idle = net.east.metric("clusterlink_gateway_tunnel_pool_connections", peer="west")
+        tokens = net.east.metric("clusterlink_gateway_authz_requests_total", peer="west", result="allowed")
+        if idle >= 2 * 4 and tokens >= 2:
+            break
+        time.sleep(0.1)
+    misses = net.east.metric("clusterlink_gateway_tunnel_pool_acquires_total", peer="west", result="miss")
+    authz = net.east.metric("clusterlink_gateway_authz_requests_total", peer="west")
+    hits = net.east.metric("clusterlink_gateway_token_cache_lookups_total", result="hit")
+    for _ in range(2):
+        sock = open_import(net.echo_port)
+        assert greeting(sock) == "echo"
+        assert _echo_roundtrip(sock) == b"hello through the tunnel"
+    assert net.east.metric("clusterlink_gateway_tunnel_pool_acquires_total", peer="west", result="miss") == misses
+    assert net.east.metric("clusterlink_gateway_authz_requests_total", peer="west") == authz
+    assert net.east.metric("clusterlink_gateway_token_cache_lookups_total", result="hit") == hits + 2
