@@ -95,9 +95,13 @@ class CgroupResolver:
     def resolve(self, cid: int) -> str | None:
         path = self._cache.get(cid)
         if path is not None:
-            # Ids are never reused (64-bit kernfs ids), but the directory may be gone.
-            if os.path.isdir(self._absolute(path)):
-                return path
+            # Ids are never reused (64-bit kernfs ids), but the directory may be gone, or gone and
+            # re-created under the same name (a new id).
+            try:
+                if os.stat(self._absolute(path)).st_ino == cid:
+                    return path
+            except FileNotFoundError:
+                pass
             del self._cache[cid]
         self._cache = self._scan()
         return self._cache.get(cid)

@@ -21,9 +21,11 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
-from agent.datapath import cleanup_cgroup
+from agent.datapath import Datapath, cleanup_cgroup
 from agent.netlink import Plumbing, netns_path
+from agent.proxy import NodeProxy, Upstream
 
 CGROUP2 = "/sys/fs/cgroup/unified"
 VIP_GUARD = "10.96.0.0/12"
@@ -286,3 +288,45 @@ async def read_to_eof(conn: socket.socket, initial: bytes = b"") -> bytes:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+# -- the redirect path in miniature ---------------------------------------------------------------
+
+def random_vip() -> str:
+    return f"10.{random.randrange(96, 112)}.{random.randrange(256)}.{random.randrange(1, 255)}"
+
+
+def redirect_resolver(datapath: Datapath, upstream: tuple[str, int], seen: list):
+    """The agent's resolve in miniature: look the connection up, send it upstream with a preamble
+    naming the original destination and the client's cgroup."""
+
+    async def resolve(client: tuple[str, int]) -> Upstream | None:
+        redirect = datapath.lookup(*client)
+        seen.append((client, redirect))
+        if redirect is None:
+            return None
+        preamble = {"dst": f"{redirect.orig_ip}:{redirect.orig_port}", "cgroup_id": redirect.cgroup_id,
+                    "cgroup": datapath.cgroup_path_for_id(redirect.cgroup_id)}
+        return Upstream(upstream, json.dumps(preamble).encode() + b"\n")
+
+    return resolve
+
+
+async def echo_upstream(conn) -> None:
+    """Answers "<preamble JSON>|<everything the client sent>" after the client's EOF."""
+    line, rest = await read_line(conn)
+    data = await read_to_eof(conn, rest)
+    await asyncio.get_running_loop().sock_sendall(conn, line + b"|" + data)
+
+
+@contextlib.asynccontextmanager
+async def proxy_for(env: Any, vips: list[tuple[str, int]], seen: list,
+                    upstream: tuple[str, int]) -> AsyncIterator[NodeProxy]:
+    proxy = NodeProxy((env.net.host_ip, 0), resolve=redirect_resolver(env.datapath, upstream, seen))
+    await proxy.start()
+    try:
+        env.datapath.reconcile({vip: proxy.address for vip in vips})
+        yield proxy
+    finally:
+        await proxy.stop()
+        env.datapath.reconcile({})

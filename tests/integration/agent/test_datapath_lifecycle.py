@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -21,10 +20,11 @@ from agent.datapath import libbpf, loader, prerequisites
 from agent.datapath.layout import CompiledMap, Layout, check_layouts
 from tests.integration.agent import kit
 from tests.integration.agent.conftest import RedirectEnv, require_privileges
-from tests.integration.agent.test_redirect import echo_upstream, proxy_for, random_vip
 
 REPO = Path(__file__).resolve().parents[3]
 OUR_NAMES = sorted(spec.name for spec in loader.PROGRAMS)
+
+pytestmark = pytest.mark.privileged
 
 
 def names_attached(path: str) -> list[str]:
@@ -102,12 +102,12 @@ def test_start_removes_legacy_leftovers_of_a_crashed_run(cgroup: str, flags: int
         assert Counter(a["name"] for a in attached) == Counter(OUR_NAMES)  # once each: no duplicates
         assert not our_prog_ids(cgroup) & stale_ids
         # And it works: a client in the cgroup is redirected exactly once, through our proxy.
-        vip = (random_vip(), 80)
+        vip = (kit.random_vip(), 80)
         seen: list = []
 
         async def scenario() -> dict:
-            async with kit.tcp_server(echo_upstream) as upstream, \
-                    proxy_for(_env_on(redirect_env, dp), [vip], seen, upstream):
+            async with kit.tcp_server(kit.echo_upstream) as upstream, \
+                    kit.proxy_for(_env_on(redirect_env, dp), [vip], seen, upstream):
                 return await kit.run_client(processes, mode="echo", to=vip, netns=redirect_env.net.netns,
                                             cgroup=cgroup, send="ok")
 

@@ -11,6 +11,8 @@ from agent.netlink import AddressManager, NetworkSetupError, Plumbing
 from tests.integration.agent import kit
 from tests.integration.agent.conftest import require_privileges
 
+pytestmark = pytest.mark.privileged
+
 
 def addresses(ifname: str, netns: str | None = None) -> list[str]:
     argv = ["ip"] + (["-n", netns] if netns else []) + ["-4", "-o", "addr", "show", "dev", ifname]

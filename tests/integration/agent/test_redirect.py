@@ -4,69 +4,28 @@ and cgroup, the node proxy, and an upstream that shows what arrived."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import random
 import sys
-from collections.abc import AsyncIterator
 
 import pytest
 
-from agent.datapath import Datapath, ReconcileResult, Redirect
-from agent.proxy import NodeProxy, Upstream
+from agent.datapath import ReconcileResult, Redirect
+from agent.proxy import NodeProxy
 from tests.integration.agent import kit
 from tests.integration.agent.conftest import RedirectEnv
 
-
-def random_vip() -> str:
-    return f"10.{random.randrange(96, 112)}.{random.randrange(256)}.{random.randrange(1, 255)}"
-
-
-def redirect_resolver(datapath: Datapath, upstream: tuple[str, int], seen: list):
-    """The agent's resolve in miniature: look the connection up, send it upstream with a preamble
-    naming the original destination and the client's cgroup."""
-
-    async def resolve(client: tuple[str, int]) -> Upstream | None:
-        redirect = datapath.lookup(*client)
-        seen.append((client, redirect))
-        if redirect is None:
-            return None
-        preamble = {"dst": f"{redirect.orig_ip}:{redirect.orig_port}", "cgroup_id": redirect.cgroup_id,
-                    "cgroup": datapath.cgroup_path_for_id(redirect.cgroup_id)}
-        return Upstream(upstream, json.dumps(preamble).encode() + b"\n")
-
-    return resolve
-
-
-async def echo_upstream(conn) -> None:
-    """Answers "<preamble JSON>|<everything the client sent>" after the client's EOF."""
-    line, rest = await kit.read_line(conn)
-    data = await kit.read_to_eof(conn, rest)
-    await asyncio.get_running_loop().sock_sendall(conn, line + b"|" + data)
-
-
-@contextlib.asynccontextmanager
-async def proxy_for(env: RedirectEnv, vips: dict[tuple[str, int], None] | list[tuple[str, int]], seen: list,
-                    upstream: tuple[str, int]) -> AsyncIterator[NodeProxy]:
-    proxy = NodeProxy((env.net.host_ip, 0), resolve=redirect_resolver(env.datapath, upstream, seen))
-    await proxy.start()
-    try:
-        env.datapath.reconcile({vip: proxy.address for vip in vips})
-        yield proxy
-    finally:
-        await proxy.stop()
-        env.datapath.reconcile({})
+pytestmark = pytest.mark.privileged
 
 
 def test_redirected_client_reaches_proxy_sees_vip_and_is_identified(redirect_env: RedirectEnv,
                                                                     processes: kit.Processes) -> None:
     env = redirect_env
-    vip = (random_vip(), 80)
+    vip = (kit.random_vip(), 80)
     seen: list = []
 
     async def scenario() -> dict:
-        async with kit.tcp_server(echo_upstream) as upstream, proxy_for(env, [vip], seen, upstream) as proxy:
+        async with kit.tcp_server(kit.echo_upstream) as upstream, kit.proxy_for(env, [vip], seen, upstream) as proxy:
             report = await kit.run_client(processes, mode="echo", to=vip, netns=env.net.netns,
                                           cgroup=env.pod_a, send="hello through the VIP")
             assert proxy.metrics.connections_completed == 1
@@ -89,7 +48,7 @@ def test_redirected_client_reaches_proxy_sees_vip_and_is_identified(redirect_env
 def test_non_vip_tcp_and_udp_from_the_cgroup_are_untouched(redirect_env: RedirectEnv,
                                                            processes: kit.Processes) -> None:
     env = redirect_env
-    vip = (random_vip(), 443)
+    vip = (kit.random_vip(), 443)
     seen: list = []
 
     async def direct_echo(conn) -> None:
@@ -97,7 +56,7 @@ def test_non_vip_tcp_and_udp_from_the_cgroup_are_untouched(redirect_env: Redirec
         await asyncio.get_running_loop().sock_sendall(conn, b"direct:" + data)
 
     async def scenario() -> tuple[dict, dict, dict, tuple[str, int]]:
-        async with kit.tcp_server(echo_upstream) as upstream, proxy_for(env, [vip], seen, upstream) as proxy, \
+        async with kit.tcp_server(kit.echo_upstream) as upstream, kit.proxy_for(env, [vip], seen, upstream) as proxy, \
                 kit.tcp_server(direct_echo, host=env.net.host_ip) as direct:
             tcp = await kit.run_client(processes, mode="echo", to=direct, netns=env.net.netns,
                                        cgroup=env.pod_a, send="plain")
@@ -118,11 +77,11 @@ def test_non_vip_tcp_and_udp_from_the_cgroup_are_untouched(redirect_env: Redirec
 def test_process_outside_the_cgroup_is_not_redirected(redirect_env: RedirectEnv,
                                                       processes: kit.Processes) -> None:
     env = redirect_env
-    vip = (random_vip(), 80)
+    vip = (kit.random_vip(), 80)
     seen: list = []
 
     async def scenario() -> dict:
-        async with kit.tcp_server(echo_upstream) as upstream, proxy_for(env, [vip], seen, upstream) as proxy:
+        async with kit.tcp_server(kit.echo_upstream) as upstream, kit.proxy_for(env, [vip], seen, upstream) as proxy:
             report = await kit.run_client(processes, mode="echo", to=vip, netns=env.net.netns, cgroup=None)
             assert proxy.metrics.connections_accepted == 0
             return report
@@ -134,7 +93,7 @@ def test_process_outside_the_cgroup_is_not_redirected(redirect_env: RedirectEnv,
 def test_reconcile_adds_updates_deletes_and_prunes(redirect_env: RedirectEnv, processes: kit.Processes) -> None:
     env = redirect_env
     dp = env.datapath
-    v1, v2, v3 = (random_vip(), 81), (random_vip(), 82), (random_vip(), 83)
+    v1, v2, v3 = (kit.random_vip(), 81), (kit.random_vip(), 82), (kit.random_vip(), 83)
     seen: list = []
 
     def tagged_upstream(tag: bytes):
@@ -147,8 +106,8 @@ def test_reconcile_adds_updates_deletes_and_prunes(redirect_env: RedirectEnv, pr
     async def scenario() -> None:
         async with kit.tcp_server(tagged_upstream(b"one:")) as up1, \
                 kit.tcp_server(tagged_upstream(b"two:")) as up2:
-            p1 = NodeProxy((env.net.host_ip, 0), resolve=redirect_resolver(dp, up1, seen))
-            p2 = NodeProxy((env.net.host_ip, 0), resolve=redirect_resolver(dp, up2, seen))
+            p1 = NodeProxy((env.net.host_ip, 0), resolve=kit.redirect_resolver(dp, up1, seen))
+            p2 = NodeProxy((env.net.host_ip, 0), resolve=kit.redirect_resolver(dp, up2, seen))
             await p1.start()
             await p2.start()
             try:
@@ -171,7 +130,7 @@ def test_reconcile_adds_updates_deletes_and_prunes(redirect_env: RedirectEnv, pr
                 assert await via(v2) == {"connect_error": "EHOSTUNREACH"}
                 # Invalid input is refused before the map is touched.
                 with pytest.raises(ValueError, match="port must be an integer"):
-                    dp.reconcile({v1: p1.address, (random_vip(), 0): p1.address})
+                    dp.reconcile({v1: p1.address, (kit.random_vip(), 0): p1.address})
                 with pytest.raises(ValueError, match="not-an-ip"):
                     dp.reconcile({("not-an-ip", 80): p1.address})
                 assert (await via(v1))["reply"] == "two:x"
@@ -190,7 +149,7 @@ def test_records_are_deleted_on_lookup_and_on_socket_release(redirect_env: Redir
                                                               processes: kit.Processes) -> None:
     env = redirect_env
     dp = env.datapath
-    vip = (random_vip(), 8080)
+    vip = (kit.random_vip(), 8080)
     seen: list = []
     ids = dp.map_ids()
 
@@ -198,7 +157,7 @@ def test_records_are_deleted_on_lookup_and_on_socket_release(redirect_env: Redir
         async def hold_upstream(conn) -> None:
             await kit.read_to_eof(conn)
 
-        async with kit.tcp_server(hold_upstream) as upstream, proxy_for(env, [vip], seen, upstream) as proxy:
+        async with kit.tcp_server(hold_upstream) as upstream, kit.proxy_for(env, [vip], seen, upstream) as proxy:
             proc = await kit.start_client(processes, mode="hold", to=vip, netns=env.net.netns, cgroup=env.pod_a,
                                           stdin=asyncio.subprocess.PIPE)
             connected = json.loads(await asyncio.wait_for(proc.stdout.readline(), 10))
@@ -247,7 +206,7 @@ def test_lookup_of_an_unknown_client_is_none(redirect_env: RedirectEnv) -> None:
 @pytest.mark.slow
 def test_one_gib_through_the_redirect_arrives_intact(redirect_env: RedirectEnv, processes: kit.Processes) -> None:
     env = redirect_env
-    vip = (random_vip(), 5201)
+    vip = (kit.random_vip(), 5201)
     size = 1 << 30
     seen: list = []
 
@@ -255,7 +214,7 @@ def test_one_gib_through_the_redirect_arrives_intact(redirect_env: RedirectEnv, 
         sink = await asyncio.create_subprocess_exec(sys.executable, kit.SINK_PROG, stdout=asyncio.subprocess.PIPE)
         processes.register(sink.pid)
         port = int((await asyncio.wait_for(sink.stdout.readline(), 10)).decode())
-        async with proxy_for(env, [vip], seen, ("127.0.0.1", port)) as proxy:
+        async with kit.proxy_for(env, [vip], seen, ("127.0.0.1", port)) as proxy:
             report = await kit.run_client(processes, mode="bulk", to=vip, netns=env.net.netns, cgroup=env.pod_a,
                                           nbytes=size, timeout=120)
             await asyncio.wait_for(sink.wait(), 10)
