@@ -56,7 +56,13 @@ def _check_endpoint(ip: object, port: object, what: str) -> None:
 
 
 class Datapath:
-    """The BPF redirect on one cgroup (programs apply to it and to every cgroup below it)."""
+    """The BPF redirect on one cgroup (programs apply to it and to every cgroup below it).
+
+    `owner` names this datapath in logs and errors. While started, it holds an exclusive flock on
+    the cgroup directory: a second live datapath on the same cgroup is refused instead of silently
+    detaching the first one's links (the kernel drops the lock when its holder dies, so a crashed
+    run never blocks the next). `bpf_dir` overrides where bpf/*.c are read from.
+    """
 
     def __init__(self, cgroup_path: str, *, owner: str = "clusterlink-agent",
                  bpf_dir: str | os.PathLike[str] | None = None) -> None:
