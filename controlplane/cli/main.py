@@ -15,10 +15,10 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 
-from controlplane.cli import create, objects
+from controlplane.cli import create, deploy, objects
 from controlplane.cli.errors import CommandError
 
-COMMAND_MODULES = (create, objects)
+COMMAND_MODULES = (create, deploy, objects)
 
 PROG = "clusterlink"
 
