@@ -371,6 +371,12 @@ class PolicyEngine:
     def __len__(self) -> int:
         return len(self._state.policies)
 
+    @property
+    def cached_decisions(self) -> int:
+        """How many decisions the cache holds now (at most `cache_size`)."""
+        cache = self._state.cache
+        return 0 if cache is None else len(cache)
+
     def get(self, privileged: bool, namespace: str, name: str) -> Policy | None:
         return self._state.policies.get(_key(privileged, namespace, name))
 
