@@ -38,7 +38,7 @@ from controlplane.policy.selector import LabelSelector
 __all__ = ["DEFAULT_DENY_POLICY", "Decision", "PolicyEngine", "Tier"]
 
 DEFAULT_DENY_POLICY = "<default deny>"
-DEFAULT_CACHE_SIZE = 16384
+DEFAULT_CACHE_SIZE = 8192
 
 
 class Tier(str, Enum):
@@ -330,7 +330,7 @@ class _State:
             dependent = regular.client_dependent[0][1]
         if dependent is not None:
             for key in src:
-                if key.startswith(CLIENT_ATTRIBUTE_PREFIX):
+                if isinstance(key, str) and key.startswith(CLIENT_ATTRIBUTE_PREFIX):
                     break
             else:
                 return dependent

@@ -11,7 +11,7 @@ for the rest of the package (`check_label_key`, `check_label_value`, `check_dns_
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 

@@ -291,6 +291,9 @@ def test_non_string_attributes_do_not_break_decide():
     engine = engine_with(pol("a", "allow", ns="ns", frm=(labels(**{PEER: "client"}),)))
     assert engine.decide({PEER: "client", "odd": ["unhashable"]}, DST, "ns").allowed
     assert not engine.decide({PEER: 7}, DST, "ns").allowed
+    dependent = engine_with(pol("a", "allow", ns="ns", frm=(labels(**{CLIENT_NS: "app"}),)))
+    assert dependent.decide({1: "x", CLIENT_NS: "app"}, DST, "ns").allowed
+    assert dependent.decide({1: "x"}, DST, "ns").tier is Tier.CLIENT_ATTRIBUTES_REQUIRED
 
 
 def test_bookinfo_samples():
