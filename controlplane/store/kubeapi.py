@@ -36,7 +36,8 @@ from controlplane.model import schema as S
 log = logging.getLogger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
-DEFAULT_TIMEOUT = (5.0, 30.0)  # connect, read (seconds) for ordinary requests
+DEFAULT_TIMEOUT = (5.0, 10.0)  # connect, read (seconds): writes run on the control plane's event loop
+LIST_READ_TIMEOUT = 60.0  # lists (in reflector threads) may be large
 
 
 # -- resources --------------------------------------------------------------------------------------
@@ -307,7 +308,8 @@ class KubeAPI:
              field_selector: str | None = None) -> ObjectList:
         what = f"listing {resource.describe(namespace, None)}"
         doc = self._request("GET", resource.path(namespace), what,
-                            query=_query(labelSelector=label_selector, fieldSelector=field_selector))
+                            query=_query(labelSelector=label_selector, fieldSelector=field_selector),
+                            timeout=(self._timeout[0], max(self._timeout[1], LIST_READ_TIMEOUT)))
         items = []
         for item in doc.get("items") or []:
             # list items carry no apiVersion/kind; add them so every object looks the same

@@ -42,7 +42,8 @@ VARIANTS = {
     "defaults": {},
     "nodeport": {"gateway": {"service": {"type": "NodePort", "nodePort": 30443, "port": 443}}},
     "clusterip": {"gateway": {"service": {"type": "ClusterIP"}}},
-    "loadbalancer-annotated": {"gateway": {"service": {"annotations": {"service.beta.kubernetes.io/aws-load-balancer-type": "nlb"},
+    "loadbalancer-annotated": {"gateway": {"service": {"annotations": {
+                                                           "service.beta.kubernetes.io/aws-load-balancer-type": "nlb"},
                                                        "loadBalancerSourceRanges": ["10.0.0.0/8"],
                                                        "externalTrafficPolicy": "Local"}}},
     "ha": {"controlplane": {"replicas": 3}, "gateway": {"replicas": 3, "workers": 4}},
@@ -176,7 +177,8 @@ def test_gateway_service_exposes_port_443_to_the_peer_listener(default_docs):
     assert svc["spec"]["selector"].items() <= gw["spec"]["template"]["metadata"]["labels"].items()
 
 
-@pytest.mark.parametrize("variant, type_, node_port", [("nodeport", "NodePort", 30443), ("clusterip", "ClusterIP", None)])
+@pytest.mark.parametrize("variant, type_, node_port", [("nodeport", "NodePort", 30443),
+                                                       ("clusterip", "ClusterIP", None)])
 def test_gateway_service_types(variant, type_, node_port):
     svc = by(render(VARIANTS[variant]), "Service", "-gateway")
     assert svc["spec"]["type"] == type_ and svc["spec"]["ports"][0].get("nodePort") == node_port
