@@ -3,6 +3,8 @@ target ports, import delete, import name length."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from controlplane.api.client import APIError
@@ -54,7 +56,7 @@ def test_conflicting_target_ports(clean):
     Access(w.fab, cl1, w.clients["cl1"], "imp2", via="target-port").expect("cl0")
 
 
-def test_import_delete_frees_the_port_and_stops_the_redirect(clean):
+def test_import_delete_stops_the_redirect_and_frees_the_port(clean):
     w = clean
     cl1 = w.peers["cl1"]
     w.peers["cl0"].apply(allow_all())
@@ -63,10 +65,6 @@ def test_import_delete_frees_the_port_and_stops_the_redirect(clean):
     access.expect("cl0")
     url = access.url()
     cl1.delete("Import", "gone")
-    cl1.apply(import_doc("reuse", [("cl0", "echo")], target_port=21300))
-    cl1.wait_condition("Import", "reuse", "ImportTargetPortValid", "True")
-    import time
-
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         out = w.clients["cl1"].http_get(url, timeout=3)
@@ -74,6 +72,9 @@ def test_import_delete_frees_the_port_and_stops_the_redirect(clean):
             break
         time.sleep(0.2)
     assert out.returncode != 0, "the deleted import's VIP still answers"
+    cl1.apply(import_doc("reuse", [("cl0", "echo")], target_port=21300))
+    cl1.wait_condition("Import", "reuse", "ImportTargetPortValid", "True")
+    Access(w.fab, cl1, w.clients["cl1"], "reuse", via="target-port").expect("cl0")
 
 
 @pytest.mark.parametrize("length, ok", [(63, True), (64, False)])

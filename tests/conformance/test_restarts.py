@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import textwrap
 import time
@@ -71,6 +72,11 @@ def steady(w, seconds: float):  # type: ignore[no-untyped-def]
                                   name=f"steady-{time.monotonic_ns()}")
 
 
+def attachments(cgroup) -> list[dict]:  # type: ignore[no-untyped-def]
+    out = subprocess.run(["bpftool", "-j", "cgroup", "show", str(cgroup)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip() or "[]")
+
+
 def verdict(proc) -> dict:  # type: ignore[no-untyped-def]
     proc.wait(30)
     lines = [ln for ln in proc.log_text().splitlines() if ln.startswith("{")]
@@ -82,13 +88,14 @@ def test_controlplane_restart_keeps_state_and_connections(pair):
     w = pair
     cl1 = w.peers["cl1"]
     before = cl1.get("Import", "tcpecho", "default")[0]
+    echo_vip = cl1.vip("echo")
     proc = steady(w, 6)
     time.sleep(1)
     cl1.stop_controlplane()
     w.peers["cl0"].stop_controlplane()
     try:
         # while both control planes are away, new connections still work from the last snapshots
-        out = w.clients["cl1"].http_get(f"http://{before['status']['vip']}:8080/", timeout=5)
+        out = w.clients["cl1"].http_get(f"http://{echo_vip}:8080/", timeout=5)
         assert out.returncode == 0 and "cl0" in out.stdout, out.stdout + out.stderr
     finally:
         w.peers["cl0"].start_controlplane()
@@ -105,12 +112,12 @@ def test_agent_restart_under_load(pair):
     w = pair
     cl1 = w.peers["cl1"]
     proc = steady(w, 3)
+    time.sleep(1)  # connected and flowing through the agent
     cl1.stop_agent("n1")
     cl1.start_agent("n1")
     verdict(proc)  # a connection relayed by the stopped agent may break; it must end, not hang
     Access(w.fab, cl1, w.clients["cl1"], "echo").expect("cl0")
-    show = os.popen(f"bpftool -j cgroup show {cl1.node('n1').pods_cgroup}").read()
-    progs = [p["name"] for p in json.loads(show or "[]")]
+    progs = [p["name"] for p in attachments(cl1.node("n1").pods_cgroup)]
     assert len(progs) == len(set(progs)), f"duplicate attachments after an agent restart: {progs}"
     result = verdict(steady(w, 2))
     assert result["ok"], result
@@ -122,7 +129,7 @@ def test_agent_stop_removes_its_attachments(pair):
     cgroup = cl1.node("n1").pods_cgroup
     cl1.stop_agent("n1")
     try:
-        left = json.loads(os.popen(f"bpftool -j cgroup show {cgroup}").read() or "[]")
+        left = attachments(cgroup)
         assert left == [], left
     finally:
         cl1.start_agent("n1")
