@@ -79,6 +79,9 @@ class GatewayMetrics:
         self.snapshot_version = Gauge(
             p + "snapshot_version", "Version of the control-plane snapshot in use (lowest over workers)",
             multiprocess_mode="livemin", registry=r)
+        self.serving = Gauge(
+            p + "serving_workers", "Workers with their listeners open (they got a first snapshot)",
+            multiprocess_mode="livesum", registry=r)
         self.controlplane_connected = Gauge(
             p + "controlplane_connected", "Whether the snapshot stream from the control plane is up (all workers)",
             multiprocess_mode="livemin", registry=r)

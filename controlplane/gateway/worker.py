@@ -75,11 +75,11 @@ class Worker:
         self._problems = new_problems
         first = self._state is None
         self._state = state
-        self.metrics.snapshot_version.set(state.version)
         self.pools.reconcile(_peers_in_use(state))
         self._prefetch_tokens(state)
         if self._listening:
             await self._reconcile_imports()
+            self.metrics.snapshot_version.set(state.version)  # (the first: once the listeners are open)
         if first:
             log.info("Worker %d received snapshot %d of peer %s: %d peers, %d exports, %d imports, %d policies",
                      self.config.worker_index, state.version, state.peer_name, len(state.peers), len(state.exports),
@@ -179,6 +179,8 @@ class Worker:
         await self.listeners.open_fixed("agent", host, port, self._agent_stream)
         self._listening = True
         await self._reconcile_imports()
+        self.metrics.snapshot_version.set(self.state().version)
+        self.metrics.serving.set(1)
         log.info("Worker %d serving as peer %s: peer port %s:%d, agent port %s:%d, %d Import ports",
                  self.config.worker_index, self.tls.name, *self.config.peer_listen, *self.config.agent_listen,
                  len(self.listeners.import_ports))
@@ -246,6 +248,7 @@ class Worker:
                     upkeep = group.create_task(self._upkeep(), name="upkeep")
                     await stop.wait()
                 self._stopping = True
+                metrics.serving.set(0)
                 log.info("Worker %d stopping: %d connections open, draining for up to %g s",
                          config.worker_index, len(self.admission.streams), self.limits.drain_timeout)
                 self.listeners.close()

@@ -26,7 +26,7 @@ from .codec import (
     connect_authority,
     encode_authz_request,
 )
-from .server import NEED_DATA, _Sentinel
+from .server import NEED_DATA, _Sentinel, header_size
 
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024
 USER_AGENT = "clusterlink-gateway"
@@ -68,6 +68,7 @@ class ClientConnection:
                  max_body_bytes: int = MAX_BODY_BYTES) -> None:
         self.peer_name = peer_name
         self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_header_bytes)
+        self._max_header = max_header_bytes
         self._max_body = max_body_bytes
         self._response: h11.Response | None = None
         self._body = bytearray()
@@ -120,6 +121,8 @@ class ClientConnection:
                 if isinstance(event, h11.InformationalResponse):
                     continue
                 if isinstance(event, h11.Response):
+                    if header_size(event.reason, event.headers) > self._max_header:
+                        raise ResponseError(f"response header block exceeds {self._max_header} bytes")
                     if self._connecting and 200 <= event.status_code < 300:
                         self._switched = True
                         return _response(event, b"")

@@ -61,6 +61,11 @@ class Request:
         return None
 
 
+def header_size(first: bytes, headers) -> int:  # type: ignore[no-untyped-def]
+    """About the size of a header block on the wire: the start line and `name: value` lines."""
+    return len(first) + 16 + sum(len(name) + len(value) + 4 for name, value in headers)
+
+
 def reason_phrase(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
@@ -74,6 +79,7 @@ class ServerConnection:
     def __init__(self, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
                  max_body_bytes: int = MAX_BODY_BYTES) -> None:
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
+        self._max_header = max_header_bytes
         self._max_body = max_body_bytes
         self._request: h11.Request | None = None
         self._body = bytearray()
@@ -120,6 +126,9 @@ class ServerConnection:
             raise BadRequest(exc.error_status_hint, str(exc)) from None
 
     def _start(self, event: h11.Request) -> None:
+        # h11 bounds a header block that arrives in pieces; one that arrives whole is checked here.
+        if header_size(event.target, event.headers) > self._max_header:
+            raise BadRequest(431, f"request header block exceeds {self._max_header} bytes")
         length = None
         for name, value in event.headers:
             if name == b"content-length":

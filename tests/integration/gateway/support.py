@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import grpc
@@ -188,6 +188,7 @@ class NamedServer:
         self._closed = False
         self._clients: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self._kill = threading.Event()
         self._thread = threading.Thread(target=self._accept, name=f"server-{name}", daemon=True)
         self._thread.start()
 
@@ -228,11 +229,16 @@ class NamedServer:
                 conn.sendall(f"{digest.hexdigest()} {size}\n".encode())
             elif cmd and cmd[0] == "GEN":
                 remaining = int(cmd[1])
-                chunk = pattern(1 << 20)
+                chunk = memoryview(pattern(1 << 20))
+                conn.settimeout(0.05)
                 while remaining > 0:
-                    n = min(remaining, len(chunk))
-                    conn.sendall(chunk[:n])
-                    remaining -= n
+                    if self._kill.is_set():  # die the hard way: RST
+                        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                        return
+                    try:
+                        remaining -= conn.send(chunk[:min(remaining, len(chunk))])
+                    except TimeoutError:
+                        continue
         except OSError:
             pass  # the test closed or reset its side: nothing to serve any more
         finally:
@@ -241,15 +247,11 @@ class NamedServer:
             conn.close()
 
     def kill_connections(self) -> None:
-        """Reset every open connection (as if the server process died)."""
-        with self._lock:
-            clients = list(self._clients)
-        for conn in clients:
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        """Reset the connections that are sending (GEN) with an RST, as a crashing server would."""
+        self._kill.set()
+
+    def revive(self) -> None:
+        self._kill.clear()
 
     def close(self) -> None:
         self._closed = True
@@ -270,6 +272,7 @@ class GatewayProcess:
     def __init__(self, name: str, certs: Path, socket_path: Path, workdir: Path, *, workers: int = 2,
                  extra: Iterable[str] = ()) -> None:
         self.name = name
+        self.workers = workers
         self.peer_port = free_port()
         self.agent_port = free_port()
         self.metrics_port = free_port()
@@ -299,7 +302,7 @@ class GatewayProcess:
         return metric_value(self.metrics(), name, **labels)
 
     def wait_ready(self, version: int, timeout: float = 30.0) -> None:
-        """Until every worker serves snapshot `version` or later and the peer port accepts."""
+        """Until every worker listens and serves snapshot `version` or later."""
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
@@ -307,11 +310,11 @@ class GatewayProcess:
                 raise AssertionError(f"gateway {self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
                 text = self.metrics()
-                workers = metric_value(text, "clusterlink_gateway_workers")
+                serving = metric_value(text, "clusterlink_gateway_serving_workers")
                 current = metric_value(text, "clusterlink_gateway_snapshot_version")
-                if workers >= 1 and current >= version and _port_open(self.peer_port):
+                if serving == self.workers and current >= version:
                     return
-                last = f"snapshot_version={current} workers={workers}"
+                last = f"snapshot_version={current} serving_workers={serving}"
             except OSError as exc:
                 last = str(exc)
             time.sleep(0.05)
@@ -350,14 +353,6 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         pass  # already gone
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:
@@ -466,8 +461,16 @@ def greeting(sock: socket.socket) -> str:
     return read_line(sock).decode()
 
 
-def expect_reset(sock: socket.socket, timeout: float = 5.0) -> None:
-    """The connection must end (reset or closed) without any byte from a server."""
+def expect_reset(sock: socket.socket | Callable[[], socket.socket], timeout: float = 5.0) -> None:
+    """The connection must end (reset or closed) without any byte from a server.
+
+    Pass a function that opens it when the reset may come so fast (loopback) that the connect
+    call itself reports it."""
+    if callable(sock):
+        try:
+            sock = sock()
+        except (ConnectionResetError, BrokenPipeError):
+            return
     sock.settimeout(timeout)
     try:
         data = sock.recv(65536)

@@ -1,0 +1,116 @@
+"""Policies on both sides, through real gateways: default deny, egress and ingress denies, a
+missing export, client attributes from the agent, agent credentials, and a policy change that
+applies to the next connection although its token is cached."""
+
+from __future__ import annotations
+
+import time
+
+from controlplane.api import attributes as A
+from controlplane.tokens import TokenAuthority
+
+from .conftest import Fabric
+from .support import ALLOW_ALL, deny, expect_reset, export_info, greeting, open_agent, open_import, policy
+
+
+def test_default_deny_on_egress_resets_the_client(net: Fabric) -> None:
+    net.publish_east(policies=[])
+    expect_reset(lambda: open_import(net.echo_port))
+
+
+def test_default_deny_on_ingress_resets_the_client(net: Fabric) -> None:
+    net.publish_west(policies=[])
+    expect_reset(lambda: open_import(net.echo_port))
+
+
+def test_egress_deny_on_the_export_name(net: Fabric) -> None:
+    net.publish_east(policies=[policy("allow-all", ALLOW_ALL), deny("no-echo", to={A.EXPORT_NAME: "echo"})])
+    expect_reset(lambda: open_import(net.echo_port))
+    assert net.east.metric("clusterlink_gateway_authz_decisions_total", direction="egress", verdict="deny",
+                           tier="deny") >= 1
+
+
+def test_ingress_deny_on_the_requesting_peer(net: Fabric) -> None:
+    net.publish_west(policies=[policy("allow-all", ALLOW_ALL), deny("not-east", from_={A.PEER_NAME: "east"})])
+    expect_reset(lambda: open_import(net.echo_port))
+
+
+def test_export_missing_is_404_then_reset(net: Fabric) -> None:
+    net.publish_west(exports=[e for e in net.west_exports() if e.name != "echo"])
+    before = net.east.metric("clusterlink_gateway_authz_requests_total", peer="west", result="not-found")
+    expect_reset(lambda: open_import(net.echo_port))
+    deadline = time.monotonic() + 5
+    while net.east.metric("clusterlink_gateway_authz_requests_total", peer="west", result="not-found") <= before:
+        assert time.monotonic() < deadline, "no 404 from west's /authz"
+        time.sleep(0.1)
+
+
+def test_invalid_export_is_refused(net: Fabric) -> None:
+    exports = [export_info(e.name, e.port, valid=e.name != "echo") for e in net.west_exports()]
+    net.publish_west(exports=exports)
+    expect_reset(lambda: open_import(net.echo_port))
+
+
+def test_agent_credential_forged_or_absent_is_reset(net: Fabric) -> None:
+    forged = TokenAuthority(b"k" * 32, "east").mint_agent_credential("n1")
+    before = net.east.metric("clusterlink_gateway_agent_credential_failures_total")
+    for credential in (forged, "", "not-a-jwt"):
+        expect_reset(lambda: open_agent(net.east.agent_port, "default", "echo", credential))
+    assert net.east.metric("clusterlink_gateway_agent_credential_failures_total") == before + 3
+    # an access token of the right key is not an agent credential either
+    access = TokenAuthority(net.east_key, "east").mint_access_token("east", "default", "echo", {})
+    expect_reset(lambda: open_agent(net.east.agent_port, "default", "echo", access))
+
+
+def test_unknown_import_on_the_agent_port_is_reset(net: Fabric) -> None:
+    credential = TokenAuthority(net.east_key, "east").mint_agent_credential("n1")
+    expect_reset(lambda: open_agent(net.east.agent_port, "default", "no-such-import", credential))
+
+
+def test_client_attributes_reach_both_policies(net: Fabric) -> None:
+    credential = TokenAuthority(net.east_key, "east").mint_agent_credential("n1")
+    good = {A.CLIENT_SERVICE_ACCOUNT: "good", A.CLIENT_NAMESPACE: "default"}
+    bad = {A.CLIENT_SERVICE_ACCOUNT: "bad", A.CLIENT_NAMESPACE: "default"}
+    # egress: east denies the service account "bad"
+    net.publish_east(policies=[policy("allow-all", ALLOW_ALL), deny("sa", from_={A.CLIENT_SERVICE_ACCOUNT: "bad"})])
+    expect_reset(lambda: open_agent(net.east.agent_port, "default", "echo", credential, bad))
+    sock = open_agent(net.east.agent_port, "default", "echo", credential, good)
+    assert greeting(sock) == "echo"
+    sock.close()
+    # ingress: west denies it, from the attributes east sent
+    net.publish_east()
+    net.publish_west(policies=[policy("allow-all", ALLOW_ALL), deny("sa", from_={A.CLIENT_SERVICE_ACCOUNT: "bad"})])
+    expect_reset(lambda: open_agent(net.east.agent_port, "default", "echo", credential, bad))
+    sock = open_agent(net.east.agent_port, "default", "echo", credential, good)
+    assert greeting(sock) == "echo"
+    sock.close()
+    # a policy on client attributes denies a client whose attributes are unknown (Import port)
+    net.publish_west(policies=[policy("allow-all", ALLOW_ALL),
+                               deny("sa", from_={A.CLIENT_SERVICE_ACCOUNT: "bad"})])
+    expect_reset(lambda: open_import(net.echo_port))
+
+
+def test_policy_change_applies_to_the_next_connection_with_a_cached_token(net: Fabric) -> None:
+    # Both east workers hold a token for west/echo (prefetched for Import-port clients).
+    deadline = time.monotonic() + 10
+    while net.east.metric("clusterlink_gateway_authz_requests_total", peer="west", result="allowed") < 2:
+        assert time.monotonic() < deadline, "tokens were not prefetched"
+        time.sleep(0.1)
+    sock = open_import(net.echo_port)
+    assert greeting(sock) == "echo"
+    sock.close()
+    authz = net.east.metric("clusterlink_gateway_authz_requests_total", peer="west")
+    hits = net.east.metric("clusterlink_gateway_token_cache_lookups_total", result="hit")
+    denied = net.west.metric("clusterlink_gateway_connections_total", direction="ingress", result="denied")
+
+    net.publish_west(policies=[policy("allow-all", ALLOW_ALL), deny("no-echo", to={A.EXPORT_NAME: "echo"})])
+    expect_reset(lambda: open_import(net.echo_port))
+
+    # the refusal came from west's check at CONNECT, on a token east had cached: no new /authz
+    assert net.east.metric("clusterlink_gateway_token_cache_lookups_total", result="hit") == hits + 1
+    assert net.east.metric("clusterlink_gateway_authz_requests_total", peer="west") == authz
+    assert net.west.metric("clusterlink_gateway_connections_total", direction="ingress", result="denied") == denied + 1
+    net.publish_west()
+    sock = open_import(net.echo_port)
+    assert greeting(sock) == "echo"
+    sock.close()

@@ -1,0 +1,155 @@
+"""The peer port under attack: tokens that are expired, forged or replayed by another peer,
+certificates of another fabric or expired, garbage, oversize headers and silent clients. Each is
+refused, and the listener keeps serving."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+
+import pytest
+
+from controlplane.tokens import TokenAuthority
+
+from .conftest import Fabric
+from .support import authz_request, connect_request, http_exchange, read_line, tls_connect
+
+
+def _healthy(net: Fabric) -> None:
+    """The listener still serves a well-behaved peer."""
+    with tls_connect(net.west.peer_port, net.certs.east, "west") as sock:
+        status, _, _ = http_exchange(sock, b"GET /healthz HTTP/1.1\r\nHost: west\r\n\r\n")
+        assert status == 200
+
+
+def _token(net: Fabric, certs) -> str:  # type: ignore[no-untyped-def]
+    with tls_connect(net.west.peer_port, certs, "west") as sock:
+        status, headers, body = http_exchange(sock, authz_request("echo"))
+        assert status == 200, body
+        return headers["x-access-token"]
+
+
+def _connect_status(net: Fabric, certs, token: str) -> tuple[int, bytes]:  # type: ignore[no-untyped-def]
+    with tls_connect(net.west.peer_port, certs, "west") as sock:
+        status, _, body = http_exchange(sock, connect_request(token))
+        return status, body
+
+
+def test_a_valid_token_connects(net: Fabric) -> None:
+    token = _token(net, net.certs.east)
+    with tls_connect(net.west.peer_port, net.certs.east, "west") as sock:
+        status, _, _ = http_exchange(sock, connect_request(token) + b"ECHO\n")
+        assert status == 200
+        assert read_line(sock) == b"echo"
+
+
+def test_expired_token_is_refused(net: Fabric) -> None:
+    token = TokenAuthority(net.west_key, "west", clock=lambda: time.time() - 120).mint_access_token(
+        "east", "default", "echo", {})
+    status, body = _connect_status(net, net.certs.east, token)
+    assert status == 401 and b"expired" in body
+    _healthy(net)
+
+
+def test_token_forged_with_another_key_is_refused(net: Fabric) -> None:
+    token = TokenAuthority(b"x" * 32, "west").mint_access_token("east", "default", "echo", {})
+    status, body = _connect_status(net, net.certs.east, token)
+    assert status == 401 and b"bad-signature" in body
+
+
+def test_token_replayed_by_another_peer_is_refused(net: Fabric) -> None:
+    token = _token(net, net.certs.east)  # issued to east
+    status, body = _connect_status(net, net.certs.north, token)  # presented by north
+    assert status == 401 and b"wrong-audience" in body
+    status, _ = _connect_status(net, net.certs.east, token)
+    assert status == 200
+
+
+def test_missing_token_is_refused(net: Fabric) -> None:
+    with tls_connect(net.west.peer_port, net.certs.east, "west") as sock:
+        status, _, _ = http_exchange(sock, b"CONNECT west:443 HTTP/1.1\r\nHost: west:443\r\n\r\n")
+        assert status == 401
+
+
+def test_claimed_peer_name_is_overwritten_by_the_certificate(net: Fabric) -> None:
+    from controlplane.api import attributes as A
+
+    from .support import ALLOW_ALL, deny, policy
+
+    net.publish_west(policies=[policy("allow-all", ALLOW_ALL), deny("no-north", from_={A.PEER_NAME: "north"})])
+    with tls_connect(net.west.peer_port, net.certs.north, "west") as sock:
+        status, _, _ = http_exchange(sock, authz_request("echo", attrs={A.PEER_NAME: "east"}))
+        assert status == 403
+
+
+@pytest.mark.parametrize("which", ["other_fabric_east", "expired_east"])
+def test_bad_client_certificate_fails_the_handshake(net: Fabric, which: str) -> None:
+    certs = getattr(net.certs, which)
+    before = net.west.metric("clusterlink_gateway_bad_requests_total", listener="peer", reason="tls-handshake")
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        with tls_connect(net.west.peer_port, certs, "west") as sock:
+            # TLS 1.3: the server checks the client certificate after the client finished; the
+            # refusal arrives as an alert on the first read.
+            http_exchange(sock, b"GET /healthz HTTP/1.1\r\nHost: west\r\n\r\n")
+    _healthy(net)
+    deadline = time.monotonic() + 5
+    while net.west.metric("clusterlink_gateway_bad_requests_total", listener="peer", reason="tls-handshake") <= before:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_wrong_server_name_is_refused_by_the_client(net: Fabric) -> None:
+    with pytest.raises(ssl.SSLCertVerificationError):
+        tls_connect(net.west.peer_port, net.certs.east, "north")
+
+
+def test_garbage_bytes_do_not_hurt_the_listener(net: Fabric) -> None:
+    for garbage in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x00" * 1000, b"\x16\x03\x01\x00\x05hello"):
+        with socket.create_connection(("127.0.0.1", net.west.peer_port), timeout=5) as sock:
+            sock.sendall(garbage)
+            sock.settimeout(5)
+            try:
+                while sock.recv(4096):
+                    pass
+            except ConnectionResetError:
+                pass
+    _healthy(net)
+
+
+def test_oversize_header_gets_431(net: Fabric) -> None:
+    with tls_connect(net.west.peer_port, net.certs.east, "west") as sock:
+        huge = b"GET /healthz HTTP/1.1\r\nHost: west\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n"
+        status, _, _ = http_exchange(sock, huge)
+        assert status == 431
+    _healthy(net)
+
+
+def test_oversize_body_gets_413(net: Fabric) -> None:
+    with tls_connect(net.west.peer_port, net.certs.east, "west") as sock:
+        status, _, _ = http_exchange(sock, b"POST /authz HTTP/1.1\r\nHost: west\r\nContent-Length: 100000\r\n\r\n")
+        assert status == 413
+
+
+def test_unknown_paths_and_methods(net: Fabric) -> None:
+    with tls_connect(net.west.peer_port, net.certs.east, "west") as sock:
+        assert http_exchange(sock, b"GET /nope HTTP/1.1\r\nHost: west\r\n\r\n")[0] == 404
+        assert http_exchange(sock, b"GET /authz HTTP/1.1\r\nHost: west\r\n\r\n")[0] == 405
+        assert http_exchange(sock, b"DELETE /healthz HTTP/1.1\r\nHost: west\r\n\r\n")[0] == 405
+
+
+@pytest.mark.parametrize("speak_tls", [False, True])
+def test_silent_client_is_dropped_in_bounded_time(net: Fabric, speak_tls: bool) -> None:
+    started = time.monotonic()
+    if speak_tls:
+        sock = tls_connect(net.west.peer_port, net.certs.east, "west", timeout=10)
+    else:
+        sock = socket.create_connection(("127.0.0.1", net.west.peer_port), timeout=10)
+    with sock:
+        try:
+            assert sock.recv(4096) == b""
+        except (ConnectionResetError, ssl.SSLError):
+            pass
+    # --handshake-timeout 1 / --request-timeout 2 in these tests
+    assert time.monotonic() - started < 5
+    _healthy(net)
