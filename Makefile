@@ -2,6 +2,7 @@
 PY      := .venv/bin/python
 PYTEST_ARGS ?=
 BENCH_QUICK ?=
+BENCH_ARGS ?=
 
 .PHONY: install demo test lint protos crds bench clean-leftovers
 
@@ -25,8 +26,8 @@ protos: install     ## regenerate controlplane/api/*_pb2*.py from the .proto (a 
 crds: install       ## regenerate charts/clusterlink/crds from the model (a test checks for drift)
 	$(PY) -m controlplane.model.crdgen charts/clusterlink/crds
 
-bench: install      ## benchmark on the simulated fabric; BENCH_QUICK=1 for a short run
-	$(PY) -m bench $(if $(BENCH_QUICK),--quick,)
+bench: install      ## benchmark on the simulated fabric (bench/README.md); BENCH_QUICK=1 for a short run, BENCH_ARGS for more flags
+	$(PY) -m bench $(if $(BENCH_QUICK),--quick,) $(BENCH_ARGS)
 
 clean-leftovers:    ## remove anything a crashed run left behind (cl* netns, links, cgroups, BPF attachments)
 	$(PY) -m fabric.cleanup
