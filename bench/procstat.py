@@ -54,14 +54,16 @@ def cpu_seconds(pids: list[int]) -> float:
     return ticks / CLOCK_TICKS
 
 
-def rss_bytes(pids: list[int]) -> int:
-    """Sum of VmRSS (shared pages count once per process)."""
+def rss_bytes(pids: list[int], field: str = "VmRSS") -> int:
+    """Sum of a /proc/<pid>/status memory field over the processes: VmRSS (shared pages count once per
+    process) or RssAnon (heap and other anonymous memory, without mapped files such as libraries)."""
+    prefix = field + ":"
     total = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/status", encoding="utf-8") as f:
                 for line in f:
-                    if line.startswith("VmRSS:"):
+                    if line.startswith(prefix):
                         total += int(line.split()[1]) * 1024
                         break
         except (FileNotFoundError, ProcessLookupError):

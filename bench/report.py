@@ -112,14 +112,15 @@ def cpu(runs: list[RunRecord], sections: Iterable[str]) -> dict[str, Any]:
     return out
 
 
-def memory(runs: list[RunRecord], idle: list[dict[str, float]], after_load: Mapping[str, float]) -> dict[str, Any]:
+def memory(runs: list[RunRecord], idle: list[dict[str, float]], idle_anon: list[dict[str, float]],
+           after_load: Mapping[str, float]) -> dict[str, Any]:
     components = sorted({k for sample in idle for k in sample})
     reps = sorted({r.repetition for r in runs})
     rss: dict[str, Any] = {}
     for c in components:
         peaks = [max((r.peak_rss_mb.get(c, 0.0) for r in runs if r.repetition == rep), default=None) for rep in reps]
         rss[c] = {"idle": summarize([s.get(c) for s in idle], 1), "load": summarize(peaks, 1),
-                  "after_load": after_load.get(c)}
+                  "after_load": after_load.get(c), "idle_anon": summarize([s.get(c) for s in idle_anon], 1)}
     return {"rss_mb": rss}
 
 
@@ -173,7 +174,7 @@ def build(raw: Any, settings: Any, machine: Mapping[str, Any], *, started_at: st
         report["latency"] = latency(runs)
     if settings.needs_fabric:
         report["cpu"] = cpu(runs, sections)
-        report["memory"] = memory(runs, raw.rss_idle, raw.rss_after_load)
+        report["memory"] = memory(runs, raw.rss_idle, raw.rss_anon_idle, raw.rss_after_load)
         report["haproxy"] = {"version": raw.haproxy_version, "config": raw.haproxy_config,
                              "tls_sessions": {"full_handshakes": raw.haproxy_ssl.get("ssl_sess"),
                                               "resumed": raw.haproxy_ssl.get("ssl_reused_sess"),

@@ -118,7 +118,8 @@ class LoadSampler:
         return self.peak_mb
 
 
-def rss_now_mb(components: Mapping[str, int]) -> dict[str, float]:
+def rss_now_mb(components: Mapping[str, int], field: str = "VmRSS") -> dict[str, float]:
+    """VmRSS (or another /proc/<pid>/status field, e.g. RssAnon) of each component's tree, MB."""
     children = procstat.children_map()
-    return {name: round(procstat.rss_bytes(procstat.tree(pid, children)) / 1e6, 1)
+    return {name: round(procstat.rss_bytes(procstat.tree(pid, children), field) / 1e6, 1)
             for name, pid in components.items()}

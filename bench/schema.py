@@ -60,7 +60,8 @@ def expected_keys(sections: list[str] | tuple[str, ...]) -> list[tuple[tuple[str
             out += [(("cpu", "cpu_us_per_request", p, c), "figure") for c in _cpu_components(p)]
     if fabric:
         for c in MEMORY_COMPONENTS:
-            out += [(("memory", "rss_mb", c, "idle"), "figure"), (("memory", "rss_mb", c, "load"), "figure")]
+            out += [(("memory", "rss_mb", c, "idle"), "figure"), (("memory", "rss_mb", c, "load"), "figure"),
+                    (("memory", "rss_mb", c, "idle_anon"), "figure")]
         out += [(("haproxy", "version", "version"), "text"), (("haproxy", "config", "a"), "text"),
                 (("haproxy", "config", "b"), "text"), (("haproxy", "tls_sessions", "full_handshakes"), "number"),
                 (("haproxy", "tls_sessions", "resumed"), "number"), (("tls", "gateway", "cipher"), "text"),

@@ -28,7 +28,7 @@ class Settings:
     policy_decisions: int = 20000
     threads: int = 1                 # gateway workers and HAProxy nbthread (the same, for fairness)
     idle_busy_fraction: float = 0.10  # the machine counts as idle below this busy fraction
-    idle_max_wait_s: float = 20.0     # then the run goes ahead anyway (recorded)
+    idle_max_wait_s: float = 10.0     # then the run goes ahead anyway (recorded)
     run_timeout_s: float = 120.0      # bound of one client run (iperf3 adds its duration)
     sections: tuple[str, ...] = SECTIONS
 

@@ -30,6 +30,7 @@ Progress = Callable[[str], None]
 class Raw:
     runs: list[RunRecord] = field(default_factory=list)
     rss_idle: list[dict[str, float]] = field(default_factory=list)       # before any load
+    rss_anon_idle: list[dict[str, float]] = field(default_factory=list)  # the same, anonymous memory only
     rss_after_load: dict[str, float] = field(default_factory=dict)       # at the end, quiescent
     policy: dict[int, list[dict]] = field(default_factory=dict)          # size -> measure_decision_time per rep
     tls: dict[str, object] = field(default_factory=dict)
@@ -58,7 +59,7 @@ def run_fabric_sections(settings: Settings, raw: Raw, progress: Progress, keep_l
         start = time.monotonic()
         try:
             world.start()
-        except BaseException:
+        except Exception:
             print("set-up failed; process logs:\n" + world.logs(), file=sys.stderr)
             raise
         raw.setup_s = round(time.monotonic() - start, 1)
@@ -70,7 +71,7 @@ def run_fabric_sections(settings: Settings, raw: Raw, progress: Progress, keep_l
         runner = Runner(world, settings, world.fab.topology.cgroup)
         try:
             _measure(settings, world, runner, raw, progress)
-        except BaseException:
+        except Exception:
             print("the benchmark failed; process logs:\n" + world.logs(), file=sys.stderr)
             raise
 
@@ -80,6 +81,7 @@ def _measure(settings: Settings, world: World, runner: Runner, raw: Raw, progres
     wait_idle(settings.idle_busy_fraction, settings.idle_max_wait_s)
     for _ in range(IDLE_RSS_SAMPLES):
         raw.rss_idle.append(rss_now_mb(world.memory_components()))
+        raw.rss_anon_idle.append(rss_now_mb(world.memory_components(), "RssAnon"))
         time.sleep(0.5)
     ssl_before = world.haproxy.ssl_counters()
     reps = settings.repetitions

@@ -87,9 +87,10 @@ def _cpu(report: dict[str, Any]) -> str:
 
 
 def _memory(report: dict[str, Any]) -> str:
-    rows = [[c, _fig(e["idle"]), _fig(e["load"]), _num(e.get("after_load"))]
+    rows = [[c, _fig(e["idle"]), _fig(e["load"]), _num(e.get("after_load")), _fig(e.get("idle_anon"))]
             for c, e in report["memory"]["rss_mb"].items()]
-    return "MEMORY, VmRSS MB (process tree)\n" + _table(["component", "idle", "under load (peak)", "after load"], rows)
+    return ("MEMORY, VmRSS MB (process tree)\n" +
+            _table(["component", "idle", "under load (peak)", "after load", "idle, anonymous only"], rows))
 
 
 def _policy(report: dict[str, Any]) -> str:
