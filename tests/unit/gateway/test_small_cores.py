@@ -1,0 +1,85 @@
+"""Peer health (local evidence over heartbeats), log throttling, configuration."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from controlplane.gateway.config import load_config
+from controlplane.gateway.health import PeerHealth
+from controlplane.gateway.logthrottle import LogThrottle
+from controlplane.gateway.state import PeerView
+
+
+def test_local_evidence_wins_over_heartbeats() -> None:
+    changes = []
+    health = PeerHealth(on_change=lambda peer, ok: changes.append((peer, ok)))
+    up, down = PeerView("p", (), True), PeerView("p", (), False)
+    assert not health.unreachable(up) and health.unreachable(down)  # not tried: heartbeats decide
+    assert health.mark("p", False)
+    assert health.unreachable(up)
+    assert not health.mark("p", False)  # no change
+    health.mark("p", True)
+    assert not health.unreachable(down)
+    health.forget("p")
+    assert health.unreachable(down)
+    assert changes == [("p", False), ("p", True)]
+
+
+def test_log_throttle(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    throttle = LogThrottle(logging.getLogger("t"), interval=10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="t"):
+        assert throttle.warning("k", "bad thing %d", 1)
+        assert not throttle.warning("k", "bad thing %d", 2)
+        assert not throttle.warning("k", "bad thing %d", 3)
+        assert throttle.warning("other", "other thing")
+        now[0] = 10.0
+        assert throttle.warning("k", "bad thing %d", 4)
+    assert [r.getMessage() for r in caplog.records] == [
+        "bad thing 1", "other thing", "bad thing 4 (2 similar events in the last 10 s not logged)"]
+
+
+def test_config_from_flags_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLUSTERLINK_POOL_SIZE", "7")
+    monkeypatch.setenv("CLUSTERLINK_CONTROLPLANE", "unix:/run/cp.sock")
+    config = load_config(["--certs", str(tmp_path), "--join-token-file", str(tmp_path / "t"),
+                          "--workers", "3", "--max-connections", "10", "--metrics-listen", "off",
+                          "--peer-listen", "127.0.0.1:8443"])
+    assert config.pool_size == 7 and config.controlplane == "unix:/run/cp.sock"
+    assert config.workers == 3 and config.connections_per_worker == 4
+    assert config.metrics_listen is None and config.peer_listen == ("127.0.0.1", 8443)
+    assert config.agent_listen == ("0.0.0.0", 4443) and config.limits.max_body_bytes == 64 * 1024
+    assert not config.is_worker
+    with pytest.raises(AttributeError):
+        config.workers = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "missing required setting(s): --certs"),
+    (["--certs", "c", "--controlplane", "unix:/x", "--join-token-file", "t", "--controlplane-ca", "ca"],
+     "--controlplane-ca is for a host:port"),
+    (["--certs", "c", "--controlplane", "x:1", "--join-token-file", "t", "--idle-timeout", "5",
+      "--pool-keepalive", "10"], "must be longer than --pool-keepalive"),
+    (["--certs", "c", "--controlplane", "x:1", "--join-token-file", "t", "--workers", "0"], "not a positive"),
+])
+def test_config_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str],
+                       monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("CLUSTERLINK_CERTS", "CLUSTERLINK_CONTROLPLANE", "CLUSTERLINK_JOIN_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(SystemExit):
+        load_config(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_every_flag_is_documented() -> None:
+    from controlplane.gateway.config import build_parser
+
+    text = build_parser().format_help()
+    for flag in ("--certs", "--controlplane", "--join-token-file", "--controlplane-ca", "--peer-listen",
+                 "--agent-listen", "--import-host", "--workers", "--metrics-listen", "--token-lifetime",
+                 "--pool-size", "--max-connections", "--log-level", "--log-format"):
+        assert flag in text
+    assert "--worker-index" not in text and "CLUSTERLINK_POOL_SIZE" in text
