@@ -147,7 +147,12 @@ class Egress:
         replay: bytearray | None = bytearray()
         result = "no-source"
         try:
-            for index in order:
+            for attempt_no, index in enumerate(order):
+                if attempt_no and scheme == ROUND_ROBIN:
+                    # ClusterLink advances the Import's counter on every selection, failovers included:
+                    # with one source gone, the others then alternate instead of the next one taking
+                    # the failed one's turns too.
+                    self._counters.increment(imp.ref)
                 source = imp.sources[index]
                 peer = state.peers.get(source.peer)
                 if peer is None:

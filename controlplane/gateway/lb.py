@@ -3,7 +3,8 @@
 ClusterLink's schemes, kept identical (users' tests depend on them):
 - `round-robin` (the default): a per-Import counter is incremented for every connection and the
   first source tried is `counter % n`, so the very first connection goes to index 1; on failure
-  the next index, wrapping;
+  the next index, wrapping — and the counter advances for that failover selection too (the caller
+  increments it per attempt), so with one source gone the others alternate;
 - `random`: a random first index, then the next ones (linear probing);
 - `static`: index 0, then 1, 2, ... (an ordered failover list).
 Sources whose peer is unreachable are postponed: tried, in the same order, only after all others.
