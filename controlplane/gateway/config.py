@@ -57,6 +57,7 @@ class GatewayConfig:
     token_lifetime: float
     pool_size: int
     pool_keepalive: float
+    framed_tunnels: bool
     limits: Limits
     log_level: str
     log_format: str
@@ -130,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
               help="Established mTLS tunnels kept ready per remote peer and worker (0: connect on demand)")
     flags.add(p, "--pool-keepalive", default=10.0, type=_positive_float,
               help="Seconds between health checks (GET /healthz) on each idle pooled tunnel")
+    flags.add(p, "--framed-tunnels", default="on", choices=["on", "off"],
+              help="Offer and use framed tunnels with peers that support them: a tunnel goes back to the pool "
+                   "after its connection instead of closing (off: plain CONNECT tunnels only, as the original)")
     flags.add(p, "--max-connections", default=d.max_connections, type=_positive_int,
               help="Concurrent client connections (peer, agent and import ports together), split between workers")
     flags.add(p, "--handshake-timeout", default=d.handshake_timeout, type=_positive_float,
@@ -177,5 +181,6 @@ def load_config(argv: Sequence[str] | None = None) -> GatewayConfig:
         controlplane_ca=a.controlplane_ca, peer_listen=a.peer_listen, agent_listen=a.agent_listen,
         import_host=a.import_host, workers=a.workers, metrics_listen=a.metrics_listen,
         token_lifetime=a.token_lifetime, pool_size=a.pool_size, pool_keepalive=a.pool_keepalive,
+        framed_tunnels=a.framed_tunnels == "on",
         limits=limits, log_level=a.log_level, log_format=a.log_format,
         worker_index=a.worker_index, runtime_dir=a.runtime_dir, supervisor_pid=a.supervisor_pid)

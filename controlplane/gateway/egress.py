@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from controlplane.api.attributes import only_client
 from controlplane.api.preamble import Preamble, PreambleError, PreambleReader
-from controlplane.peerwire.client import ExchangeFailed, PeerError
+from controlplane.peerwire.client import ExchangeFailed, PeerConnection, PeerError
 from controlplane.peerwire.stream import Stream, StreamError
 from controlplane.tokens import TokenError
 
@@ -36,7 +36,7 @@ from .health import PeerHealth
 from .lb import RANDOM, ROUND_ROBIN, source_order
 from .logthrottle import LogThrottle
 from .metrics import GatewayMetrics
-from .pool import TunnelPools
+from .pool import TunnelPool, TunnelPools
 from .relay import Relay, RelayMeter
 from .state import GatewayState, ImportView, PeerView, SourceView
 
@@ -205,9 +205,10 @@ class Egress:
             except PeerError:
                 return _Attempt("unreachable", replay)
 
-            relay = Relay(client, conn.stream)
+            framed = pool.framing
+            relay = Relay(client, conn.stream, framed="service" if framed else None)
             early = bytes(replay) + client.take_buffered()
-            conn.send_connect(grant.token, early)
+            conn.send_connect(grant.token, early, framed=framed)
             relay.start_upstream(tap=bytearray(early), tap_limit=self._limits.replay_bytes)
             try:
                 response = await conn.connect_response(self._limits.response_timeout)
@@ -226,8 +227,19 @@ class Egress:
                 relay.abort()
                 raise
 
+            if 200 <= response.status < 300 and response.framing != framed:
+                # We framed our bytes for a gateway that answered with a raw tunnel (or the other
+                # way round): this attempt is lost; retry once, without framing.
+                kept = relay.detach_upstream()
+                conn.abort()
+                pool.framing = False
+                if kept is not None and not retried:
+                    retried, replay = True, kept
+                    continue
+                return _Attempt("remote-error", kept)
+
             if 200 <= response.status < 300:
-                await self._carry(client, conn.trailing_data, relay, imp, peer, started)
+                await self._carry(client, conn, relay, imp, pool, started)
                 return None
 
             kept = relay.detach_upstream()
@@ -239,12 +251,11 @@ class Egress:
             log.debug("Egress for Import %s: peer %s refused CONNECT: %s", imp.ref, peer.name, response.summary())
             return _Attempt(_refusal(response.status), kept)
 
-    async def _carry(self, client: Stream, trailing: bytes, relay: Relay, imp: ImportView, peer: PeerView,
+    async def _carry(self, client: Stream, conn: PeerConnection, relay: Relay, imp: ImportView, pool: TunnelPool,
                      started: float) -> None:
         relay.commit()
         self._metrics.setup_seconds.labels(direction=DIRECTION).observe(time.monotonic() - started)
-        if trailing:
-            client.write(trailing)
+        conn.stream.unread(conn.trailing_data)  # the service's first bytes, raw or framed
         relay.start_downstream()
         self._meter.track(relay, DIRECTION)
         active = self._metrics.active.labels(direction=DIRECTION)
@@ -257,7 +268,11 @@ class Egress:
         finally:
             active.dec()
             self._meter.untrack(relay)
-        self._count(imp.ref, peer.name, "ok" if outcome.outcome == "closed" else "reset")
+        self._count(imp.ref, pool.name, "ok" if outcome.outcome == "closed" else "reset")
+        if outcome.reusable:
+            conn.recycle()
+            pool.release(conn)
+            self._metrics.tunnel_reuses.labels(peer=pool.name).inc()
 
 
 def _refusal(status: int) -> str:

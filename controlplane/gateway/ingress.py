@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from controlplane.peerwire import codec
+from controlplane.peerwire import codec, framing
 from controlplane.peerwire.server import CLOSED, NEED_DATA, BadRequest, Request, ServerConnection
 from controlplane.peerwire.stream import Stream, StreamError, TcpStream, TlsStream
 from controlplane.tlsconfig import peer_name_from_peercert
@@ -42,14 +42,18 @@ DIRECTION = "ingress"
 LISTENER = "peer"
 
 
+_FRAMING = (framing.TUNNEL_HEADER, framing.FRAMED)  # we support framed tunnels (peerwire.framing)
+
+
 class _Close(Exception):
     """End this connection (the reason was already counted and logged)."""
 
 
 class Ingress:
     def __init__(self, *, state: Callable[[], GatewayState], metrics: GatewayMetrics, limits: Limits,
-                 meter: RelayMeter) -> None:
+                 meter: RelayMeter, framing: bool = True) -> None:
         self._state = state
+        self._framing_header = (_FRAMING,) if framing else ()
         self._metrics = metrics
         self._limits = limits
         self._meter = meter
@@ -90,8 +94,12 @@ class Ingress:
                     return
                 first = False
                 if request.method == "CONNECT":
-                    await self._connect(stream, http, request, presenting)
-                    return
+                    if not await self._connect(stream, http, request, presenting):
+                        return
+                    # a framed tunnel ended cleanly: the connection carries the next request
+                    http = ServerConnection(max_header_bytes=self._limits.max_header_bytes,
+                                            max_body_bytes=self._limits.max_body_bytes)
+                    continue
                 status, headers, body = self._answer(request, presenting)
                 stream.write(http.respond(status, headers=headers, body=body))
                 if not http.keep_alive:
@@ -153,11 +161,12 @@ class Ingress:
         if path == codec.HEALTHZ_PATH:
             if request.method not in ("GET", "HEAD"):
                 return 405, [("Allow", "GET")], b"use GET /healthz\n"
-            return 200, [(codec.LABELS_HEADER, codec.encode_labels(state.peer_labels))], b""
+            return 200, [(codec.LABELS_HEADER, codec.encode_labels(state.peer_labels)), *self._framing_header], b""
         if path == codec.AUTHZ_PATH:
             if request.method != "POST":
                 return 405, [("Allow", "POST")], b"use POST /authz\n"
-            return self._authz(state, request, presenting)
+            status, headers, body = self._authz(state, request, presenting)
+            return status, [*headers, *self._framing_header], body
         self._metrics.bad_requests.labels(listener=LISTENER, reason="unknown-path").inc()
         return 404, [], f"no such endpoint {path[:100]}\n".encode()
 
@@ -192,11 +201,14 @@ class Ingress:
 
     # --- CONNECT -----------------------------------------------------------------------------
 
-    def _refuse(self, stream: Stream, http: ServerConnection, status: int, message: str) -> None:
+    def _refuse(self, stream: Stream, http: ServerConnection, status: int, message: str) -> bool:
         stream.write(http.respond(status, body=f"{message}\n".encode(), close=True))
         stream.close()
+        return False
 
-    async def _connect(self, stream: TlsStream, http: ServerConnection, request: Request, presenting: str) -> None:
+    async def _connect(self, stream: TlsStream, http: ServerConnection, request: Request, presenting: str) -> bool:
+        """Serve a CONNECT; True when it was a framed tunnel that ended cleanly (the connection
+        then carries the next request), False when the connection is done."""
         started = time.monotonic()
         state = self._state()
         token = codec.bearer_token(request.header("authorization"))
@@ -236,12 +248,11 @@ class Ingress:
                                    export.port, exc.strerror or exc)
             return self._refuse(stream, http, 502, f"export {ref} refused the connection")
 
-        stream.write(http.accept_connect())
-        early = http.trailing_data
-        if early:
-            service.write(early)
+        framed = bool(self._framing_header) and request.header(framing.TUNNEL_HEADER) == framing.FRAMED
+        stream.write(http.accept_connect(self._framing_header if framed else ()))
+        stream.unread(http.trailing_data)  # the client's first bytes, raw or framed
         self._metrics.setup_seconds.labels(direction=DIRECTION).observe(time.monotonic() - started)
-        relay = Relay(stream, service)
+        relay = Relay(stream, service, framed="client" if framed else None)
         relay.start_upstream()
         relay.start_downstream()
         self._meter.track(relay, DIRECTION)
@@ -256,6 +267,7 @@ class Ingress:
             active.dec()
             self._meter.untrack(relay)
         self._count(ref, presenting, "ok" if outcome.outcome == "closed" else "reset")
+        return outcome.reusable
 
     async def _open_service(self, export: ExportView) -> TcpStream:
         loop = asyncio.get_running_loop()

@@ -57,6 +57,10 @@ class GatewayMetrics:
         self.tunnel_handshakes = Counter(
             p + "tunnel_handshakes_total", "TLS handshakes to remote gateways, full or resumed",
             ["peer", "kind"], registry=r)
+        self.tunnel_reuses = Counter(
+            p + "tunnel_reuses_total",
+            "Framed tunnels that carried a connection and went back to the pool for the next one",
+            ["peer"], registry=r)
         self.tunnel_failures = Counter(
             p + "tunnel_failures_total",
             "Failures of tunnels to remote gateways: connect (no gateway reachable), keepalive (pooled tunnel "

@@ -49,7 +49,7 @@ class TunnelPool:
     """The ready connections of one worker to one remote peer."""
 
     def __init__(self, peer: PeerView, *, tls: PeerTLS, size: int, keepalive: float, limits: Limits,
-                 metrics: GatewayMetrics, health: PeerHealth, throttle: LogThrottle) -> None:
+                 metrics: GatewayMetrics, health: PeerHealth, throttle: LogThrottle, framing: bool = True) -> None:
         self.peer = peer
         self.size = size
         self._tls = tls
@@ -63,6 +63,8 @@ class TunnelPool:
         self._closed = False
         self._session_at: float | None = None
         self._taken = False
+        self.framing = False  # the peer's gateways announced framed tunnels (peerwire.framing)
+        self._use_framing = framing  # we may use them (--framed-tunnels)
 
     @property
     def name(self) -> str:
@@ -80,6 +82,7 @@ class TunnelPool:
         old = self.peer
         self.peer = peer
         if old.gateways != peer.gateways:
+            self.framing = False  # to be learned again from the new gateways' answers
             keep = set(peer.gateways)
             for conn in [c for c in self._idle if c.gateway not in keep]:
                 self._idle.remove(conn)
@@ -107,8 +110,15 @@ class TunnelPool:
         self._wake.set()
         return conn, False
 
+    def learn(self, conn: PeerConnection) -> None:
+        """Remember what the peer's answers on `conn` said it supports."""
+        if conn.framing and self._use_framing:
+            self.framing = True
+
     def release(self, conn: PeerConnection) -> None:
-        """Give back a connection after a request/response exchange (closed if not wanted)."""
+        """Give back a connection after a request/response exchange or a framed tunnel (closed if
+        not wanted)."""
+        self.learn(conn)
         if self._closed or not conn.usable or len(self._idle) >= self.size or conn.gateway not in self.peer.gateways:
             conn.close()
             return
@@ -187,6 +197,7 @@ class TunnelPool:
             self._throttle.warning(f"prepare:{self.name}", "New tunnel to peer %s failed its first health check: %s",
                                    self.name, exc)
             return False
+        self.learn(conn)
         ssl_object = conn.stream.ssl_object
         if ssl_object is not None and self._tls.remember_session(self.name, ssl_object):
             self._session_at = now
@@ -209,6 +220,7 @@ class TunnelPool:
                 self._throttle.warning(f"keepalive:{self.name}", "A pooled tunnel to peer %s failed its health "
                                        "check and was dropped: %s", self.name, exc)
                 continue
+            self.learn(conn)
             if self._closed or len(self._idle) >= self.size:
                 conn.close()
             else:
@@ -269,8 +281,9 @@ class TunnelPools:
     """A worker's pools, one per remote peer its Imports use, each with its upkeep task."""
 
     def __init__(self, *, tls: PeerTLS, size: int, keepalive: float, limits: Limits, metrics: GatewayMetrics,
-                 health: PeerHealth, tasks: TaskSet) -> None:
+                 health: PeerHealth, tasks: TaskSet, framing: bool = True) -> None:
         self._tls = tls
+        self._framing = framing
         self._size = size
         self._keepalive = keepalive
         self._limits = limits
@@ -283,7 +296,8 @@ class TunnelPools:
 
     def _new(self, peer: PeerView) -> TunnelPool:
         pool = TunnelPool(peer, tls=self._tls, size=self._size, keepalive=self._keepalive, limits=self._limits,
-                          metrics=self._metrics, health=self._health, throttle=self._throttle)
+                          metrics=self._metrics, health=self._health, throttle=self._throttle,
+                          framing=self._framing)
         self._pools[peer.name] = pool
         if self._size > 0:
             self._runners[peer.name] = self._tasks.spawn(pool.run(), name=f"tunnel-pool-{peer.name}", kind="pool")

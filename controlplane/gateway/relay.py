@@ -11,6 +11,11 @@ flowing. When both directions ended, both connections are closed. A failure on e
 reset, a TLS error, a TLS connection cut without close_notify) resets both at once, so that a peer
 vanishing mid-transfer resets the client promptly instead of leaving it hanging.
 
+Framed tunnels (`peerwire.framing`, negotiated between our gateways): the tunnel side carries
+frames, so end of data is an EOF frame instead of close_notify and a reset is a RESET frame. When
+both directions ended, the tunnel is left open, in control mode, with whatever followed the
+last frame back in its buffer: `RelayResult.reusable` says it can carry the next connection.
+
 Egress needs a direction to start before the remote gateway accepted the CONNECT (the client's
 first bytes follow the request at once): `start_upstream(tap_limit=...)` keeps a copy of what it
 forwards (up to the limit) and holds back the client's EOF; `commit()` releases both when the
@@ -24,7 +29,8 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from controlplane.peerwire.stream import TRANSPORT_MAY_KEEP_BUFFERS, Stream, StreamError
+from controlplane.peerwire import framing
+from controlplane.peerwire.stream import TRANSPORT_MAY_KEEP_BUFFERS, Stream, StreamError, TlsStream
 
 UPSTREAM = "client_to_service"
 DOWNSTREAM = "service_to_client"
@@ -36,6 +42,7 @@ class RelayResult:
     service_to_client: int
     outcome: str  # "closed" (both directions ended) or "reset"
     error: StreamError | None = None
+    reusable: bool = False  # a framed tunnel that ended cleanly: it can carry another connection
 
 
 class _Direction:
@@ -82,7 +89,7 @@ class _Direction:
 
     def failed(self, error: StreamError) -> None:
         if self.active:
-            self.relay._fail(error)
+            self.relay._fail(error, from_tunnel=self.src is self.relay._tunnel())
 
     def pause_source(self) -> None:
         self.src.pause_reading("backpressure")
@@ -91,12 +98,85 @@ class _Direction:
         self.src.resume_reading("backpressure")
 
 
-class Relay:
-    """Bytes between `client` (the side that opened the connection) and `service`."""
+class _Encoder(_Direction):
+    """Plain bytes in, frames out to a framed tunnel."""
 
-    def __init__(self, client: Stream, service: Stream) -> None:
+    def data(self, view: memoryview) -> None:
+        if not self.active:
+            return
+        dst = self.dst
+        assert isinstance(dst, TlsStream)
+        dst.write_frame(framing.data_header(len(view)), view)
+        self.bytes += len(view)
+        if self.tap is not None:
+            if len(self.tap) + len(view) > self.tap_limit:
+                self.tap = None
+                self.overflowed = True
+            else:
+                self.tap += view
+
+    def eof(self) -> None:
+        if not self.active or self.done:
+            return
+        if self.hold_eof:
+            self.eof_pending = True
+            return
+        self.dst.write(framing.EOF_FRAME)
+        self.done = True
+        self.relay._direction_done()
+
+
+class _Decoder(_Direction):
+    """Frames in from a framed tunnel, plain bytes out."""
+
+    def __init__(self, relay: Relay, src: Stream, dst: Stream) -> None:
+        super().__init__(relay, src, dst)
+        self.deframer = framing.Deframer()
+
+    def data(self, view: memoryview) -> None:
+        if not self.active or self.done:
+            return
+        try:
+            events = self.deframer.feed(view)
+        except framing.FramingError as exc:
+            self.relay._fail(StreamError("framing", f"framed tunnel: {exc}"), from_tunnel=True)
+            return
+        dst = self.dst
+        for kind, payload in events:
+            if kind is framing.DATA:
+                assert payload is not None
+                dst.write(payload)
+                self.bytes += len(payload)
+            elif kind is framing.EOF:
+                self.done = True
+                self.src.set_consumer(None)  # what follows is the connection's next HTTP exchange
+                self.src.unread(self.deframer.rest)
+                dst.write_eof()
+                self.relay._direction_done()
+            else:
+                self.relay._fail(StreamError("reset", "the other gateway reset the connection"), from_tunnel=True)
+                return
+        if TRANSPORT_MAY_KEEP_BUFFERS and dst.write_buffer_size:
+            self.src.renew_read_buffer()
+
+    def eof(self) -> None:
+        if self.active and not self.done:  # close_notify where an EOF frame was due
+            self.relay._fail(StreamError("truncated", "framed tunnel closed without an EOF frame"),
+                             from_tunnel=True)
+
+
+class Relay:
+    """Bytes between `client` (the side that opened the connection) and `service`.
+
+    `framed`: which side is a framed tunnel ("client" on ingress, "service" on egress), if any.
+    """
+
+    def __init__(self, client: Stream, service: Stream, *, framed: str | None = None) -> None:
+        if framed not in (None, "client", "service"):
+            raise ValueError(f"framed must be None, 'client' or 'service', not {framed!r}")
         self.client = client
         self.service = service
+        self.framed = framed
         self._up: _Direction | None = None
         self._down: _Direction | None = None
         self._result: asyncio.Future[RelayResult] = asyncio.get_running_loop().create_future()
@@ -113,7 +193,13 @@ class Relay:
         `tap` already holds included) and hold the client's EOF until `commit()`."""
         if self._up is not None:
             raise RuntimeError("upstream already started")
-        self._up = _Direction(self, self.client, self.service, tap=tap, tap_limit=tap_limit, hold_eof=tap is not None)
+        if self.framed == "client":
+            if tap is not None:
+                raise ValueError("the replay copy is kept on the egress side only")
+            self._up = _Decoder(self, self.client, self.service)
+        else:
+            cls = _Encoder if self.framed == "service" else _Direction
+            self._up = cls(self, self.client, self.service, tap=tap, tap_limit=tap_limit, hold_eof=tap is not None)
         if tap is not None and len(tap) > tap_limit:
             self._up.tap = None
             self._up.overflowed = True
@@ -123,7 +209,12 @@ class Relay:
         """Forward service → client."""
         if self._down is not None:
             raise RuntimeError("downstream already started")
-        self._down = _Direction(self, self.service, self.client)
+        if self.framed == "service":
+            self._down = _Decoder(self, self.service, self.client)
+        elif self.framed == "client":
+            self._down = _Encoder(self, self.service, self.client)
+        else:
+            self._down = _Direction(self, self.service, self.client)
         self._attach(self._down)
 
     def commit(self) -> None:
@@ -154,26 +245,43 @@ class Relay:
 
     # --- completion --------------------------------------------------------------------------
 
+    def _tunnel(self) -> Stream | None:
+        return {"client": self.client, "service": self.service}.get(self.framed or "")
+
     def _direction_done(self) -> None:
         up, down = self._up, self._down
-        if up is not None and down is not None and up.done and down.done:
-            self.client.close()
-            self.service.close()
-            self._finish("closed")
+        if up is None or down is None or not (up.done and down.done):
+            return
+        tunnel = self._tunnel()
+        for stream in (self.client, self.service):
+            if stream is tunnel:
+                # Left open for the next connection: detached, readable, no hooks to the other side.
+                stream.set_consumer(None)
+                stream.clear_write_pause_hooks()
+                stream.resume_reading("backpressure")
+            else:
+                stream.close()
+        self._finish("closed", reusable=tunnel is not None and tunnel.alive)
 
-    def _fail(self, error: StreamError) -> None:
+    def _fail(self, error: StreamError, *, from_tunnel: bool = False) -> None:
         if self._result.done():
             return
         self._error = error
-        self.client.abort()
-        self.service.abort()
+        tunnel = self._tunnel()
+        for stream in (self.client, self.service):
+            if stream is tunnel and not from_tunnel and stream.alive:
+                stream.set_consumer(None)
+                stream.write(framing.RESET_FRAME)  # tell the other gateway; this tunnel is not reused
+                stream.close()
+            else:
+                stream.abort()
         self._finish("reset")
 
-    def _finish(self, outcome: str) -> None:
+    def _finish(self, outcome: str, *, reusable: bool = False) -> None:
         if not self._result.done():
             up, down = self._up, self._down
             self._result.set_result(RelayResult(up.bytes if up else 0, down.bytes if down else 0, outcome,
-                                                self._error))
+                                                self._error, reusable))
 
     def abort(self) -> None:
         """Reset both connections now."""

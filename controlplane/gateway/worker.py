@@ -231,10 +231,12 @@ class Worker:
                 self.connections = TaskSet(group, on_error=on_error)
                 background = TaskSet(group, on_error=on_error)
                 self.pools = TunnelPools(tls=self.tls, size=config.pool_size, keepalive=config.pool_keepalive,
-                                         limits=self.limits, metrics=metrics, health=health, tasks=background)
+                                         limits=self.limits, metrics=metrics, health=health, tasks=background,
+                                         framing=config.framed_tunnels)
                 self.authorizer = authorizer = RemoteAuthorizer(self.pools, cache=TokenCache(), tasks=background, metrics=metrics,
                                               limits=self.limits)
-                self.ingress = Ingress(state=self.state, metrics=metrics, limits=self.limits, meter=self.meter)
+                self.ingress = Ingress(state=self.state, metrics=metrics, limits=self.limits, meter=self.meter,
+                                       framing=config.framed_tunnels)
                 self.egress = Egress(state=self.state, pools=self.pools, authorizer=authorizer, counters=counters,
                                      health=health, metrics=metrics, limits=self.limits, meter=self.meter)
                 self.feed = SnapshotFeed(endpoint, role="gateway", on_snapshot=self._on_snapshot,

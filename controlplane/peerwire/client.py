@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from . import framing
 from .codec import LABELS_HEADER, AuthzRequest, WireError, decode_labels
 from .exchange import ClientConnection, Response, ResponseError
 from .server import NEED_DATA
@@ -64,6 +65,7 @@ class PeerConnection:
         self.gateway = gateway
         self._http = ClientConnection(peer_name)
         self._busy = False
+        self.framing = False  # the server said it supports framed tunnels
         self.created_at = time.monotonic()
         self.last_used = self.created_at
 
@@ -141,6 +143,8 @@ class PeerConnection:
                     response = self._http.next_response()
                     if response is not NEED_DATA:
                         assert isinstance(response, Response)
+                        if response.framing:
+                            self.framing = True
                         return response
                     self._http.receive_data(await self.stream.read())
         except TimeoutError:
@@ -170,14 +174,24 @@ class PeerConnection:
         """`POST /authz`: the response, whatever its status (200 carries `x-access-token`)."""
         return await self._exchange(self._http.authz(request), timeout)
 
-    def send_connect(self, token: str, early_data: bytes = b"") -> bytes:
-        """Write the CONNECT request followed by `early_data`; returns the request bytes written."""
+    def send_connect(self, token: str, early_data: bytes = b"", *, framed: bool = False) -> bytes:
+        """Write the CONNECT request followed by `early_data` (as one frame when `framed`);
+        returns the request bytes written."""
         if self._busy:
             raise RuntimeError("PeerConnection: one request at a time")
         self._busy = True
-        request = self._http.connect(token)
-        self.stream.write(request + early_data if early_data else request)
+        request = self._http.connect(token, framed=framed)
+        if early_data:
+            self.stream.write(request + (framing.frame(early_data) if framed else early_data))
+        else:
+            self.stream.write(request)
         return request
+
+    def recycle(self) -> None:
+        """A framed tunnel on this connection ended cleanly: ready for the next request."""
+        self._http = ClientConnection(self.peer_name)
+        self._busy = False
+        self.last_used = time.monotonic()
 
     async def connect_response(self, timeout: float) -> Response:
         """The answer to the CONNECT; after a 2xx the stream carries raw bytes."""

@@ -26,6 +26,7 @@ from .codec import (
     connect_authority,
     encode_authz_request,
 )
+from .framing import FRAMED, TUNNEL_HEADER
 from .server import NEED_DATA, _Sentinel, header_size
 
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024
@@ -53,6 +54,11 @@ class Response:
     @property
     def access_token(self) -> str | None:
         return self.header(ACCESS_TOKEN_HEADER)
+
+    @property
+    def framing(self) -> bool:
+        """The server supports framed tunnels (on a CONNECT answer: this tunnel is framed)."""
+        return self.header(TUNNEL_HEADER) == FRAMED
 
     def summary(self) -> str:
         """Status and (shortened) body, for messages: `403 Forbidden: denied by policy ns/p`."""
@@ -100,10 +106,14 @@ class ClientConnection:
         return self._request("POST", AUTHZ_PATH, [("Content-Type", "application/json")],
                              encode_authz_request(request))
 
-    def connect(self, token: str) -> bytes:
+    def connect(self, token: str, *, framed: bool = False) -> bytes:
+        """CONNECT with the token; `framed` asks for a framed tunnel (see `framing`)."""
         authority = connect_authority(self.peer_name)
         self._connecting = True
-        return self._request("CONNECT", authority, [(AUTHORIZATION_HEADER, f"Bearer {token}")])
+        headers = [(AUTHORIZATION_HEADER, f"Bearer {token}")]
+        if framed:
+            headers.append((TUNNEL_HEADER, FRAMED))
+        return self._request("CONNECT", authority, headers)
 
     # --- responses ---------------------------------------------------------------------------
 

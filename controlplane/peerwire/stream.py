@@ -43,6 +43,7 @@ INBOX_LIMIT = 256 * 1024
 WRITE_HIGH_WATER = 512 * 1024
 WRITE_LOW_WATER = 128 * 1024
 _LINGER_RESET = struct.pack("ii", 1, 0)
+_SMALL_FRAME = 16 * 1024
 
 # Until Python 3.12, a selector transport copies what it cannot send at once; later versions may
 # keep a reference to the written buffer. Consumers use this to decide whether a read buffer that
@@ -598,6 +599,27 @@ class TlsStream(Stream):
             self.abort()
             return
         self.bytes_sent += len(data)
+        self.transport.write(self._outgoing.read())
+
+    def write_frame(self, header: bytes, payload: bytes | bytearray | memoryview) -> None:
+        """Send `header` then `payload` in one write to the socket (a framed tunnel's data frame;
+        small ones in a single TLS record)."""
+        if self._closing or self._lost or self._error is not None:
+            return
+        if not self._handshaked or self._eof_sent:
+            raise RuntimeError("TlsStream.write_frame outside an open connection")
+        assert self._ssl is not None and self.transport is not None
+        try:
+            if len(payload) <= _SMALL_FRAME:
+                self._ssl.write(header + bytes(payload))
+            else:
+                self._ssl.write(header)
+                self._ssl.write(payload)
+        except ssl.SSLError as exc:
+            self._fail(StreamError("tls", f"TLS error: {tls_reason(exc)}"))
+            self.abort()
+            return
+        self.bytes_sent += len(header) + len(payload)
         self.transport.write(self._outgoing.read())
 
     def write_eof(self) -> None:

@@ -43,6 +43,7 @@ class Certs:
     east: Path
     west: Path
     north: Path
+    south: Path
     other_fabric_east: Path
     expired_east: Path
 
@@ -100,12 +101,13 @@ def _certs(root: Path) -> Certs:
     east = pki.create_peer_cert(root, "east")
     west = pki.create_peer_cert(root, "west")
     north = pki.create_peer_cert(root, "north")
+    south = pki.create_peer_cert(root, "south")
     pki.create_fabric(root, "other_fabric")
     other = pki.create_peer_cert(root, "east", fabric="other_fabric")
     ca = pki.load_fabric(root)
     old = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=30)
     expired = pki.write_peer_dir(root / "expired" / "east", pki.issue_peer_cert(ca, "east", days=1, now=old), ca.cert)
-    return Certs(root, east, west, north, other, expired)
+    return Certs(root, east, west, north, south, other, expired)
 
 
 @pytest.fixture(scope="session")

@@ -117,6 +117,7 @@ def test_warm_path_uses_pooled_tunnels_and_cached_tokens(net: Fabric) -> None:
     misses = net.east.metric("clusterlink_gateway_tunnel_pool_acquires_total", peer="west", result="miss")
     authz = net.east.metric("clusterlink_gateway_authz_requests_total", peer="west")
     hits = net.east.metric("clusterlink_gateway_token_cache_lookups_total", result="hit")
+    reuses = net.east.metric("clusterlink_gateway_tunnel_reuses_total", peer="west")
     for _ in range(2):
         sock = open_import(net.echo_port)
         assert greeting(sock) == "echo"
@@ -124,3 +125,5 @@ def test_warm_path_uses_pooled_tunnels_and_cached_tokens(net: Fabric) -> None:
     assert net.east.metric("clusterlink_gateway_tunnel_pool_acquires_total", peer="west", result="miss") == misses
     assert net.east.metric("clusterlink_gateway_authz_requests_total", peer="west") == authz
     assert net.east.metric("clusterlink_gateway_token_cache_lookups_total", result="hit") == hits + 2
+    # framed tunnels (both gateways are ours): each went back to the pool for the next connection
+    assert net.east.metric("clusterlink_gateway_tunnel_reuses_total", peer="west") == reuses + 2

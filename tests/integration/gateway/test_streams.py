@@ -222,6 +222,81 @@ def test_relay_flow_control_bounds_buffering(tls: dict[str, PeerTLS]) -> None:
     asyncio.run(main())
 
 
+async def _framed_pair(tls: dict[str, PeerTLS]):  # type: ignore[no-untyped-def]
+    """A client-side TCP stream, the two ends of one TLS connection, and the service-side
+    streams, so that relays with a framed tunnel can be set up again and again on the TLS pair."""
+    loop = asyncio.get_running_loop()
+    accepted: asyncio.Queue[Stream] = asyncio.Queue()
+    plain_server, plain_port, _ = await _server(lambda on_open: TcpStream(on_open=on_open), lambda s: accepted.put(s))
+    tls_accepted: asyncio.Queue[Stream] = asyncio.Queue()
+
+    async def on_tls(stream: Stream) -> None:
+        assert isinstance(stream, TlsStream)
+        await stream.handshake()
+        await tls_accepted.put(stream)
+
+    tls_server, tls_port, _ = await _server(
+        lambda on_open: TlsStream(tls["west"].server_context(), server_side=True, on_open=on_open), on_tls)
+    conn = await PeerConnection.open(("127.0.0.1", tls_port), peer_name="west", context=tls["east"].client_context())
+    tunnel_b = await tls_accepted.get()
+
+    async def plain_pair() -> tuple[Stream, Stream]:
+        _, outer = await loop.create_connection(TcpStream, "127.0.0.1", plain_port)
+        return outer, await accepted.get()
+
+    return conn.stream, tunnel_b, plain_pair, (plain_server, tls_server)
+
+
+def test_framed_tunnel_carries_connection_after_connection(tls: dict[str, PeerTLS]) -> None:
+    async def main() -> None:
+        tunnel_a, tunnel_b, plain_pair, servers = await _framed_pair(tls)
+        for round_ in range(3):
+            client, a_in = await plain_pair()  # client --TCP--> relay A
+            b_out, service = await plain_pair()  # relay B --TCP--> service
+            relay_a = Relay(a_in, tunnel_a, framed="service")
+            relay_b = Relay(tunnel_b, b_out, framed="client")
+            for relay in (relay_a, relay_b):
+                relay.start_upstream()
+                relay.start_downstream()
+            client.write(b"request %d" % round_)
+            client.write_eof()
+            assert await _read_all(service) == b"request %d" % round_  # EOF frame -> FIN
+            service.write(b"x" * 300_000)  # more than one read, and after the client's EOF
+            service.write_eof()
+            assert await _read_all(client) == b"x" * 300_000
+            results = [await relay_a.wait(), await relay_b.wait()]
+            assert [(r.outcome, r.reusable) for r in results] == [("closed", True), ("closed", True)]
+            assert tunnel_a.alive and tunnel_b.alive
+        for s in servers:
+            s.close()
+
+    asyncio.run(main())
+
+
+def test_framed_tunnel_carries_a_reset_and_is_not_reused(tls: dict[str, PeerTLS]) -> None:
+    async def main() -> None:
+        tunnel_a, tunnel_b, plain_pair, servers = await _framed_pair(tls)
+        client, a_in = await plain_pair()
+        b_out, service = await plain_pair()
+        relay_a = Relay(a_in, tunnel_a, framed="service")
+        relay_b = Relay(tunnel_b, b_out, framed="client")
+        for relay in (relay_a, relay_b):
+            relay.start_upstream()
+            relay.start_downstream()
+        client.write(b"hello")
+        assert await service.read() == b"hello"
+        service.abort()  # the service resets: B sends a RESET frame, A resets the client
+        with pytest.raises(StreamError) as err:
+            await asyncio.wait_for(_read_all(client), 5)
+        assert err.value.reason == "reset"
+        results = [await relay_a.wait(), await relay_b.wait()]
+        assert [(r.outcome, r.reusable) for r in results] == [("reset", False), ("reset", False)]
+        for s in servers:
+            s.close()
+
+    asyncio.run(main())
+
+
 def test_replay_copy_and_its_bound() -> None:
     async def main() -> None:
         accepted: asyncio.Queue[Stream] = asyncio.Queue()
