@@ -242,6 +242,7 @@ class TunnelPool:
                 if self._taken:
                     self._taken = False
                     await asyncio.sleep(REFILL_DELAY)
+                    continue  # a framed tunnel may be back by now
                 try:
                     conn = await self._connect()
                 except PeerUnreachable as exc:
