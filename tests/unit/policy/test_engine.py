@@ -8,6 +8,7 @@ import pytest
 
 from controlplane.policy.engine import DEFAULT_DENY_POLICY, Decision, PolicyEngine, Tier
 from controlplane.policy.policy import Policy, parse_policy, parse_policy_spec
+from tests.samples import SAMPLES as SAMPLES_DIR
 
 PEER = "peer.clusterlink.net/name"
 PEER_REGION = "peer.clusterlink.net/labels.region"
@@ -300,7 +301,7 @@ def test_bookinfo_samples():
     import yaml
     from pathlib import Path
 
-    samples = Path("/work/shared/clusterlink-samples/bookinfo")
+    samples = SAMPLES_DIR / "bookinfo"
     engine = PolicyEngine()
     for name in ("deny-server1-policy.yaml", "allow-policy.yaml"):
         engine.add(parse_policy(yaml.safe_load((samples / name).read_text())))

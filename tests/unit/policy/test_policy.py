@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 from controlplane.policy.policy import Action, Policy, PolicyError, parse_policy, parse_policy_spec
 from controlplane.policy.selector import LabelSelector
 
-SAMPLES = Path("/work/shared/clusterlink-samples/bookinfo")
+from tests.samples import SAMPLES as _ALL_SAMPLES
+
+SAMPLES = _ALL_SAMPLES / "bookinfo"
 
 
 def load(text: str) -> dict:
