@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import Fabric
-from .support import expect_reset, free_port, greeting, import_info, open_import
+from .support import GatewayProcess, expect_reset, free_port, greeting, import_info, open_import
 
 
 def _echo(sock: socket.socket, data: bytes) -> bytes:
@@ -167,9 +167,17 @@ def test_a_crashed_worker_is_restarted(net: Fabric) -> None:
         sock.close()
 
 
+def _runtime_dir(supervisor: int) -> Path:
+    worker = _workers(supervisor)[0]
+    argv = Path(f"/proc/{worker}/cmdline").read_bytes().split(b"\0")
+    return Path(argv[argv.index(b"--runtime-dir") + 1].decode())
+
+
 def test_sigterm_drains_connections(net: Fabric) -> None:
     established = _start_echo(net.echo_port)
     assert net.east.proc is not None
+    runtime = _runtime_dir(net.east.proc.pid)
+    assert (runtime / "rr-counters").exists()
     os.kill(net.east.proc.pid, signal.SIGTERM)
     deadline = time.monotonic() + 5
     while True:  # the listeners close at once...
@@ -182,3 +190,14 @@ def test_sigterm_drains_connections(net: Fabric) -> None:
     assert _echo(established, b"draining") == b"draining"  # ...established connections go on
     established.close()
     assert net.east.proc.wait(timeout=10) == 0
+    assert not runtime.exists()  # the supervisor removed its metrics files and counters
+
+
+def test_a_configuration_that_cannot_work_exits_78(fabric: Fabric, tmp_path: Path) -> None:
+    gateway = GatewayProcess("broken", tmp_path / "no-such-certs", fabric.cp_east.socket_path, tmp_path)
+    gateway.start()
+    try:
+        assert gateway.proc is not None and gateway.proc.wait(timeout=20) == 78
+        assert "cannot start" in gateway.log_tail()
+    finally:
+        gateway.stop()

@@ -138,6 +138,29 @@ def test_unknown_paths_and_methods(net: Fabric) -> None:
         assert http_exchange(sock, b"DELETE /healthz HTTP/1.1\r\nHost: west\r\n\r\n")[0] == 405
 
 
+@pytest.mark.parametrize("garbage", [b"GET / HTTP/1.1\r\n\r\n", b"CLP1\xff\xff\xff\xff", b"CLP1\x00\x00\x00\x05{bad}"])
+def test_agent_port_refuses_garbage(net: Fabric, garbage: bytes) -> None:
+    before = net.east.metric("clusterlink_gateway_bad_requests_total", listener="agent", reason="preamble")
+    with socket.create_connection(("127.0.0.1", net.east.agent_port), timeout=5) as sock:
+        sock.sendall(garbage)
+        try:
+            assert sock.recv(4096) == b""
+        except ConnectionResetError:
+            pass
+    assert net.east.metric("clusterlink_gateway_bad_requests_total", listener="agent", reason="preamble") == before + 1
+
+
+def test_agent_port_drops_a_silent_client(net: Fabric) -> None:
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", net.east.agent_port), timeout=10) as sock:
+        sock.sendall(b"CLP1")  # a preamble that never completes
+        try:
+            assert sock.recv(4096) == b""
+        except ConnectionResetError:
+            pass
+    assert time.monotonic() - started < 5  # --request-timeout 2
+
+
 @pytest.mark.parametrize("speak_tls", [False, True])
 def test_silent_client_is_dropped_in_bounded_time(net: Fabric, speak_tls: bool) -> None:
     started = time.monotonic()

@@ -42,6 +42,30 @@ def test_log_throttle(caplog: pytest.LogCaptureFixture) -> None:
         "bad thing 1", "other thing", "bad thing 4 (2 similar events in the last 10 s not logged)"]
 
 
+class _FakeStream:
+    def __init__(self) -> None:
+        self.aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def test_admission_limit() -> None:
+    from controlplane.gateway.listeners import Admission
+    from controlplane.gateway.metrics import GatewayMetrics
+
+    metrics = GatewayMetrics()
+    admission = Admission(2, metrics)
+    a, b, c = _FakeStream(), _FakeStream(), _FakeStream()
+    assert admission.admit("peer", a) and admission.admit("agent", b)  # type: ignore[arg-type]
+    assert not admission.admit("peer", c) and c.aborted  # type: ignore[arg-type]
+    assert metrics.registry.get_sample_value("clusterlink_gateway_refused_connections_total",
+                                             {"listener": "peer", "reason": "max-connections"}) == 1
+    admission.release(a)  # type: ignore[arg-type]
+    assert admission.admit("peer", c)  # type: ignore[arg-type]
+    assert admission.abort_all() == 2 and b.aborted
+
+
 def test_config_from_flags_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLUSTERLINK_POOL_SIZE", "7")
     monkeypatch.setenv("CLUSTERLINK_CONTROLPLANE", "unix:/run/cp.sock")
