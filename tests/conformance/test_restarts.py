@@ -21,6 +21,7 @@ from .fabricutil import Access, allow_all, doc, import_doc
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the fabric needs root (netns, cgroups, BPF)")
 
 TCP_ECHO_PORT = 7000
+SINK_PORT = 7001
 
 # A client that keeps one connection busy for `seconds`: sends a chunk every 50 ms and checks the
 # echo byte for byte; prints a JSON verdict.
@@ -57,10 +58,15 @@ def pair():
         cl0, cl1 = w.peers["cl0"], w.peers["cl1"]
         tcp = cl0.add_pod("tcpecho", labels={"app": "tcpecho"})
         tcp.spawn([sys.executable, "-m", "fabric.workloads", "tcp-echo", "--port", str(TCP_ECHO_PORT)], name="tcp")
+        sink = cl0.add_pod("sink", labels={"app": "sink"})
+        sink.spawn([sys.executable, "-m", "fabric.workloads", "sink", "--port", str(SINK_PORT)], name="sink")
         cl0.apply(doc("LocalService", "tcpecho", {"host": tcp.ip}) + "---\n" +
-                  doc("Export", "tcpecho", {"port": TCP_ECHO_PORT}) + "---\n" + allow_all())
+                  doc("Export", "tcpecho", {"port": TCP_ECHO_PORT}) + "---\n" +
+                  doc("LocalService", "sink", {"host": sink.ip}) + "---\n" +
+                  doc("Export", "sink", {"port": SINK_PORT}) + "---\n" + allow_all())
         cl1.apply(allow_all() + "---\n" + import_doc("echo", [("cl0", "echo")]) + "---\n" +
-                  import_doc("tcpecho", [("cl0", "tcpecho")], port=TCP_ECHO_PORT))
+                  import_doc("tcpecho", [("cl0", "tcpecho")], port=TCP_ECHO_PORT) + "---\n" +
+                  import_doc("sink", [("cl0", "sink")], port=SINK_PORT))
         Access(fab, cl1, w.clients["cl1"], "echo").expect("cl0")
         yield w
 
@@ -134,3 +140,18 @@ def test_agent_stop_removes_its_attachments(pair):
     finally:
         cl1.start_agent("n1")
     Access(w.fab, cl1, w.clients["cl1"], "echo").expect("cl0")
+
+
+@pytest.mark.slow
+def test_one_gib_through_the_vip_arrives_intact(pair):
+    """Client pod → VIP → eBPF → agent splice → gateway → mTLS → gateway → sink pod, checksummed."""
+    w = pair
+    vip = w.peers["cl1"].vip("sink")
+    size = 1 << 30
+    out = w.clients["cl1"].workload("tcp-send", "--host", vip, "--port", str(SINK_PORT), "--bytes", str(size),
+                                    "--timeout", "120", timeout=240)
+    assert out.returncode == 0, out.stdout + out.stderr
+    result = json.loads(out.stdout)
+    count, digest = result["reply"].split()
+    assert int(count) == size and result["sent"] == size
+    assert digest == result["sha256"], result
