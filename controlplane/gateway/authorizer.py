@@ -68,14 +68,14 @@ class RemoteAuthorizer:
         now = self._clock()
         entry = self._cache.get(key, now)
         if entry is not None:
-            self._metrics.token_cache.labels(result="hit").inc()
+            self._metrics.child(self._metrics.token_cache, "hit").inc()
             if entry.stale(now) and key not in self._refreshing and key not in self._inflight:
                 self._refreshing.add(key)
                 self._tasks.spawn(self._refresh(key, peer, source, dict(src)),
                                   name=f"token-refresh-{peer.name}-{source.export_namespace}/{source.export_name}",
                                   kind="token-refresh")
             return Grant(entry.token, True, key)
-        self._metrics.token_cache.labels(result="miss").inc()
+        self._metrics.child(self._metrics.token_cache, "miss").inc()
         token = await self._shared_fetch(key, peer, source, src)
         return Grant(token, False, key)
 
@@ -98,7 +98,7 @@ class RemoteAuthorizer:
 
     async def _refresh(self, key: TokenKey, peer: PeerView, source: SourceView, src: Mapping[str, str], *,
                        counted: bool = True) -> None:
-        self._metrics.token_cache.labels(result="refresh" if counted else "prefetch").inc()
+        self._metrics.child(self._metrics.token_cache, "refresh" if counted else "prefetch").inc()
         try:
             await self._shared_fetch(key, peer, source, src)
         except (AuthzRefused, PeerError) as exc:
@@ -136,7 +136,7 @@ class RemoteAuthorizer:
             try:
                 conn, pooled = await pool.acquire()
             except PeerError:
-                self._metrics.authz_requests.labels(peer=peer.name, result="unreachable").inc()
+                self._metrics.child(self._metrics.authz_requests, peer.name, "unreachable").inc()
                 raise
             try:
                 response = await conn.authz(request, timeout=self._limits.response_timeout)
@@ -144,19 +144,19 @@ class RemoteAuthorizer:
                 if pooled and first_try:
                     pool.report_stale()
                     continue
-                self._metrics.authz_requests.labels(peer=peer.name, result="error").inc()
+                self._metrics.child(self._metrics.authz_requests, peer.name, "error").inc()
                 raise
             pool.release(conn)
             break
         if response.status == 200:
             token = response.access_token
             if not token:
-                self._metrics.authz_requests.labels(peer=peer.name, result="error").inc()
+                self._metrics.child(self._metrics.authz_requests, peer.name, "error").inc()
                 raise AuthzRefused(502, f"peer {peer.name!r} allowed without an access token")
-            self._metrics.authz_requests.labels(peer=peer.name, result="allowed").inc()
+            self._metrics.child(self._metrics.authz_requests, peer.name, "allowed").inc()
             self._cache.put(key, token, self._clock(), decode_unverified_expiry(token))
             return token
-        self._metrics.authz_requests.labels(peer=peer.name, result=_RESULTS.get(response.status, "error")).inc()
+        self._metrics.child(self._metrics.authz_requests, peer.name, _RESULTS.get(response.status, "error")).inc()
         raise AuthzRefused(response.status, f"peer {peer.name!r} refused access to {source.export_namespace}/"
                                             f"{source.export_name}: {response.summary()}")
 

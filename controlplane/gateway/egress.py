@@ -78,20 +78,20 @@ class Egress:
         except (PreambleError, StreamError, TimeoutError) as exc:
             reason = ("preamble" if isinstance(exc, PreambleError) else
                       "timeout" if isinstance(exc, TimeoutError) else exc.reason)
-            self._metrics.bad_requests.labels(listener="agent", reason=reason).inc()
+            self._metrics.child(self._metrics.bad_requests, "agent", reason).inc()
             self._throttle.warning(f"preamble:{reason}", "Agent-port connection from %s reset: %s",
                                    _peer(stream), exc or "no preamble in time")
             stream.abort()
             return
         state = self._state()
         if state.authority is None:
-            self._metrics.agent_credential_failures.labels(reason="no-key").inc()
+            self._metrics.child(self._metrics.agent_credential_failures, "no-key").inc()
             stream.abort()
             return
         try:
             state.authority.verify_agent_credential(preamble.credential)
         except TokenError as exc:
-            self._metrics.agent_credential_failures.labels(reason=exc.reason).inc()
+            self._metrics.child(self._metrics.agent_credential_failures, exc.reason).inc()
             self._throttle.warning(f"credential:{exc.reason}", "Agent-port connection from %s for Import %s/%s "
                                    "reset: invalid agent credential (%s)", _peer(stream), preamble.import_namespace,
                                    preamble.import_name, exc)
@@ -130,7 +130,7 @@ class Egress:
     # --- forwarding --------------------------------------------------------------------------
 
     def _count(self, service: str, peer: str, result: str) -> None:
-        self._metrics.connections.labels(direction=DIRECTION, service=service, peer=peer, result=result).inc()
+        self._metrics.child(self._metrics.connections, DIRECTION, service, peer, result).inc()
 
     async def _forward(self, client: Stream, state: GatewayState, imp: ImportView, client_attrs: Mapping[str, str],
                        started: float) -> None:
@@ -162,8 +162,8 @@ class Egress:
                     continue
                 check = egress_check(state, imp, source, peer, src)
                 decision = check.decision
-                self._metrics.authz_decisions.labels(direction=DIRECTION, verdict="allow" if decision.allowed
-                                                     else "deny", tier=decision.tier.value).inc()
+                verdict = "allow" if decision.allowed else "deny"
+                self._metrics.child(self._metrics.authz_decisions, DIRECTION, verdict, decision.tier.value).inc()
                 if not decision.allowed:
                     result = "denied"
                     log.debug("Egress to %s/%s on peer %s for Import %s denied by %s", source.export_namespace,
@@ -254,11 +254,11 @@ class Egress:
     async def _carry(self, client: Stream, conn: PeerConnection, relay: Relay, imp: ImportView, pool: TunnelPool,
                      started: float) -> None:
         relay.commit()
-        self._metrics.setup_seconds.labels(direction=DIRECTION).observe(time.monotonic() - started)
+        self._metrics.child(self._metrics.setup_seconds, DIRECTION).observe(time.monotonic() - started)
         conn.stream.unread(conn.trailing_data)  # the service's first bytes, raw or framed
         relay.start_downstream()
         self._meter.track(relay, DIRECTION)
-        active = self._metrics.active.labels(direction=DIRECTION)
+        active = self._metrics.child(self._metrics.active, DIRECTION)
         active.inc()
         try:
             outcome = await relay.wait()
@@ -272,7 +272,7 @@ class Egress:
         if outcome.reusable:
             conn.recycle()
             pool.release(conn)
-            self._metrics.tunnel_reuses.labels(peer=pool.name).inc()
+            self._metrics.child(self._metrics.tunnel_reuses, pool.name).inc()
 
 
 def _refusal(status: int) -> str:

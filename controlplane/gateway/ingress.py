@@ -60,7 +60,7 @@ class Ingress:
         self._throttle = LogThrottle(log, interval=10.0)
 
     def _bad(self, reason: str, message: str, *args: object) -> None:
-        self._metrics.bad_requests.labels(listener=LISTENER, reason=reason).inc()
+        self._metrics.child(self._metrics.bad_requests, LISTENER, reason).inc()
         self._throttle.warning(f"bad:{reason}", message, *args)
 
     # --- connection loop ---------------------------------------------------------------------
@@ -71,7 +71,7 @@ class Ingress:
         except StreamError as exc:
             stream.abort()
             if exc.reason == "closed":  # a TCP probe (load balancer, kubelet): routine
-                self._metrics.bad_requests.labels(listener=LISTENER, reason="closed-before-handshake").inc()
+                self._metrics.child(self._metrics.bad_requests, LISTENER, "closed-before-handshake").inc()
                 log.debug("Peer-port connection from %s closed before its TLS handshake", _peer(stream))
                 return
             reason = "handshake-timeout" if exc.reason == "timeout" else "tls-handshake"
@@ -108,7 +108,7 @@ class Ingress:
         except _Close:
             stream.close()
         except StreamError as exc:
-            self._metrics.bad_requests.labels(listener=LISTENER, reason=exc.reason).inc()
+            self._metrics.child(self._metrics.bad_requests, LISTENER, exc.reason).inc()
             log.debug("Peer-port connection from %s (%s) ended: %s", presenting, _peer(stream), exc)
             stream.abort()
         except asyncio.CancelledError:
@@ -161,13 +161,14 @@ class Ingress:
         if path == codec.HEALTHZ_PATH:
             if request.method not in ("GET", "HEAD"):
                 return 405, [("Allow", "GET")], b"use GET /healthz\n"
-            return 200, [(codec.LABELS_HEADER, codec.encode_labels(state.peer_labels)), *self._framing_header], b""
+            labels = (codec.LABELS_HEADER, codec.encode_labels(state.peer_labels))
+            return 200, [labels, *self._framing_header], b""
         if path == codec.AUTHZ_PATH:
             if request.method != "POST":
                 return 405, [("Allow", "POST")], b"use POST /authz\n"
             status, headers, body = self._authz(state, request, presenting)
             return status, [*headers, *self._framing_header], body
-        self._metrics.bad_requests.labels(listener=LISTENER, reason="unknown-path").inc()
+        self._metrics.child(self._metrics.bad_requests, LISTENER, "unknown-path").inc()
         return 404, [], f"no such endpoint {path[:100]}\n".encode()
 
     def _authz(self, state: GatewayState, request: Request,
@@ -193,11 +194,11 @@ class Ingress:
         return 200, [(codec.ACCESS_TOKEN_HEADER, token)], b""
 
     def _count(self, service: str, peer: str, result: str) -> None:
-        self._metrics.connections.labels(direction=DIRECTION, service=service, peer=peer, result=result).inc()
+        self._metrics.child(self._metrics.connections, DIRECTION, service, peer, result).inc()
 
     def _count_decision(self, decision) -> None:  # type: ignore[no-untyped-def]
-        self._metrics.authz_decisions.labels(direction=DIRECTION, verdict="allow" if decision.allowed else "deny",
-                                             tier=decision.tier.value).inc()
+        verdict = "allow" if decision.allowed else "deny"
+        self._metrics.child(self._metrics.authz_decisions, DIRECTION, verdict, decision.tier.value).inc()
 
     # --- CONNECT -----------------------------------------------------------------------------
 
@@ -251,12 +252,12 @@ class Ingress:
         framed = bool(self._framing_header) and request.header(framing.TUNNEL_HEADER) == framing.FRAMED
         stream.write(http.accept_connect(self._framing_header if framed else ()))
         stream.unread(http.trailing_data)  # the client's first bytes, raw or framed
-        self._metrics.setup_seconds.labels(direction=DIRECTION).observe(time.monotonic() - started)
+        self._metrics.child(self._metrics.setup_seconds, DIRECTION).observe(time.monotonic() - started)
         relay = Relay(stream, service, framed="client" if framed else None)
         relay.start_upstream()
         relay.start_downstream()
         self._meter.track(relay, DIRECTION)
-        active = self._metrics.active.labels(direction=DIRECTION)
+        active = self._metrics.child(self._metrics.active, DIRECTION)
         active.inc()
         try:
             outcome = await relay.wait()

@@ -9,6 +9,8 @@ workers) for counts of things, the minimum for "every worker has it" values.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _SETUP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -20,6 +22,7 @@ class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.registry = r
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         p = "clusterlink_gateway_"
         self.connections = Counter(
             p + "connections_total",
@@ -95,6 +98,16 @@ class GatewayMetrics:
         self.internal_errors = Counter(
             p + "internal_errors_total", "Unexpected exceptions caught by a supervisor loop, by place",
             ["where"], registry=r)
+
+
+    def child(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)`, memoized: the per-connection paths call this a dozen times per
+        connection, and prometheus_client validates the labels again on every `labels()` call."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
 
 class SupervisorMetrics:

@@ -75,7 +75,7 @@ class TunnelPool:
         return len(self._idle)
 
     def _changed(self) -> None:
-        self._metrics.pool_idle.labels(peer=self.name).set(len(self._idle))
+        self._metrics.child(self._metrics.pool_idle, self.name).set(len(self._idle))
 
     def update(self, peer: PeerView) -> None:
         """A new snapshot's view of the peer; connections to gateways it no longer has are dropped."""
@@ -101,11 +101,11 @@ class TunnelPool:
                 self._changed()
                 self._taken = True
                 self._wake.set()
-                self._metrics.pool_acquires.labels(peer=self.name, result="hit").inc()
+                self._metrics.child(self._metrics.pool_acquires, self.name, "hit").inc()
                 return conn, True
             conn.abort()
         self._changed()
-        self._metrics.pool_acquires.labels(peer=self.name, result="miss").inc()
+        self._metrics.child(self._metrics.pool_acquires, self.name, "miss").inc()
         conn = await self._connect()
         self._wake.set()
         return conn, False
@@ -126,7 +126,7 @@ class TunnelPool:
 
     def report_stale(self) -> None:
         """A pooled connection broke when it was used."""
-        self._metrics.tunnel_failures.labels(peer=self.name, reason="stale").inc()
+        self._metrics.child(self._metrics.tunnel_failures, self.name, "stale").inc()
 
     def _add_idle(self, conn: PeerConnection) -> None:
         self._idle.append(conn)
@@ -143,7 +143,7 @@ class TunnelPool:
 
     def _count_handshake(self, conn: PeerConnection) -> None:
         kind = "resumed" if conn.resumed else "full"
-        self._metrics.tunnel_handshakes.labels(peer=self.name, kind=kind).inc()
+        self._metrics.child(self._metrics.tunnel_handshakes, self.name, kind).inc()
 
     # --- connecting --------------------------------------------------------------------------
 
@@ -162,7 +162,7 @@ class TunnelPool:
             conn, _ = await first_success([attempt(g) for g in peer.gateways], name=f"connect-{peer.name}",
                                           on_extra=self._adopt)
         except PeerUnreachable as exc:
-            self._metrics.tunnel_failures.labels(peer=peer.name, reason="connect").inc()
+            self._metrics.child(self._metrics.tunnel_failures, peer.name, "connect").inc()
             self._session_at = None  # whatever comes back may be another server
             if self._health.mark(peer.name, False):
                 log.warning("Peer %s is unreachable from this gateway: %s", peer.name, exc)
@@ -193,7 +193,7 @@ class TunnelPool:
             await conn.healthz(timeout=self._limits.response_timeout)
         except ExchangeFailed as exc:
             conn.abort()
-            self._metrics.tunnel_failures.labels(peer=self.name, reason="keepalive").inc()
+            self._metrics.child(self._metrics.tunnel_failures, self.name, "keepalive").inc()
             self._throttle.warning(f"prepare:{self.name}", "New tunnel to peer %s failed its first health check: %s",
                                    self.name, exc)
             return False
@@ -216,7 +216,7 @@ class TunnelPool:
                 await conn.healthz(timeout=self._limits.response_timeout)
             except ExchangeFailed as exc:
                 conn.abort()
-                self._metrics.tunnel_failures.labels(peer=self.name, reason="keepalive").inc()
+                self._metrics.child(self._metrics.tunnel_failures, self.name, "keepalive").inc()
                 self._throttle.warning(f"keepalive:{self.name}", "A pooled tunnel to peer %s failed its health "
                                        "check and was dropped: %s", self.name, exc)
                 continue
@@ -230,7 +230,7 @@ class TunnelPool:
         for conn in [c for c in self._idle if not c.usable]:
             self._idle.remove(conn)
             conn.abort()
-            self._metrics.tunnel_failures.labels(peer=self.name, reason="keepalive").inc()
+            self._metrics.child(self._metrics.tunnel_failures, self.name, "keepalive").inc()
         self._changed()
 
     async def run(self) -> None:

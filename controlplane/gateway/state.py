@@ -101,7 +101,8 @@ def _labels(mapping: Mapping[str, str]) -> Mapping[str, str]:
 def _parse_policies(infos, problems: list[str]) -> list[Policy]:  # type: ignore[no-untyped-def]
     policies = []
     for info in infos:
-        what = f"PrivilegedAccessPolicy {info.name}" if info.privileged else f"AccessPolicy {info.namespace}/{info.name}"
+        what = (f"PrivilegedAccessPolicy {info.name}" if info.privileged
+                else f"AccessPolicy {info.namespace}/{info.name}")
         try:
             spec = json.loads(info.spec_json)
             policies.append(parse_policy_spec(spec, name=info.name, namespace=info.namespace,

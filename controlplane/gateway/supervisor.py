@@ -100,7 +100,8 @@ class Supervisor:
         log.info("Gateway stopped")
         return self._exit_code
 
-    async def _keep(self, index: int, runtime: Path, stop: asyncio.Event, metrics, multiprocess) -> None:  # type: ignore[no-untyped-def]
+    async def _keep(self, index: int, runtime: Path, stop: asyncio.Event,  # type: ignore[no-untyped-def]
+                    metrics, multiprocess) -> None:
         """Run worker `index`, and again whenever it dies, until the gateway stops."""
         backoff = RESTART_MIN
         cmd = [sys.executable, "-m", "controlplane.gateway.main", *self.argv, "--worker-index", str(index),

@@ -221,7 +221,10 @@ class Worker:
         self.admission = Admission(config.connections_per_worker, metrics)
         self.listeners = Listeners(metrics)
         self.meter = RelayMeter(lambda d, f, n: metrics.relayed_bytes.labels(direction=d, flow=f).inc(n))
-        self.health = health = PeerHealth(on_change=lambda p, ok: metrics.peer_reachable.labels(peer=p).set(1 if ok else 0))
+        def on_reachability(peer: str, reachable: bool) -> None:
+            metrics.peer_reachable.labels(peer=peer).set(1 if reachable else 0)
+
+        self.health = health = PeerHealth(on_change=on_reachability)
 
         try:
             async with asyncio.TaskGroup() as group:
@@ -233,8 +236,8 @@ class Worker:
                 self.pools = TunnelPools(tls=self.tls, size=config.pool_size, keepalive=config.pool_keepalive,
                                          limits=self.limits, metrics=metrics, health=health, tasks=background,
                                          framing=config.framed_tunnels)
-                self.authorizer = authorizer = RemoteAuthorizer(self.pools, cache=TokenCache(), tasks=background, metrics=metrics,
-                                              limits=self.limits)
+                self.authorizer = authorizer = RemoteAuthorizer(self.pools, cache=TokenCache(), tasks=background,
+                                                                metrics=metrics, limits=self.limits)
                 self.ingress = Ingress(state=self.state, metrics=metrics, limits=self.limits, meter=self.meter,
                                        framing=config.framed_tunnels)
                 self.egress = Egress(state=self.state, pools=self.pools, authorizer=authorizer, counters=counters,

@@ -95,7 +95,8 @@ def parse_authz_request(body: bytes) -> AuthzRequest:
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise WireError(f"authz request: body is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+        where = f"line {exc.lineno} column {exc.colno}"
+        raise WireError(f"authz request: body is not JSON ({exc.msg} at {where})") from None
     except RecursionError:
         raise WireError("authz request: body is nested too deeply") from None
     if not isinstance(doc, dict):
