@@ -28,8 +28,8 @@ from controlplane.tlsconfig import PeerTLS, TLSConfigError
 
 from .authorizer import RemoteAuthorizer
 from .config import EXIT_CONFIG, GatewayConfig
-from .decisions import egress_check, egress_src
 from .counters import COUNTERS_FILE, CountersError, SharedCounters
+from .decisions import egress_check, egress_src
 from .egress import Egress
 from .health import PeerHealth
 from .ingress import Ingress
