@@ -6,9 +6,11 @@ forge attributes by talking to the gateway directly) or on an Import's target po
 client attributes unknown). Then, for each source in load-balancing order (`lb`): the local
 egress policy check (`decisions`), an access token (`authorizer`: cached, or `POST /authz`), a
 tunnel from the peer's pool, and `CONNECT` with the token, followed at once by the client's
-bytes, so that a new connection pays no round trip before its first byte leaves. A copy of what
-was sent is kept (`Limits.replay_bytes`) until the peer answers 200; on any other answer the next
-source gets the same bytes (a cached token refused with 401 is first retried once with a fresh
+bytes, so that a new connection pays no round trip before its first byte leaves (only to gateways
+that announced this implementation's extensions: the original's data plane may drop bytes that
+arrive before its 200, so other peers get them after it). A copy of what was sent is kept
+(`Limits.replay_bytes`) until the peer answers 200; on any other answer the next source gets the
+same bytes (a cached token refused with 401 is first retried once with a fresh
 one; a pooled tunnel that broke is first retried once with a new tunnel). When every source
 failed, or the bytes sent outgrew the copy, the client's connection is reset (RST).
 """
@@ -207,13 +209,19 @@ class Egress:
 
             framed = pool.framing
             relay = Relay(client, conn.stream, framed="service" if framed else None)
-            early = bytes(replay) + client.take_buffered()
-            conn.send_connect(grant.token, early, framed=framed)
-            relay.start_upstream(tap=bytearray(early), tap_limit=self._limits.replay_bytes)
+            if pool.early_data:
+                early = bytes(replay) + client.take_buffered()
+                conn.send_connect(grant.token, early, framed=framed)
+                relay.start_upstream(tap=bytearray(early), tap_limit=self._limits.replay_bytes)
+            else:
+                # The client's bytes wait in its buffer (reading pauses when it is full) for the 200.
+                client.unread(bytes(replay))
+                replay = bytearray()
+                conn.send_connect(grant.token, framed=framed)
             try:
                 response = await conn.connect_response(self._limits.response_timeout)
             except ExchangeFailed as exc:
-                if relay.finished.done():
+                if relay.finished.done() or client.error is not None:
                     return _Attempt("client-reset", None, client_gone=True)
                 kept = relay.detach_upstream()
                 conn.abort()
@@ -232,7 +240,7 @@ class Egress:
                 # way round): this attempt is lost; retry once, without framing.
                 kept = relay.detach_upstream()
                 conn.abort()
-                pool.framing = False
+                pool.announced = False
                 if kept is not None and not retried:
                     retried, replay = True, kept
                     continue
@@ -253,7 +261,10 @@ class Egress:
 
     async def _carry(self, client: Stream, conn: PeerConnection, relay: Relay, imp: ImportView, pool: TunnelPool,
                      started: float) -> None:
-        relay.commit()
+        if relay.upstream_started:
+            relay.commit()
+        else:
+            relay.start_upstream()
         self._metrics.child(self._metrics.setup_seconds, DIRECTION).observe(time.monotonic() - started)
         conn.stream.unread(conn.trailing_data)  # the service's first bytes, raw or framed
         relay.start_downstream()

@@ -63,8 +63,10 @@ class TunnelPool:
         self._closed = False
         self._session_at: float | None = None
         self._taken = False
-        self.framing = False  # the peer's gateways announced framed tunnels (peerwire.framing)
-        self._use_framing = framing  # we may use them (--framed-tunnels)
+        # The peer's gateways announced framed tunnels (peerwire.framing): they are gateways of this
+        # implementation, which also take application bytes right behind a CONNECT.
+        self.announced = False
+        self._use_framing = framing  # we may frame tunnels (--framed-tunnels)
 
     @property
     def name(self) -> str:
@@ -82,7 +84,7 @@ class TunnelPool:
         old = self.peer
         self.peer = peer
         if old.gateways != peer.gateways:
-            self.framing = False  # to be learned again from the new gateways' answers
+            self.announced = False  # to be learned again from the new gateways' answers
             keep = set(peer.gateways)
             for conn in [c for c in self._idle if c.gateway not in keep]:
                 self._idle.remove(conn)
@@ -110,10 +112,21 @@ class TunnelPool:
         self._wake.set()
         return conn, False
 
+    @property
+    def framing(self) -> bool:
+        """Ask for framed tunnels."""
+        return self.announced and self._use_framing
+
+    @property
+    def early_data(self) -> bool:
+        """Send the client's bytes right behind CONNECT (the original's data plane may not read
+        what arrives before its 200, so only to gateways that announced themselves)."""
+        return self.announced
+
     def learn(self, conn: PeerConnection) -> None:
         """Remember what the peer's answers on `conn` said it supports."""
-        if conn.framing and self._use_framing:
-            self.framing = True
+        if conn.framing:
+            self.announced = True
 
     def release(self, conn: PeerConnection) -> None:
         """Give back a connection after a request/response exchange or a framed tunnel (closed if

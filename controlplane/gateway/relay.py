@@ -217,6 +217,10 @@ class Relay:
             self._down = _Direction(self, self.service, self.client)
         self._attach(self._down)
 
+    @property
+    def upstream_started(self) -> bool:
+        return self._up is not None
+
     def commit(self) -> None:
         """The service side accepted: stop keeping a copy, let a held EOF through."""
         up = self._up
