@@ -553,6 +553,11 @@ class TlsStream(Stream):
                     return
                 view = self._pview
                 offset = 0
+            elif not self._incoming.pending and not self._ssl.pending():
+                # Nothing left to decrypt: spare the SSLWantReadError of one more read. (OpenSSL
+                # takes records from the BIO one at a time, read_ahead being off: a close_notify
+                # or a ticket behind the data is still in the BIO, and then we go on reading.)
+                break
         if offset:
             self._deliver(view[:offset])
         self._flush()
