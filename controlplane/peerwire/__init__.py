@@ -5,6 +5,8 @@ One mTLS port per peer, HTTP/1.1 (h11) on it: `GET /healthz` (our labels in a he
 raw bytes both ways). Wire-compatible with the original ClusterLink.
 
 Modules: `codec` (payloads and headers, pure), `server` and `exchange` (the HTTP framing of the
-server and client sides, sans-IO), `stream` (asyncio byte streams over TCP and TLS, with
-half-close), `client` (asyncio: health probes and keep-alive connections to a remote gateway).
+server and client sides, sans-IO), `framing` (framed tunnels: our compatible extension that lets
+a tunnel carry one connection after another, sans-IO), `stream` (asyncio byte streams over TCP
+and TLS, with half-close), `client` (asyncio: health probes and keep-alive connections to a
+remote gateway).
 """
