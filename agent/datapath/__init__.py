@@ -1,4 +1,5 @@
-"""BPF programs (BCC) and their attachments and maps. The only place that imports bcc.
+"""BPF programs (BCC) and their attachments and maps. The only package that imports bcc, and only
+in its compiler process (compiler.py, loader.py): the agent itself never does.
 
     Datapath(cgroup_path, *, owner="clusterlink-agent")   start / stop / reconcile / lookup / ...
     cleanup_cgroup(cgroup_path) -> list[str]               detach all of our programs (cleanup tools)

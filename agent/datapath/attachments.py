@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from agent.datapath import libbpf
 from agent.datapath.cgroups import cgroup_id, validate_cgroup_dir
 from agent.datapath.errors import DatapathError
-from agent.datapath.loader import PROGRAM_PREFIX
+from agent.datapath.programs import PROGRAM_PREFIX
 
 log = logging.getLogger(__name__)
 

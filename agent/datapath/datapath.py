@@ -1,14 +1,16 @@
 """The agent's kernel datapath: owns the BPF programs attached to one cgroup and their maps.
 
-Lifecycle: the constructor only validates; `start()` checks prerequisites, compiles with BCC,
-checks the struct layouts, removes leftovers of a crashed run and attaches every program as a
-bpf_link; `stop()` detaches and closes everything (idempotent). In between, `reconcile()` makes the
-services map equal to the desired state and `lookup()` answers the proxy's question "where did
-this accepted connection want to go, and who asked?".
+Lifecycle: the constructor only validates; `start()` checks privileges, has the compiler process
+(compiler.py: BCC, in a short-lived child, so libbcc and LLVM never enter the agent) compile and
+load the programs, create the maps and check the struct layouts, takes over their fds, checks them
+with the kernel, removes leftovers of a crashed run and attaches every program as a bpf_link;
+`stop()` detaches and closes everything (idempotent). In between, `reconcile()` makes the services
+map equal to the desired state and `lookup()` answers the proxy's question "where did this accepted
+connection want to go, and who asked?".
 
 Not thread-safe: use one Datapath from one thread (the agent's event loop thread). Each call is a
-few bpf(2) syscalls, except `start()` (about 0.5 s of compiling) and a cgroup rescan on a cache miss
-in `cgroup_path_for_id()`.
+few bpf(2) syscalls, except `start()` (about 1 s: starting the compiler process and compiling; at
+most `compile_timeout`) and a cgroup rescan on a cache miss in `cgroup_path_for_id()`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.datapath import attachments, layout, libbpf, loader, prerequisites
+from agent.datapath import attachments, compilation, handoff, layout, libbpf, prerequisites
+from agent.datapath.programs import PROGRAMS, default_bpf_dir
 from agent.datapath.cgroups import CgroupLock, CgroupResolver, cgroup_id, validate_cgroup_dir
 from agent.datapath.errors import DatapathError
 
@@ -61,20 +64,25 @@ class Datapath:
     `owner` names this datapath in logs and errors. While started, it holds an exclusive flock on
     the cgroup directory: a second live datapath on the same cgroup is refused instead of silently
     detaching the first one's links (the kernel drops the lock when its holder dies, so a crashed
-    run never blocks the next). `bpf_dir` overrides where bpf/*.c are read from.
+    run never blocks the next). `bpf_dir` overrides where bpf/*.c are read from. The compiler
+    process gets `compile_timeout` seconds; after that it is killed and start() fails.
     """
 
     def __init__(self, cgroup_path: str, *, owner: str = "clusterlink-agent",
-                 bpf_dir: str | os.PathLike[str] | None = None) -> None:
+                 bpf_dir: str | os.PathLike[str] | None = None,
+                 compile_timeout: float = compilation.DEFAULT_TIMEOUT_S) -> None:
         self._cgroup_path, self._mount = validate_cgroup_dir(cgroup_path)
         if not owner:
             raise DatapathError("owner must be a non-empty name (it appears in logs and errors)")
+        if not compile_timeout > 0:
+            raise DatapathError(f"compile_timeout must be a positive number of seconds, not {compile_timeout!r}")
         self._owner = owner
-        self._bpf_dir = Path(bpf_dir) if bpf_dir is not None else loader.default_bpf_dir()
+        self._bpf_dir = Path(bpf_dir) if bpf_dir is not None else default_bpf_dir()
+        self._compile_timeout = compile_timeout
         self._resolver = CgroupResolver(self._mount)
         self._lib: libbpf.Libbpf | None = None
         self._lock: CgroupLock | None = None
-        self._programs: loader.LoadedPrograms | None = None
+        self._programs: handoff.KernelObjects | None = None
         self._links: dict[str, int] = {}  # program name -> link fd
 
     def __repr__(self) -> str:
@@ -90,7 +98,7 @@ class Datapath:
     def start(self) -> None:
         if self._programs is not None:
             raise DatapathError(f"{self!r}: start() called twice")
-        prerequisites.check_all()
+        prerequisites.check_privileges()
         # The path was fine at construction; it may be gone now.
         self._cgroup_path, self._mount = validate_cgroup_dir(self._cgroup_path)
         try:
@@ -100,12 +108,9 @@ class Datapath:
         self._lock = CgroupLock(self._cgroup_path, self._owner)
         cg_fd = self._lock.acquire()
         try:
-            self._programs = loader.load(self._bpf_dir, lib=self._lib)
-            problems = layout.check_layouts(self._programs.maps)
-            if problems:
-                raise DatapathError(
-                    f"the struct layouts of bpf/{loader.HEADER} and agent/datapath/layout.py differ "
-                    "(change both together): " + "; ".join(problems))
+            self._programs = compilation.compile_in_child(self._bpf_dir, timeout=self._compile_timeout,
+                                                          owner=self._owner)
+            compilation.verify(self._programs, self._lib)
             cg_id = cgroup_id(self._cgroup_path)
             try:
                 removed = attachments.remove_ours(self._lib, cg_fd, cg_id, self._cgroup_path)
@@ -115,7 +120,7 @@ class Datapath:
             for att in removed:
                 log.warning("Removed a leftover attachment from cgroup %s (a crashed earlier run?): %s.",
                             self._cgroup_path, att.describe())
-            for spec in loader.PROGRAMS:
+            for spec in PROGRAMS:
                 try:
                     self._links[spec.name] = self._lib.link_create(
                         self._programs.prog_fds[spec.name], cg_fd, spec.attach_type)
@@ -180,7 +185,7 @@ class Datapath:
             lock, self._lock = self._lock, None
             lock.release()
 
-    def _require_started(self) -> tuple[libbpf.Libbpf, loader.LoadedPrograms]:
+    def _require_started(self) -> tuple[libbpf.Libbpf, handoff.KernelObjects]:
         if self._programs is None or self._lib is None:
             raise DatapathError(f"{self!r} is not started: call start() first")
         return self._lib, self._programs

@@ -1,5 +1,8 @@
 """Compiling and loading bpf/*.c with BCC: the only module of the project that imports bcc.
 
+It runs in the short-lived compiler process (compiler.py), never in the agent: importing bcc maps
+libbcc and LLVM/clang (about 100 MB) into the process, and BCC keeps the compiled module.
+
 The header and the program files are concatenated into one translation unit (with #line markers so
 compiler messages name the real file and line), which defines every map once. The result is a
 `LoadedPrograms`: program fds, map fds and the compiled map layouts, with `close()` releasing them.
@@ -13,50 +16,15 @@ import atexit
 import ctypes
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.datapath import libbpf
 from agent.datapath.errors import DatapathError
 from agent.datapath.layout import CompiledMap, layout_of
+from agent.datapath.programs import HEADER, PROGRAMS
 
 log = logging.getLogger(__name__)
-
-HEADER = "clusterlink.h"
-
-# enum bpf_prog_type values (uapi) used below.
-_PROG_TYPE_CGROUP_SOCK = 9
-_PROG_TYPE_SOCK_OPS = 13
-_PROG_TYPE_CGROUP_SOCK_ADDR = 18
-
-
-@dataclass(frozen=True)
-class ProgramSpec:
-    """One hook: its C function (also the kernel program name, at most 15 characters, starting
-    with the ownership prefix), the file it lives in, and how it is loaded and attached."""
-
-    name: str
-    source: str
-    prog_type: int
-    attach_type: int
-
-
-PROGRAM_PREFIX = "cl_"
-
-PROGRAMS: tuple[ProgramSpec, ...] = (
-    ProgramSpec("cl_connect4", "connect4.c", _PROG_TYPE_CGROUP_SOCK_ADDR, libbpf.BPF_CGROUP_INET4_CONNECT),
-    ProgramSpec("cl_sockops", "sockops.c", _PROG_TYPE_SOCK_OPS, libbpf.BPF_CGROUP_SOCK_OPS),
-    ProgramSpec("cl_getpeername4", "getpeername4.c", _PROG_TYPE_CGROUP_SOCK_ADDR,
-                libbpf.BPF_CGROUP_INET4_GETPEERNAME),
-    ProgramSpec("cl_sock_release", "sock_release.c", _PROG_TYPE_CGROUP_SOCK,
-                libbpf.BPF_CGROUP_INET_SOCK_RELEASE),
-)
-
-
-def default_bpf_dir() -> Path:
-    """bpf/ at the root of the source tree (agent/datapath/loader.py -> ../../bpf)."""
-    return Path(__file__).resolve().parents[2] / "bpf"
 
 
 def import_bcc() -> Any:
@@ -101,7 +69,8 @@ class LoadedPrograms:
 
 
 def load(bpf_dir: Path, *, cflags: list[str] | None = None, lib: libbpf.Libbpf) -> LoadedPrograms:
-    """Compile bpf_dir's programs with BCC and load them into the kernel (verifier included)."""
+    """Compile bpf_dir's programs with BCC and load them into the kernel (verifier included),
+    creating their maps."""
     bcc = import_bcc()
     text = translation_unit(bpf_dir)
     flags = [f"-I{bpf_dir}", *(cflags or [])]
@@ -110,7 +79,7 @@ def load(bpf_dir: Path, *, cflags: list[str] | None = None, lib: libbpf.Libbpf) 
     except Exception as exc:  # BCC raises a bare Exception; the compiler output went to stderr
         release = os.uname().release
         raise DatapathError(
-            f"BCC could not compile {bpf_dir}/*.c ({exc}); the compiler's messages are on stderr. "
+            f"BCC could not compile {bpf_dir}/*.c ({exc}); see the compiler's output for its messages. "
             f"If they mention missing headers, check the kernel headers at /lib/modules/{release}/build "
             f"and /lib/modules/{release}/source: run make install") from exc
     try:
@@ -120,7 +89,7 @@ def load(bpf_dir: Path, *, cflags: list[str] | None = None, lib: libbpf.Libbpf) 
                 fn = bpf.load_func(spec.name.encode(), spec.prog_type, attach_type=spec.attach_type)
             except Exception as exc:  # BCC raises a bare Exception; the verifier log went to stderr
                 raise DatapathError(f"the kernel refused BPF program {spec.name} from {spec.source} "
-                                    f"({exc}); the verifier log is on stderr") from exc
+                                    f"({exc}); the verifier log is in the compiler's output") from exc
             prog_fds[spec.name] = fn.fd
         map_fds: dict[str, int] = {}
         maps: dict[str, CompiledMap] = {}

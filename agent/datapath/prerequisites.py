@@ -1,12 +1,12 @@
-"""What the node must offer before the datapath compiles anything: privileges, kernel headers for
-BCC, and BCC itself. Each check raises DatapathError with the fix."""
+"""What the node must offer before the datapath compiles anything: privileges (checked by the
+agent) and kernel headers for BCC (checked by the compiler process, which also imports BCC itself:
+loader.import_bcc). Each check raises DatapathError with the fix."""
 
 from __future__ import annotations
 
 import os
 
 from agent.datapath.errors import DatapathError
-from agent.datapath.loader import import_bcc
 
 CAP_NET_ADMIN = 12
 CAP_SYS_ADMIN = 21
@@ -45,9 +45,3 @@ def check_kernel_headers(release: str | None = None, modules_dir: str = "/lib/mo
             f"kernel headers missing: {build} {why}; BCC compiles the BPF programs on the node and needs "
             f"them: install linux-headers and link {build} and {modules_dir}/{release}/source to them "
             "(run make install)")
-
-
-def check_all() -> None:
-    check_privileges()
-    import_bcc()
-    check_kernel_headers()

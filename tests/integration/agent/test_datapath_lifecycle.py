@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 
 from agent.datapath import Datapath, DatapathError, cleanup_cgroup
-from agent.datapath import libbpf, loader, prerequisites
+from agent.datapath import libbpf, prerequisites, programs
 from agent.datapath.layout import CompiledMap, Layout, check_layouts
 from tests.integration.agent import kit
 from tests.integration.agent.conftest import RedirectEnv, require_privileges
 
 REPO = Path(__file__).resolve().parents[3]
-OUR_NAMES = sorted(spec.name for spec in loader.PROGRAMS)
+OUR_NAMES = sorted(spec.name for spec in programs.PROGRAMS)
 
 pytestmark = pytest.mark.privileged
 
@@ -169,8 +169,8 @@ def test_cleanup_cgroup_detaches_all_of_ours(cgroup: str) -> None:
 
 def test_a_layout_mismatch_fails_start_clearly(cgroup: str, tmp_path: Path) -> None:
     bpf_dir = tmp_path / "bpf"
-    shutil.copytree(loader.default_bpf_dir(), bpf_dir)
-    header = bpf_dir / loader.HEADER
+    shutil.copytree(programs.default_bpf_dir(), bpf_dir)
+    header = bpf_dir / programs.HEADER
     original = "struct cl_addr {\n    __u32 ip;    /* network byte order */\n    __u16 port;  /* network byte order */\n"
     swapped = "struct cl_addr {\n    __u16 port;\n    __u16 pad;\n    __u32 ip;\n"
     text = header.read_text()
@@ -237,12 +237,6 @@ def run_start(cgroup: str, setup: str = "", prefix: tuple[str, ...] = ()) -> str
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
-
-
-def test_missing_bcc_is_a_clear_error(cgroup: str) -> None:
-    message = run_start(cgroup, setup="sys.modules['bcc'] = None  # as if python3-bpfcc were not installed")
-    assert message.startswith("BCC is not importable from this Python")
-    assert "install python3-bpfcc: run make install" in message
 
 
 def test_not_root_is_a_clear_error(cgroup: str) -> None:
