@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 
 RETRY_MIN = 0.2
 RETRY_MAX = 5.0
-# How often a refill also exchanges GET /healthz to collect a fresh TLS session ticket (reading
-# and caching a session costs ~0.1 ms of CPU; one ticket resumes any number of handshakes).
+# How often to cache a fresh TLS session ticket for resumption (reading a session out of a
+# connection costs ~0.1 ms of CPU in CPython; one ticket resumes any number of handshakes).
 SESSION_REFRESH = 60.0
 # A refill caused by taking a tunnel waits this long, so that the connection that took it goes
 # through its setup first (on both gateways) rather than behind a handshake.
@@ -197,11 +197,9 @@ class TunnelPool:
             pass  # the time was up: that is what we waited for
 
     async def _prepare(self, conn: PeerConnection) -> bool:
-        """Collect a session ticket on a new connection, when the cached one is old or missing:
-        one exchange (which also proves that the peer accepted our certificate)."""
-        now = time.monotonic()
-        if self._session_at is not None and now - self._session_at < SESSION_REFRESH:
-            return True
+        """First exchange on a new connection, at once: it proves that the peer accepted our
+        certificate, keeps the connection from looking idle to the peer's first-request timeout,
+        and brings TLS session tickets (cached for resumption when ours is old or missing)."""
         try:
             await conn.healthz(timeout=self._limits.response_timeout)
         except ExchangeFailed as exc:
@@ -211,9 +209,11 @@ class TunnelPool:
                                    self.name, exc)
             return False
         self.learn(conn)
-        ssl_object = conn.stream.ssl_object
-        if ssl_object is not None and self._tls.remember_session(self.name, ssl_object):
-            self._session_at = now
+        now = time.monotonic()
+        if self._session_at is None or now - self._session_at >= SESSION_REFRESH:
+            ssl_object = conn.stream.ssl_object
+            if ssl_object is not None and self._tls.remember_session(self.name, ssl_object):
+                self._session_at = now
         return True
 
     async def _check_idle(self) -> None:

@@ -80,6 +80,7 @@ class ClientConnection:
         self._body = bytearray()
         self._connecting = False
         self._switched = False
+        self._closed = False
 
     # --- requests ----------------------------------------------------------------------------
 
@@ -119,6 +120,8 @@ class ClientConnection:
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the server; b"" means the server closed its side."""
+        if not data:
+            self._closed = True
         self._h11.receive_data(data)
 
     def next_response(self) -> Response | _Sentinel:
@@ -153,6 +156,8 @@ class ClientConnection:
                 elif event is h11.PAUSED:
                     raise ResponseError("the server's answer could not be framed")
         except h11.RemoteProtocolError as exc:
+            if self._closed:
+                raise ResponseError("the server closed the connection before a complete answer") from None
             raise ResponseError(f"malformed response: {exc}") from None
 
     def _start(self, event: h11.Response) -> None:

@@ -127,3 +127,14 @@ def test_warm_path_uses_pooled_tunnels_and_cached_tokens(net: Fabric) -> None:
     assert net.east.metric("clusterlink_gateway_token_cache_lookups_total", result="hit") == hits + 2
     # framed tunnels (both gateways are ours): each went back to the pool for the next connection
     assert net.east.metric("clusterlink_gateway_tunnel_reuses_total", peer="west") == reuses + 2
+
+
+def test_idle_pooled_tunnels_are_kept(net: Fabric) -> None:
+    """Tunnels waiting in the pool are neither dropped by the peer as silent clients nor fail
+    their keepalives (here --request-timeout 2, --pool-keepalive 2, --idle-timeout 10)."""
+    timeouts = net.west.metric("clusterlink_gateway_bad_requests_total", listener="peer", reason="timeout")
+    failures = net.east.metric("clusterlink_gateway_tunnel_failures_total", peer="west")
+    time.sleep(6)
+    assert net.west.metric("clusterlink_gateway_bad_requests_total", listener="peer", reason="timeout") == timeouts
+    assert net.east.metric("clusterlink_gateway_tunnel_failures_total", peer="west") == failures
+    assert net.east.metric("clusterlink_gateway_tunnel_pool_connections", peer="west") == 2 * 4
