@@ -25,7 +25,8 @@ from collections.abc import Callable
 
 from controlplane.peerwire import codec, framing
 from controlplane.peerwire.server import CLOSED, NEED_DATA, BadRequest, Request, ServerConnection
-from controlplane.peerwire.stream import Stream, StreamError, TcpStream, TlsStream
+from controlplane.peerwire.stream import Stream, StreamError, TcpStream
+from controlplane.peerwire.tlsstream import TlsStream
 from controlplane.tlsconfig import peer_name_from_peercert
 from controlplane.tokens import TokenError
 

@@ -30,7 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from controlplane.peerwire import framing
-from controlplane.peerwire.stream import TRANSPORT_MAY_KEEP_BUFFERS, Stream, StreamError, TlsStream
+from controlplane.peerwire.stream import TRANSPORT_MAY_KEEP_BUFFERS, Stream, StreamError
+from controlplane.peerwire.tlsstream import TlsStream
 
 UPSTREAM = "client_to_service"
 DOWNSTREAM = "service_to_client"

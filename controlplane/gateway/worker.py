@@ -23,7 +23,8 @@ import sys
 
 from controlplane.api import clusterlink_pb2 as pb
 from controlplane.api.client import APIError, Endpoint, SnapshotFeed, read_token
-from controlplane.peerwire.stream import Stream, StreamError, TcpStream, TlsStream
+from controlplane.peerwire.stream import Stream, StreamError, TcpStream
+from controlplane.peerwire.tlsstream import TlsStream
 from controlplane.tlsconfig import PeerTLS, TLSConfigError
 
 from .authorizer import RemoteAuthorizer

@@ -6,7 +6,7 @@ raw bytes both ways). Wire-compatible with the original ClusterLink.
 
 Modules: `codec` (payloads and headers, pure), `server` and `exchange` (the HTTP framing of the
 server and client sides, sans-IO), `framing` (framed tunnels: our compatible extension that lets
-a tunnel carry one connection after another, sans-IO), `stream` (asyncio byte streams over TCP
-and TLS, with half-close), `client` (asyncio: health probes and keep-alive connections to a
+a tunnel carry one connection after another, sans-IO), `stream` and `tlsstream` (asyncio byte
+streams over TCP and over TLS on memory BIOs, with half-close), `client` (asyncio: health probes and keep-alive connections to a
 remote gateway).
 """

@@ -27,7 +27,8 @@ from . import framing
 from .codec import LABELS_HEADER, AuthzRequest, WireError, decode_labels
 from .exchange import ClientConnection, Response, ResponseError
 from .server import NEED_DATA
-from .stream import StreamError, TlsStream
+from .stream import StreamError
+from .tlsstream import TlsStream
 
 T = TypeVar("T")
 Gateway = tuple[str, int]

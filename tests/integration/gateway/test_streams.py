@@ -15,7 +15,8 @@ from controlplane.gateway.relay import Relay
 from controlplane.peerwire.client import PeerConnection, PeerUnreachable, probe_healthz
 from controlplane.peerwire.codec import LABELS_HEADER, encode_labels
 from controlplane.peerwire.server import CLOSED, NEED_DATA, ServerConnection
-from controlplane.peerwire.stream import Stream, StreamError, TcpStream, TlsStream
+from controlplane.peerwire.stream import Stream, StreamError, TcpStream
+from controlplane.peerwire.tlsstream import TlsStream
 from controlplane.tlsconfig import PeerTLS
 
 
