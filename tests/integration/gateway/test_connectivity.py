@@ -122,6 +122,8 @@ def test_warm_path_uses_pooled_tunnels_and_cached_tokens(net: Fabric) -> None:
         sock = open_import(net.echo_port)
         assert greeting(sock) == "echo"
         assert _echo_roundtrip(sock) == b"hello through the tunnel"
+    # no connection waited for a handshake (misses would be on-demand connects; refills in the
+    # background are not on any connection's path)
     assert net.east.metric("clusterlink_gateway_tunnel_pool_acquires_total", peer="west", result="miss") == misses
     assert net.east.metric("clusterlink_gateway_authz_requests_total", peer="west") == authz
     assert net.east.metric("clusterlink_gateway_token_cache_lookups_total", result="hit") == hits + 2
