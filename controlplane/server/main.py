@@ -49,6 +49,7 @@ class Config:
     log_format: str
     gateway_selector: str = "app.kubernetes.io/name=clusterlink,app.kubernetes.io/component=gateway"
     lease_name: str = "clusterlink-controlplane"
+    cluster_domain: str = "cluster.local"
 
     @property
     def kubernetes(self) -> bool:
@@ -93,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
               help="Kubernetes: labels of the gateway pods (k=v,...), the backends of every Import's Service")
     flags.add(p, "--lease-name", default="clusterlink-controlplane",
               help="Kubernetes: the Lease (in --namespace) whose holder is the replica that writes")
+    flags.add(p, "--cluster-domain", default="cluster.local",
+              help="Kubernetes: the cluster's DNS domain (an Export without spec.host targets "
+                   "<name>.<namespace>.svc.<domain>)")
     flags.add(p, "--log-level", default="info", help="debug, info, warning or error")
     flags.add(p, "--log-format", default="auto", help="text, json, or auto (text on a terminal)")
     return p
@@ -130,6 +134,7 @@ def load_config(argv: Sequence[str] | None = None) -> Config:
         credential_lifetime=a.credential_lifetime, probe_timeout=a.probe_timeout,
         log_level=a.log_level, log_format=a.log_format,
         gateway_selector=a.gateway_selector, lease_name=a.lease_name,
+        cluster_domain=a.cluster_domain,
     )
 
 
@@ -199,7 +204,8 @@ async def run(config: Config) -> None:
     reconciler = Reconciler(
         ReconcilerConfig(peer_name=peer_name, peer_labels=config.peer_labels, system_namespace=config.namespace,
                          reserved_ports=config.reserved_ports, vip_range=config.vip_range,
-                         gateway_agent_address=config.gateway_agent_address, kubernetes=kube is not None),
+                         gateway_agent_address=config.gateway_agent_address, kubernetes=kube is not None,
+                         cluster_domain=config.cluster_domain),
         store, token_key=token_key, reachable=heartbeats.reachable, on_peers_changed=heartbeats.sync,
         services=kube.services if kube is not None else None)
     reconciler.reconcile_seconds = metrics.reconcile.observe

@@ -37,6 +37,7 @@ class ReconcilerConfig:
     vip_range: str | None  # standalone: lease VIPs from this CIDR; None: VIPs come from elsewhere (Kubernetes)
     gateway_agent_address: str
     kubernetes: bool = False
+    cluster_domain: str = "cluster.local"
     debounce: float = 0.02
 
 
@@ -129,7 +130,8 @@ class Reconciler:
             services = self._services.local_services()
         else:
             services = {(s.namespace, s.name): s.spec["host"] for s in self.store.list(S.LOCAL_SERVICE.kind)}
-        exports = [(e, resolve_export(e, services, kubernetes=self.config.kubernetes))
+        exports = [(e, resolve_export(e, services, kubernetes=self.config.kubernetes,
+                                       cluster_domain=self.config.cluster_domain))
                    for e in self.store.list(S.EXPORT.kind)]
         if self.leader:
             self._write_imports(imports)

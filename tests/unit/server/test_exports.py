@@ -30,3 +30,8 @@ def test_missing_service_is_clusterlink_error_message():
 def test_kubernetes_targets_the_service_dns_name():
     t = resolve_export(export(), {("default", "reviews"): "10.0.0.1"}, kubernetes=True)
     assert t.host == "reviews.default.svc.cluster.local"
+
+
+def test_kubernetes_cluster_domain_is_configurable():
+    t = resolve_export(export(), {("default", "reviews"): "10.0.0.1"}, kubernetes=True, cluster_domain="corp.example")
+    assert t.host == "reviews.default.svc.corp.example"
