@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -90,10 +91,20 @@ class Reconciler:
         self.leader = True
         self.reconcile_seconds: Callable[[float], None] | None = None
         self._state: DesiredState | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
         self._unsubscribe = store.subscribe(self._on_event)
 
     # -- inputs ------------------------------------------------------------------------------------
     def _on_event(self, event: Event) -> None:
+        """Store listener; the store may call it from the reconcile thread: hop to the loop."""
+        loop = self._loop
+        if loop is not None and threading.get_ident() != self._loop_thread:
+            loop.call_soon_threadsafe(self._handle_event, event)
+        else:
+            self._handle_event(event)
+
+    def _handle_event(self, event: Event) -> None:
         self._dirty.set()
         if event.obj.kind == S.PEER.kind and self._on_peers_changed:
             self._on_peers_changed()
@@ -103,6 +114,12 @@ class Reconciler:
 
     # -- the loop ----------------------------------------------------------------------------------
     async def run(self) -> None:
+        """Reconcile on every change. With a thread-safe store (`store.thread_safe`, SQLite) each pass
+        runs in a worker thread, so its writes never stall the snapshot streams served from the event
+        loop; a store owned by the loop (Kubernetes: its cache is fed on the loop) is reconciled on it,
+        with the API client's short timeouts bounding a stall."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._dirty.set()
         try:
             while True:
@@ -111,7 +128,10 @@ class Reconciler:
                 self._dirty.clear()
                 start = time.perf_counter()
                 try:
-                    self.reconcile_once()
+                    if getattr(self.store, "thread_safe", False):
+                        await asyncio.to_thread(self.reconcile_once)
+                    else:
+                        self.reconcile_once()
                 except Exception:
                     log.exception("reconcile failed; retrying in 1 s")
                     await asyncio.sleep(1.0)

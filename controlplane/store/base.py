@@ -33,6 +33,10 @@ Listener = Callable[[Event], None]
 
 
 class Store(Protocol):
+    # True when every method may be called from any thread (listeners then run on the caller's
+    # thread); False when the store belongs to the event loop's thread.
+    thread_safe: bool
+
     def list(self, kind: str) -> list[Object]:
         """Every object of a kind (all namespaces), in a stable order."""
 

@@ -55,6 +55,8 @@ def _canon(value: Any) -> str:
 
 
 class SQLiteStore:
+    thread_safe = True  # every method holds the store's lock; listeners run on the writing thread
+
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self._lock = threading.RLock()
