@@ -55,10 +55,22 @@ class Ingress:
                  meter: RelayMeter, framing: bool = True) -> None:
         self._state = state
         self._framing_header = (_FRAMING,) if framing else ()
+        self._idle: set[Stream] = set()  # keep-alive connections waiting for their next request
+        self._draining = False
         self._metrics = metrics
         self._limits = limits
         self._meter = meter
         self._throttle = LogThrottle(log, interval=10.0)
+
+    def close_idle(self) -> int:
+        """Stop serving new requests (the worker drains): close the keep-alive connections that
+        wait for one (pooled tunnels of other gateways, which reconnect to another worker or
+        replica); the others are closed after their current request or tunnel."""
+        self._draining = True
+        idle = list(self._idle)
+        for stream in idle:
+            stream.close()
+        return len(idle)
 
     def _bad(self, reason: str, message: str, *args: object) -> None:
         self._metrics.child(self._metrics.bad_requests, LISTENER, reason).inc()
@@ -140,7 +152,12 @@ class Ingress:
             if waiting_for_first_byte and http.has_pending_bytes:
                 waiting_for_first_byte = False
                 deadline = time.monotonic() + self._limits.request_timeout
+            idle = waiting_for_first_byte and not first
+            if idle and self._draining:
+                return None
             remaining = deadline - time.monotonic()
+            if idle:
+                self._idle.add(stream)
             try:
                 if remaining <= 0:
                     raise TimeoutError
@@ -152,6 +169,8 @@ class Ingress:
                 self._bad("timeout", "Peer-port connection from %s (%s) dropped: no complete request within %g s",
                           presenting, _peer(stream), self._limits.request_timeout)
                 raise _Close() from None
+            finally:
+                self._idle.discard(stream)
             http.receive_data(data)
 
     # --- healthz and authz -------------------------------------------------------------------

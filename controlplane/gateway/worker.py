@@ -258,6 +258,7 @@ class Worker:
                 log.info("Worker %d stopping: %d connections open, draining for up to %g s",
                          config.worker_index, len(self.admission.streams), self.limits.drain_timeout)
                 self.listeners.close()
+                self.ingress.close_idle()
                 cancelled = await self.connections.drain(self.limits.drain_timeout)
                 if cancelled:
                     log.warning("Worker %d reset %d connections still open after %g s", config.worker_index,

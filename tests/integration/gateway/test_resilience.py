@@ -201,3 +201,17 @@ def test_a_configuration_that_cannot_work_exits_78(fabric: Fabric, tmp_path: Pat
         assert "cannot start" in gateway.log_tail()
     finally:
         gateway.stop()
+
+
+def test_sigterm_does_not_wait_for_idle_tunnels(net: Fabric) -> None:
+    # east's pools keep idle tunnels to west; a stopping west closes them at once instead of
+    # waiting --drain-timeout (3 s here) for connections that would never end on their own.
+    deadline = time.monotonic() + 10
+    while net.east.metric("clusterlink_gateway_tunnel_pool_connections", peer="west") < 8:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert net.west.proc is not None
+    started = time.monotonic()
+    os.kill(net.west.proc.pid, signal.SIGTERM)
+    assert net.west.proc.wait(timeout=10) == 0
+    assert time.monotonic() - started < 2.5
