@@ -176,6 +176,8 @@ class SnapshotFeed:
                 stub = pb_grpc.ControlPlaneStub(channel)
                 call = stub.Watch(pb.WatchRequest(role=self.role, node=self.node, known_version=self.version),
                                   metadata=_metadata(self.endpoint))
+                await call.initial_metadata()  # the server sends it once the stream is accepted
+                self._set_connected(True)
                 async for snap in call:
                     self._set_connected(True)
                     backoff = self._min_backoff

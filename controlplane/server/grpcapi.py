@@ -84,6 +84,9 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
         if role == "agent" and not request.node:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "watch: agents must name their node")
         rec = self.reconciler
+        # Tell the client the stream is up now: when it already holds the current version, the
+        # first snapshot message may be a long time away.
+        await context.send_initial_metadata((("clusterlink-watch", "open"),))
         if role == "agent":
             rec.add_agent(request.node)
         if self._on_watcher:

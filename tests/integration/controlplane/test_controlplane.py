@@ -156,3 +156,30 @@ def test_register_refuses_the_admin_token(controlplane):
     with pytest.raises(APIError) as err:
         controlplane.call(lambda c: c.register("n1"))
     assert err.value.code == "PERMISSION_DENIED"
+
+
+def test_a_resumed_watch_at_the_current_version_reports_connected(controlplane):
+    """A gateway that already holds the current snapshot gets no message on reconnect, yet knows
+    the stream is up (readiness, metrics)."""
+    first = []
+
+    async def watch() -> tuple[bool, int]:
+        feed = SnapshotFeed(controlplane.endpoint(controlplane.join_token), role="gateway", on_snapshot=first.append)
+        task = asyncio.create_task(feed.run())
+        try:
+            await asyncio.wait_for(_until(lambda: len(first) >= 1), 10)
+        finally:
+            task.cancel()
+        resumed = []
+        again = SnapshotFeed(controlplane.endpoint(controlplane.join_token), role="gateway",
+                             on_snapshot=resumed.append)
+        again.version = first[-1].version
+        task = asyncio.create_task(again.run())
+        try:
+            await asyncio.wait_for(_until(lambda: again.connected), 10)
+        finally:
+            task.cancel()
+        return again.connected, len(resumed)
+
+    connected, messages = asyncio.run(watch())
+    assert connected and messages == 0
