@@ -6,6 +6,12 @@ VIP:port is redirected into the proxy, which tells the gateway which import the 
 who the client is (its workload, found from the cgroup the kernel recorded at connect()).
 
 The data path keeps working with the last snapshot while the control plane is away.
+
+Memory: the BPF programs are compiled by a short-lived child (agent.datapath's compiler process),
+so BCC, libbcc and LLVM never enter this process. What remains at idle is mostly the code of
+grpcio, asyncio/OpenSSL, protobuf and prometheus_client. glibc's malloc is left at its defaults:
+MALLOC_ARENA_MAX=1 or 2 and malloc_trim() were measured on a running agent and changed its RSS by
+0.2 MB or less.
 """
 
 from __future__ import annotations

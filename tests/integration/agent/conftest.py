@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from pyroute2 import config as pyroute2_config
 
 from agent.datapath import Datapath
 from tests.integration.agent import kit
@@ -18,6 +19,19 @@ PRIVILEGED_SKIP = kit.skip_reason_privileged()
 def require_privileges() -> None:
     if PRIVILEGED_SKIP is not None:
         pytest.skip(PRIVILEGED_SKIP)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pyroute2_children_die_on_sigterm() -> Iterator[None]:
+    """pyroute2 does netns work in forks of this process and stops them with SIGTERM. A fork still
+    has the session's SIGTERM handler (tests/conftest.py: SIGTERM -> KeyboardInterrupt), and if the
+    signal lands after the fork answered but before it exits, the KeyboardInterrupt unwinds into
+    pytest inside the fork, which then runs the fixture finalizers (deleting the client netns of
+    the parent's tests). pyroute2's disable_mp_signal restores SIG_DFL in the fork first."""
+    previous = pyroute2_config.disable_mp_signal
+    pyroute2_config.disable_mp_signal = True
+    yield
+    pyroute2_config.disable_mp_signal = previous
 
 
 @pytest.fixture

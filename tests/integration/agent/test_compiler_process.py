@@ -6,6 +6,7 @@ reaped, and one that hangs is killed after the bound. Also the handoff record fo
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import fcntl
 import json
@@ -149,6 +150,18 @@ def test_the_agent_process_never_imports_bcc_nor_maps_llvm(cgroup: str) -> None:
     assert report["mapped"] == []
     assert report["children"] == []
     assert report["vmrss_kb"] < 40 * 1024  # with BCC in the process it was over 150 MB
+
+
+def test_only_the_compilers_loader_imports_bcc() -> None:
+    importers = []
+    for package in ("agent", "controlplane", "fabric", "bench"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+                if any(n == "bcc" or n.startswith("bcc.") for n in names):
+                    importers.append(str(path.relative_to(REPO)))
+    assert sorted(set(importers)) == ["agent/datapath/loader.py"]
 
 
 # -- failures in the child come back as clear errors -----------------------------------------------
