@@ -300,6 +300,47 @@ def test_a_child_that_dies_without_answering_is_a_clear_error(cgroup: str, bpf_c
     dp.stop()
 
 
+HOLD_IN_START = """
+import sys
+from agent.datapath import Datapath
+Datapath(sys.argv[1], bpf_dir=sys.argv[2], compile_timeout=120).start()
+"""
+
+
+def process_state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None
+
+
+@privileged
+def test_the_child_dies_with_a_killed_agent(cgroup: str, bpf_copy: Path, processes: kit.Processes) -> None:
+    source = bpf_copy / "connect4.c"
+    source.unlink()
+    os.mkfifo(source)  # holds the child in its compile
+    agent = subprocess.Popen([sys.executable, "-c", HOLD_IN_START, cgroup, str(bpf_copy)], cwd=REPO)
+    processes.register(agent.pid)
+    try:
+        deadline = time.monotonic() + 20
+        while not (kids := children(agent.pid)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        (child,) = kids
+        processes.register(child)
+        agent.kill()
+        agent.wait()
+        deadline = time.monotonic() + 10
+        while process_state(child) not in (None, "Z") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert process_state(child) in (None, "Z"), f"compiler process {child} outlived its agent"
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+    assert kit.cgroup_attachments(cgroup) == []
+
+
 @privileged
 def test_a_layout_mismatch_found_by_the_child_names_both_layouts(cgroup: str, bpf_copy: Path,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
