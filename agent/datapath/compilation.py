@@ -55,9 +55,10 @@ def describe_status(returncode: int) -> str:
     return f"exit status {returncode}"
 
 
-def _last_line(output: str) -> str:
+def _output_hint(output: str) -> str:
+    """Where to look, for an error message: the last line the child wrote (all of it is logged)."""
     lines = [line for line in output.splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "no output"
+    return f"its output is in the log, ending with: {lines[-1].strip()}" if lines else "it wrote nothing"
 
 
 def _log_output(level: int, pid: int, what: str, output: str) -> None:
@@ -95,7 +96,7 @@ def compile_in_child(bpf_dir: Path, *, timeout: float = DEFAULT_TIMEOUT_S, owner
             _log_output(logging.ERROR, pid, f"was killed after {timeout:g} s", output)
             raise DatapathError(
                 f"the BPF compiler process (pid {pid}) did not finish within {timeout:g} s and was killed "
-                f"(a hung compile or a very busy machine; its output is in the log: {_last_line(output)})") from None
+                f"(a hung compile or a very busy machine; {_output_hint(output)})") from None
         except BaseException:
             proc.kill()  # interrupted (KeyboardInterrupt...): never leave it behind
             _collect_after_kill(proc)
@@ -110,7 +111,7 @@ def compile_in_child(bpf_dir: Path, *, timeout: float = DEFAULT_TIMEOUT_S, owner
         if objects is None:
             _log_output(logging.ERROR, pid, f"ended without an answer ({status})", output)
             raise DatapathError(f"the BPF compiler process (pid {pid}) ended with {status} without handing over "
-                                f"the programs (its output is in the log: {_last_line(output)})")
+                                f"the programs ({_output_hint(output)})")
         if proc.returncode != 0:
             objects.close()
             _log_output(logging.ERROR, pid, f"answered but then ended with {status}", output)

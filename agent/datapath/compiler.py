@@ -63,7 +63,8 @@ def _die_with_parent(parent: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agent.datapath.compiler", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m agent.datapath.compiler",
+                                     description="the agent's BPF compiler process")
     parser.add_argument("--bpf-dir", type=Path, required=True, help="directory of clusterlink.h and the programs")
     parser.add_argument("--socket-fd", type=int, required=True, help="inherited SOCK_SEQPACKET socket to answer on")
     parser.add_argument("--parent", type=int, required=True, help="pid of the agent (the process dies with it)")

@@ -347,7 +347,8 @@ def test_a_layout_mismatch_found_by_the_child_names_both_layouts(cgroup: str, bp
     caplog.set_level(logging.DEBUG, logger="agent.datapath")
     header = bpf_copy / programs.HEADER
     text = header.read_text()
-    grown = text.replace("    __u64 cgroup_id;   /* cgroup v2 id", "    __u64 extra;\n    __u64 cgroup_id;   /* cgroup v2 id")
+    field = "    __u64 cgroup_id;   /* cgroup v2 id"
+    grown = text.replace(field, "    __u64 extra;\n" + field)
     assert grown != text
     header.write_text(grown.replace('sizeof(struct cl_orig) == 16', 'sizeof(struct cl_orig) == 24'))
     dp = Datapath(cgroup, bpf_dir=bpf_copy)
