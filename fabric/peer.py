@@ -170,8 +170,10 @@ class Peer:
         argv = [_bin("clusterlink-gateway"), "--certs", str(self.certs), "--controlplane", f"unix:{self.api_socket}",
                 "--join-token-file", str(self.join_token_file), "--peer-listen", f"0.0.0.0:{PEER_PORT}",
                 "--agent-listen", f"0.0.0.0:{AGENT_PORT}", "--metrics-listen", f"0.0.0.0:{GATEWAY_METRICS}",
-                "--workers", str(workers or self.fabric.gateway_workers), "--log-format", "text"]
-        self.gateway = self.net.spawn(argv, log_path=self.dir / "logs" / "gateway.log")
+                "--workers", str(workers or self.fabric.gateway_workers), "--drain-timeout", "2",
+                "--log-format", "text"]
+        # its runtime directory (metrics, counters) goes under the peer's directory, removed with the fabric
+        self.gateway = self.net.spawn(argv, log_path=self.dir / "logs" / "gateway.log", env={"TMPDIR": str(self.dir)})
         self.gateway.wait_tcp(self.net.netns, self.lan_ip, PEER_PORT, timeout=30)
         return self.gateway
 

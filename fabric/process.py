@@ -1,6 +1,6 @@
 """Real processes in a fabric namespace and cgroup: spawn, wait until ready, stop, and record pids for crash cleanup.
 
-A child joins its cgroup (in `preexec_fn`, before exec) and then execs
+A child joins its cgroup (a tiny `sh` writes its pid to cgroup.procs, then execs) and then execs
 `nsenter --net=/run/netns/<ns> -- argv`: the mount namespace stays the host's (so /sys/fs/cgroup
 stays visible) and every socket the program creates belongs to the cgroup.
 """
@@ -37,26 +37,28 @@ class ProcessDied(RuntimeError):
     """The process exited while we were waiting for it to become ready."""
 
 
-def _command_line(argv: Sequence[str], netns: str | None) -> list[str]:
-    return (nsenter_argv(netns) if netns else []) + list(argv)
+# The child joins its cgroup from a tiny shell before anything else runs, then execs the rest (same
+# pid, so it stays in the cgroup): no Python code runs between fork and exec. A `preexec_fn` would,
+# and in a threaded parent (grpc, asyncio worker threads) that can deadlock the child before exec.
+_JOIN_CGROUP = 'echo $$ > "$1" && shift && exec "$@"'
 
 
-def _cgroup_joiner(cgroup: str | Path | None) -> Callable[[], None] | None:
-    """A preexec_fn that moves the child into `cgroup` (writing "0" means "the writing process")."""
+def _cgroup_procs(cgroup: str | Path | None) -> str | None:
     if cgroup is None:
         return None
     procs = os.fspath(Path(cgroup) / "cgroup.procs")
     if not os.path.exists(procs):
         raise FileNotFoundError(f"cgroup {cgroup} does not exist (no {procs})")
+    return procs
 
-    def join() -> None:
-        fd = os.open(procs, os.O_WRONLY)
-        try:
-            os.write(fd, b"0")
-        finally:
-            os.close(fd)
 
-    return join
+def _command_line(argv: Sequence[str], netns: str | None, cgroup: str | Path | None = None) -> list[str]:
+    """`argv` run in `netns` (through nsenter, which keeps the mounts) after joining `cgroup`."""
+    line = (nsenter_argv(netns) if netns else []) + list(argv)
+    procs = _cgroup_procs(cgroup)
+    if procs is not None:
+        line = ["sh", "-c", _JOIN_CGROUP, "cl-join-cgroup", procs, *line]
+    return line
 
 
 def _check_netns(netns: str | None) -> None:
@@ -227,8 +229,7 @@ def spawn(
     """
     argv = [os.fspath(a) for a in argv]
     _check_netns(netns)
-    preexec = _cgroup_joiner(cgroup)
-    full = _command_line(argv, netns)
+    full = _command_line(argv, netns, cgroup)
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
@@ -240,7 +241,6 @@ def spawn(
             env=_environment(env),
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=preexec,
         )
     proc = Proc(popen, argv, netns, Path(cgroup) if cgroup is not None else None, log_path)
     if pid_file is not None:
@@ -268,9 +268,8 @@ def run(
     """
     argv = [os.fspath(a) for a in argv]
     _check_netns(netns)
-    preexec = _cgroup_joiner(cgroup)
     popen = subprocess.Popen(
-        _command_line(argv, netns),
+        _command_line(argv, netns, cgroup),
         stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -279,7 +278,6 @@ def run(
         env=_environment(env),
         cwd=cwd,
         start_new_session=True,
-        preexec_fn=preexec,
     )
     with popen:
         try:

@@ -106,7 +106,7 @@ def test_spawned_pids_are_recorded_for_crash_cleanup(fabric: Topology, tmp_path:
     proc = pod.spawn(["sleep", "30"], log_path=tmp_path / "sleep.log")
     records = [json.loads(line) for line in fabric.pid_file.read_text().splitlines()]
     mine = [r for r in records if r["pid"] == proc.pid]
-    assert mine and mine[0]["argv"] == ["sleep", "30"] and mine[0]["command"][0] == "nsenter"
+    assert mine and mine[0]["argv"] == ["sleep", "30"] and mine[0]["command"][0] == "sh" and "nsenter" in mine[0]["command"]
 
 
 def test_process_group_stops_in_reverse_order(tmp_path: Path) -> None:

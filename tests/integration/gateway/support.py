@@ -276,6 +276,7 @@ class GatewayProcess:
         self.peer_port = free_port()
         self.agent_port = free_port()
         self.metrics_port = free_port()
+        self.workdir = workdir
         self.log_path = workdir / f"gateway-{name}.log"
         token_file = workdir / f"join-{name}.token"
         token_file.write_text(JOIN_TOKEN)
@@ -289,6 +290,7 @@ class GatewayProcess:
     def start(self) -> None:
         log = open(self.log_path, "ab")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CLUSTERLINK_", "PROMETHEUS_"))}
+        env["TMPDIR"] = str(self.workdir)  # the supervisor's runtime dir: removed with the test's tmp dir
         self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                      cwd=REPO, env=env)
         log.close()
