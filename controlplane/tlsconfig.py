@@ -60,6 +60,7 @@ import re
 import ssl
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -273,8 +274,11 @@ class PeerTLS:
         self._material = material
         return True
 
-    async def watch(self, interval: float = DEFAULT_RELOAD_INTERVAL) -> None:
-        """Poll for changed certificate files every `interval` seconds, forever; log each outcome."""
+    async def watch(self, interval: float = DEFAULT_RELOAD_INTERVAL,
+                    on_reload: Callable[[], None] | None = None) -> None:
+        """Poll for changed certificate files every `interval` seconds, forever; log each outcome.
+        `on_reload` runs after each successful reload (e.g. to drop connections made with the old
+        certificates)."""
         while True:
             await asyncio.sleep(interval)
             try:
@@ -291,6 +295,8 @@ class PeerTLS:
                     identity.serial,
                     identity.not_after.isoformat(),
                 )
+                if on_reload is not None:
+                    on_reload()
 
     # --- loading ---------------------------------------------------------------------------
 

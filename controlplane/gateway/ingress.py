@@ -56,11 +56,22 @@ class Ingress:
         self._state = state
         self._framing_header = (_FRAMING,) if framing else ()
         self._idle: set[Stream] = set()  # keep-alive connections waiting for their next request
+        self._epoch = 0  # bumped when our certificates change
         self._draining = False
         self._metrics = metrics
         self._limits = limits
         self._meter = meter
         self._throttle = LogThrottle(log, interval=10.0)
+
+    def certificates_changed(self) -> int:
+        """Our certificates (or the CA) changed: a connection authenticated with the old ones must
+        handshake again. Those waiting for a request are closed now, the others after their current
+        request or tunnel. Returns how many were closed now."""
+        self._epoch += 1
+        idle = list(self._idle)
+        for stream in idle:
+            stream.close()
+        return len(idle)
 
     def close_idle(self) -> int:
         """Stop serving new requests (the worker drains): close the keep-alive connections that
@@ -99,8 +110,12 @@ class Ingress:
         http = ServerConnection(max_header_bytes=self._limits.max_header_bytes,
                                 max_body_bytes=self._limits.max_body_bytes)
         first = True
+        epoch = self._epoch
         try:
             while True:
+                if epoch != self._epoch and not http.has_pending_bytes:
+                    stream.close()  # authenticated with certificates we no longer use
+                    return
                 request = await self._next_request(stream, http, presenting, first)
                 if request is None:
                     stream.close()

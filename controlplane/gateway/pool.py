@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterable
 
@@ -59,6 +60,8 @@ class TunnelPool:
         self._health = health
         self._throttle = throttle
         self._idle: deque[PeerConnection] = deque()
+        self._epochs: weakref.WeakKeyDictionary[PeerConnection, int] = weakref.WeakKeyDictionary()
+        self._epoch = 0  # bumped when our certificates change: older connections are not reused
         self._wake = asyncio.Event()
         self._closed = False
         self._session_at: float | None = None
@@ -132,16 +135,36 @@ class TunnelPool:
         """Give back a connection after a request/response exchange or a framed tunnel (closed if
         not wanted)."""
         self.learn(conn)
-        if self._closed or not conn.usable or len(self._idle) >= self.size or conn.gateway not in self.peer.gateways:
+        if (self._closed or not conn.usable or len(self._idle) >= self.size or conn.gateway not in self.peer.gateways
+                or not self._current(conn)):
             conn.close()
             return
         self._add_idle(conn)
+
+    def _current(self, conn: PeerConnection) -> bool:
+        return self._epochs.get(conn, -1) == self._epoch
+
+    def certificates_changed(self) -> None:
+        """Our certificates (or the CA) changed: close the idle tunnels and never reuse one that was
+        handshaken before, so the next connection proves the new identity to the peer."""
+        self._epoch += 1
+        self._session_at = None
+        self._tls.forget_session(self.name)
+        while self._idle:
+            conn = self._idle.popleft()
+            conn.stream.set_watcher(None)
+            conn.close()
+        self._changed()
+        self._wake.set()
 
     def report_stale(self) -> None:
         """A pooled connection broke when it was used."""
         self._metrics.child(self._metrics.tunnel_failures, self.name, "stale").inc()
 
     def _add_idle(self, conn: PeerConnection) -> None:
+        if not self._current(conn):
+            conn.close()
+            return
         self._idle.append(conn)
         conn.stream.set_watcher(self._wake.set)
         self._changed()
@@ -155,6 +178,7 @@ class TunnelPool:
             self._add_idle(conn)
 
     def _count_handshake(self, conn: PeerConnection) -> None:
+        self._epochs[conn] = self._epoch
         kind = "resumed" if conn.resumed else "full"
         self._metrics.child(self._metrics.tunnel_handshakes, self.name, kind).inc()
 
@@ -346,3 +370,7 @@ class TunnelPools:
     def close(self) -> None:
         for name in list(self._pools):
             self._stop(name)
+
+    def certificates_changed(self) -> None:
+        for pool in self._pools.values():
+            pool.certificates_changed()

@@ -173,6 +173,14 @@ class Worker:
         await self.listeners.reconcile_imports(self.config.import_host, set(state.imports_by_port),
                                                self._import_factory)
 
+    def _certificates_changed(self) -> None:
+        """New certificates: tunnels and peer connections made with the old ones are not reused
+        (a peer moved to another fabric must not keep working through an old tunnel)."""
+        closed = self.ingress.certificates_changed()  # both exist before the reload watch starts
+        self.pools.certificates_changed()
+        log.info("Worker %d: new peer certificates; pooled tunnels dropped, %d idle peer connections closed",
+                 self.config.worker_index, closed)
+
     async def _open_listeners(self) -> None:
         host, port = self.config.peer_listen
         await self.listeners.open_fixed("peer", host, port, self._peer_stream)
@@ -246,7 +254,7 @@ class Worker:
                 self.feed = SnapshotFeed(endpoint, role="gateway", on_snapshot=self._on_snapshot,
                                          on_connected=self._on_connected)
                 feed = group.create_task(self.feed.run(), name="snapshot-feed")
-                watch = group.create_task(self.tls.watch(), name="tls-reload")
+                watch = group.create_task(self.tls.watch(on_reload=self._certificates_changed), name="tls-reload")
                 await _first(self._ready.wait(), stop.wait())
                 upkeep = None
                 if self._ready.is_set() and not stop.is_set():
