@@ -20,11 +20,16 @@ def add(parser: argparse.ArgumentParser, flag: str, *, help: str, default: Any =
     env = env_name(flag)
     value = os.environ.get(env)
     if value is not None and kwargs.get("action") == "append":
-        value = [v for v in value.split(",") if v]
+        items = [v.strip() for v in value.split(",") if v.strip()]
+        convert = kwargs.get("type") or str
+        try:
+            value = [convert(v) for v in items]
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+            parser.error(f"${env}={os.environ[env]!r} is invalid: {exc}")
     elif value is not None and kwargs.get("type") is not None:
         try:
             value = kwargs["type"](value)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
             parser.error(f"${env}={os.environ[env]!r} is invalid: {exc}")
     shown = f" (env {env}; default: {default})" if default not in (None, "", []) else f" (env {env})"
     parser.add_argument(flag, default=value if value is not None else default, help=help + shown, **kwargs)
