@@ -202,8 +202,12 @@ class Egress:
             except PeerError as exc:
                 log.debug("Egress for Import %s: peer %s unreachable: %s", imp.ref, peer.name, exc)
                 return _Attempt("unreachable", replay)
+            if pool.early_data and not replay and not client.buffered and not client.at_eof:
+                # Let the loop run the client's read callback once (its first bytes usually arrived
+                # with the accept), so that they leave in the same record and segment as the CONNECT.
+                await asyncio.sleep(0)
             try:
-                conn, pooled = await pool.acquire()
+                conn, pooled = await pool.acquire(returns=pool.framing)
             except PeerError:
                 return _Attempt("unreachable", replay)
 

@@ -24,12 +24,13 @@ import time
 from collections.abc import Callable
 
 from controlplane.peerwire import codec, framing
-from controlplane.peerwire.server import CLOSED, NEED_DATA, BadRequest, Request, ServerConnection
+from controlplane.peerwire.server import CLOSED, NEED_DATA, BadRequest, Request, ServerConnection, connect_accepted
 from controlplane.peerwire.stream import Stream, StreamError, TcpStream
 from controlplane.peerwire.tlsstream import TlsStream
 from controlplane.tlsconfig import peer_name_from_peercert
 from controlplane.tokens import TokenError
 
+from .accessgrants import VerifiedGrants
 from .config import Limits
 from .decisions import ingress_check
 from .logthrottle import LogThrottle
@@ -55,6 +56,9 @@ class Ingress:
                  meter: RelayMeter, framing: bool = True) -> None:
         self._state = state
         self._framing_header = (_FRAMING,) if framing else ()
+        # The 200 that accepts a CONNECT, made once: raw tunnel, framed tunnel.
+        self._accepted = (connect_accepted(), connect_accepted(self._framing_header))
+        self._grants = VerifiedGrants()  # tokens verified before (a peer reuses each for many connections)
         self._idle: set[Stream] = set()  # keep-alive connections waiting for their next request
         self._epoch = 0  # bumped when our certificates change
         self._draining = False
@@ -125,6 +129,7 @@ class Ingress:
                     if not await self._connect(stream, http, request, presenting):
                         return
                     # a framed tunnel ended cleanly: the connection carries the next request
+                    stream.shrink_read_buffers()
                     http = ServerConnection(max_header_bytes=self._limits.max_header_bytes,
                                             max_body_bytes=self._limits.max_body_bytes)
                     continue
@@ -255,7 +260,7 @@ class Ingress:
         if state.authority is None:
             return self._refuse(stream, http, 503, "this gateway has no token key yet")
         try:
-            grant = state.authority.verify_access_token(token, presenting)
+            grant = self._grants.verify(state.authority, token, presenting)
         except TokenError as exc:
             self._count("", presenting, "unauthorized")
             self._bad(f"token-{exc.reason}", "CONNECT from peer %s refused: %s", presenting, exc)
@@ -285,7 +290,8 @@ class Ingress:
             return self._refuse(stream, http, 502, f"export {ref} refused the connection")
 
         framed = bool(self._framing_header) and request.header(framing.TUNNEL_HEADER) == framing.FRAMED
-        stream.write(http.accept_connect(self._framing_header if framed else ()))
+        http.switch_to_tunnel()
+        stream.write(self._accepted[framed])
         stream.unread(http.trailing_data)  # the client's first bytes, raw or framed
         self._metrics.child(self._metrics.setup_seconds, DIRECTION).observe(time.monotonic() - started)
         relay = Relay(stream, service, framed="client" if framed else None)

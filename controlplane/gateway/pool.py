@@ -9,6 +9,13 @@ connection resumes). Egress takes one (`acquire`), sends `/authz` on it and give
 and checks every idle connection with `GET /healthz` every `keepalive` seconds; a connection that
 fails its check, or whose other side goes away, is dropped at once.
 
+A framed tunnel comes back to the pool when its application connection ends, usually within
+milliseconds: the pool counts a tunnel lent that way as *returning* for `RETURN_GRACE` seconds and
+refills only what is missing beyond the returning ones. So a steady flow of short connections
+causes no refill (no handshake competing with the connections for the CPU), while a tunnel held
+by a long connection is replaced once its grace is over. A taken tunnel that will not come back
+(a raw tunnel, to a peer without framing) is replaced after `REFILL_DELAY`.
+
 Connecting tries every gateway of the peer at once (the first handshake wins; other successes
 join the pool). When none can be reached the peer is marked unreachable in `PeerHealth` at once
 (load balancing then tries it last) until a connection succeeds again; refills retry with
@@ -44,6 +51,8 @@ SESSION_REFRESH = 60.0
 # A refill caused by taking a tunnel waits this long, so that the connection that took it goes
 # through its setup first (on both gateways) rather than behind a handshake.
 REFILL_DELAY = 0.005
+# How long a tunnel lent to a framed connection counts as coming back (see the module docstring).
+RETURN_GRACE = 1.0
 
 
 class TunnelPool:
@@ -66,6 +75,8 @@ class TunnelPool:
         self._closed = False
         self._session_at: float | None = None
         self._taken = False
+        # Lent connections expected back (framed tunnels, exchanges), with the time they were lent.
+        self._lent: weakref.WeakKeyDictionary[PeerConnection, float] = weakref.WeakKeyDictionary()
         # The peer's gateways announced framed tunnels (peerwire.framing): they are gateways of this
         # implementation, which also take application bytes right behind a CONNECT.
         self.announced = False
@@ -97,23 +108,37 @@ class TunnelPool:
 
     # --- taking and giving back --------------------------------------------------------------
 
-    async def acquire(self) -> tuple[PeerConnection, bool]:
-        """A ready connection (True: from the pool) or a new one; raises PeerUnreachable."""
+    async def acquire(self, *, returns: bool = True) -> tuple[PeerConnection, bool]:
+        """A ready connection (True: from the pool) or a new one; raises PeerUnreachable.
+
+        `returns`: the caller gives it back soon (`release`: an exchange, a framed tunnel), so the
+        pool does not replace it unless it stays away longer than `RETURN_GRACE`."""
         while self._idle:
             conn = self._idle.popleft()
             conn.stream.set_watcher(None)
             if conn.usable:
                 self._changed()
-                self._taken = True
-                self._wake.set()
+                self._lend(conn, returns)
                 self._metrics.child(self._metrics.pool_acquires, self.name, "hit").inc()
                 return conn, True
             conn.abort()
         self._changed()
         self._metrics.child(self._metrics.pool_acquires, self.name, "miss").inc()
         conn = await self._connect()
-        self._wake.set()
+        self._lend(conn, returns)
         return conn, False
+
+    def _lend(self, conn: PeerConnection, returns: bool) -> None:
+        if returns:
+            self._lent[conn] = time.monotonic()
+        else:
+            self._taken = True
+        if len(self._idle) + self._returning(time.monotonic()) < self.size:
+            self._wake.set()  # the upkeep loop refills
+
+    def _returning(self, now: float) -> int:
+        """How many lent connections are expected back (alive, lent less than RETURN_GRACE ago)."""
+        return sum(1 for conn, lent_at in self._lent.items() if now - lent_at < RETURN_GRACE and conn.stream.alive)
 
     @property
     def framing(self) -> bool:
@@ -134,6 +159,7 @@ class TunnelPool:
     def release(self, conn: PeerConnection) -> None:
         """Give back a connection after a request/response exchange or a framed tunnel (closed if
         not wanted)."""
+        self._lent.pop(conn, None)
         self.learn(conn)
         if (self._closed or not conn.usable or len(self._idle) >= self.size or conn.gateway not in self.peer.gateways
                 or not self._current(conn)):
@@ -275,7 +301,8 @@ class TunnelPool:
         backoff = RETRY_MIN
         while True:
             self._drop_dead()
-            if len(self._idle) < self.size:
+            now = time.monotonic()
+            if len(self._idle) + self._returning(now) < self.size:
                 if self._taken:
                     self._taken = False
                     await asyncio.sleep(REFILL_DELAY)
@@ -300,9 +327,13 @@ class TunnelPool:
                 continue
             if self._idle:
                 oldest = min(c.last_used for c in self._idle)
-                wait = max(0.0, oldest + self._keepalive - time.monotonic())
+                wait = max(0.0, oldest + self._keepalive - now)
             else:
                 wait = self._keepalive
+            returning = [lent_at for conn, lent_at in self._lent.items()
+                         if now - lent_at < RETURN_GRACE and conn.stream.alive]
+            if returning:  # look again when the grace of the earliest lent one is over
+                wait = min(wait, max(0.0, min(returning) + RETURN_GRACE - now))
             await self._sleep(wait)
             await self._check_idle()
 

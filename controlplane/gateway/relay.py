@@ -16,6 +16,11 @@ frames, so end of data is an EOF frame instead of close_notify and a reset is a 
 both directions ended, the tunnel is left open, in control mode, with whatever followed the
 last frame back in its buffer: `RelayResult.reusable` says it can carry the next connection.
 
+When a relay finishes it detaches itself from both streams (consumers, flow-control hooks, its
+directions' reference back to it): a finished connection's objects are then freed at once by
+reference counting, with their buffers, instead of waiting as a reference cycle for the garbage
+collector.
+
 Egress needs a direction to start before the remote gateway accepted the CONNECT (the client's
 first bytes follow the request at once): `start_upstream(tap_limit=...)` keeps a copy of what it
 forwards (up to the limit) and holds back the client's EOF; `commit()` releases both when the
@@ -49,9 +54,12 @@ class RelayResult:
 class _Direction:
     """Forwards one stream's bytes to another (a `peerwire.stream.Consumer`)."""
 
+    __slots__ = ("relay", "src", "dst", "bytes", "reported", "tap", "tap_limit", "overflowed", "hold_eof",
+                 "eof_pending", "done", "active")
+
     def __init__(self, relay: Relay, src: Stream, dst: Stream, *, tap: bytearray | None = None,
                  tap_limit: int = 0, hold_eof: bool = False) -> None:
-        self.relay = relay
+        self.relay: Relay | None = relay  # None once the relay finished (see `Relay._release`)
         self.src = src
         self.dst = dst
         self.bytes = 0
@@ -86,11 +94,18 @@ class _Direction:
             return
         self.dst.write_eof()
         self.done = True
-        self.relay._direction_done()
+        self._relay()._direction_done()
 
     def failed(self, error: StreamError) -> None:
         if self.active:
-            self.relay._fail(error, from_tunnel=self.src is self.relay._tunnel())
+            relay = self._relay()
+            relay._fail(error, from_tunnel=self.src is relay.tunnel)
+
+    def _relay(self) -> Relay:
+        relay = self.relay
+        if relay is None:  # `active` is False once the relay let go: a caller did not check it
+            raise RuntimeError("relay direction used after the relay finished")
+        return relay
 
     def pause_source(self) -> None:
         self.src.pause_reading("backpressure")
@@ -101,6 +116,8 @@ class _Direction:
 
 class _Encoder(_Direction):
     """Plain bytes in, frames out to a framed tunnel."""
+
+    __slots__ = ()
 
     def data(self, view: memoryview) -> None:
         if not self.active:
@@ -124,11 +141,13 @@ class _Encoder(_Direction):
             return
         self.dst.write(framing.EOF_FRAME)
         self.done = True
-        self.relay._direction_done()
+        self._relay()._direction_done()
 
 
 class _Decoder(_Direction):
     """Frames in from a framed tunnel, plain bytes out."""
+
+    __slots__ = ("deframer",)
 
     def __init__(self, relay: Relay, src: Stream, dst: Stream) -> None:
         super().__init__(relay, src, dst)
@@ -140,7 +159,7 @@ class _Decoder(_Direction):
         try:
             events = self.deframer.feed(view)
         except framing.FramingError as exc:
-            self.relay._fail(StreamError("framing", f"framed tunnel: {exc}"), from_tunnel=True)
+            self._relay()._fail(StreamError("framing", f"framed tunnel: {exc}"), from_tunnel=True)
             return
         dst = self.dst
         for kind, payload in events:
@@ -153,17 +172,18 @@ class _Decoder(_Direction):
                 self.src.set_consumer(None)  # what follows is the connection's next HTTP exchange
                 self.src.unread(self.deframer.rest)
                 dst.write_eof()
-                self.relay._direction_done()
+                self._relay()._direction_done()
             else:
-                self.relay._fail(StreamError("reset", "the other gateway reset the connection"), from_tunnel=True)
+                self._relay()._fail(StreamError("reset", "the other gateway reset the connection"),
+                                    from_tunnel=True)
                 return
         if TRANSPORT_MAY_KEEP_BUFFERS and dst.write_buffer_size:
             self.src.renew_read_buffer()
 
     def eof(self) -> None:
         if self.active and not self.done:  # close_notify where an EOF frame was due
-            self.relay._fail(StreamError("truncated", "framed tunnel closed without an EOF frame"),
-                             from_tunnel=True)
+            self._relay()._fail(StreamError("truncated", "framed tunnel closed without an EOF frame"),
+                                from_tunnel=True)
 
 
 class Relay:
@@ -178,6 +198,7 @@ class Relay:
         self.client = client
         self.service = service
         self.framed = framed
+        self.tunnel: Stream | None = client if framed == "client" else service if framed == "service" else None
         self._up: _Direction | None = None
         self._down: _Direction | None = None
         self._result: asyncio.Future[RelayResult] = asyncio.get_running_loop().create_future()
@@ -250,14 +271,11 @@ class Relay:
 
     # --- completion --------------------------------------------------------------------------
 
-    def _tunnel(self) -> Stream | None:
-        return {"client": self.client, "service": self.service}.get(self.framed or "")
-
     def _direction_done(self) -> None:
         up, down = self._up, self._down
         if up is None or down is None or not (up.done and down.done):
             return
-        tunnel = self._tunnel()
+        tunnel = self.tunnel
         for stream in (self.client, self.service):
             if stream is tunnel:
                 # Left open for the next connection: detached, readable, no hooks to the other side.
@@ -272,7 +290,7 @@ class Relay:
         if self._result.done():
             return
         self._error = error
-        tunnel = self._tunnel()
+        tunnel = self.tunnel
         for stream in (self.client, self.service):
             if stream is tunnel and not from_tunnel and stream.alive:
                 stream.set_consumer(None)
@@ -287,6 +305,18 @@ class Relay:
             up, down = self._up, self._down
             self._result.set_result(RelayResult(up.bytes if up else 0, down.bytes if down else 0, outcome,
                                                 self._error, reusable))
+        self._release()
+
+    def _release(self) -> None:
+        """Let go of the streams (their consumer and hooks are ours) and of our directions' way
+        back to us: the objects of a finished connection form no reference cycle."""
+        for direction in (self._up, self._down):
+            if direction is None:
+                continue
+            direction.active = False
+            direction.relay = None
+            direction.src.set_consumer(None)
+            direction.dst.clear_write_pause_hooks()
 
     def abort(self) -> None:
         """Reset both connections now."""

@@ -189,7 +189,9 @@ class PeerConnection:
         return request
 
     def recycle(self) -> None:
-        """A framed tunnel on this connection ended cleanly: ready for the next request."""
+        """A framed tunnel on this connection ended cleanly: ready for the next request (and idle
+        until then: large read buffers of a bulk transfer are let go)."""
+        self.stream.shrink_read_buffers()
         self._http = ClientConnection(self.peer_name)
         self._busy = False
         self.last_used = time.monotonic()

@@ -8,10 +8,18 @@ write. `next_response()` returns a complete `Response` or `NEED_DATA`, and raise
 The response to an accepted CONNECT (2xx) is returned as soon as its header arrives; from then on
 the connection carries raw bytes, the first of which (sent by the server right after its
 response) are in `trailing_data`.
+
+CONNECT, sent for every application connection, has a fast path: its request (a fixed shape; the
+token is checked to be a plain header value) is formatted directly, and an answer whose head is a
+plain `HTTP/1.1 2xx` with simple `name: value` lines is parsed directly too. Any other answer (an
+error status with its body, an informational response, anything unusual or malformed) is handed
+to h11, brought first into the state it would have after sending the same request, so that h11
+decides everything but the common case, exactly as before.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import h11
@@ -31,6 +39,13 @@ from .server import NEED_DATA, _Sentinel, header_size
 
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024
 USER_AGENT = "clusterlink-gateway"
+
+# The fast path of CONNECT (see the module docstring): what it formats and parses itself.
+_PLAIN_VALUE = re.compile(r"[!-~]+")  # a token or peer name that is safe in a header as it is
+_HEAD_END = b"\r\n\r\n"
+_SUCCESS_LINE = re.compile(rb"HTTP/1\.1 (2[0-9][0-9])(?: ([ -~]*))?")
+_H11_CHECKS = (b"content-length", b"transfer-encoding")  # h11 validates these even on a 2xx to CONNECT
+_HEADER_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[!-~](?:[ \t!-~]*[!-~])?)?)[ \t]*")
 
 
 class ResponseError(Exception):
@@ -81,16 +96,25 @@ class ClientConnection:
         self._connecting = False
         self._switched = False
         self._closed = False
+        # A CONNECT sent on the fast path: its (token, framed), and the answer's bytes so far.
+        self._fast: tuple[str, bool] | None = None
+        self._fast_in = bytearray()
+        self._fast_trailing = b""
 
     # --- requests ----------------------------------------------------------------------------
 
-    def _request(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes = b"") -> bytes:
+    def _ready_for_request(self) -> None:
         if self._switched:
             raise RuntimeError("request on a connection switched to a CONNECT tunnel")
+        if self._fast is not None:
+            raise RuntimeError("request while the previous exchange is unfinished (CONNECT)")
         if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
             self._h11.start_next_cycle()
         if self._h11.our_state is not h11.IDLE:
             raise RuntimeError(f"request while the previous exchange is unfinished ({self._h11.our_state})")
+
+    def _request(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes = b"") -> bytes:
+        self._ready_for_request()
         host = target if method == "CONNECT" else self.peer_name
         all_headers = [("Host", host), ("User-Agent", USER_AGENT), *headers]
         if method != "CONNECT":
@@ -109,12 +133,63 @@ class ClientConnection:
 
     def connect(self, token: str, *, framed: bool = False) -> bytes:
         """CONNECT with the token; `framed` asks for a framed tunnel (see `framing`)."""
-        authority = connect_authority(self.peer_name)
+        if not (_PLAIN_VALUE.fullmatch(token) and _PLAIN_VALUE.fullmatch(self.peer_name)):
+            self._connecting = True
+            return self._request("CONNECT", *self._connect_request(token, framed))
+        self._ready_for_request()
         self._connecting = True
+        self._fast = (token, framed)
+        authority = connect_authority(self.peer_name)
+        extra = f"{TUNNEL_HEADER}: {FRAMED}\r\n" if framed else ""
+        return (f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: {USER_AGENT}\r\n"
+                f"{AUTHORIZATION_HEADER}: Bearer {token}\r\n{extra}\r\n").encode("ascii")
+
+    def _connect_request(self, token: str, framed: bool) -> tuple[str, list[tuple[str, str]]]:
         headers = [(AUTHORIZATION_HEADER, f"Bearer {token}")]
         if framed:
             headers.append((TUNNEL_HEADER, FRAMED))
-        return self._request("CONNECT", authority, headers)
+        return connect_authority(self.peer_name), headers
+
+    def _fast_response(self) -> Response | _Sentinel:
+        """The answer to a CONNECT sent on the fast path (see the module docstring)."""
+        data = self._fast_in
+        end = data.find(_HEAD_END, 0, self._max_header + 4)
+        if end < 0:
+            if len(data) <= self._max_header and not self._closed:
+                return NEED_DATA
+            return self._to_h11()
+        lines = bytes(data[:end]).split(b"\r\n")
+        status = _SUCCESS_LINE.fullmatch(lines[0])
+        if status is None:
+            return self._to_h11()
+        headers = []
+        for line in lines[1:]:
+            header = _HEADER_LINE.fullmatch(line)
+            if header is None:
+                return self._to_h11()
+            name = header[1].lower()
+            if name in _H11_CHECKS:
+                return self._to_h11()
+            headers.append((name.decode("ascii"), header[2].decode("ascii")))
+        self._fast_trailing = bytes(data[end + 4:])
+        self._fast = None
+        self._fast_in = bytearray()
+        self._switched = True
+        return Response(status=int(status[1]), reason=(status[2] or b"").decode("ascii"), headers=tuple(headers))
+
+    def _to_h11(self) -> Response | _Sentinel:
+        """Hand the answer of a fast-path CONNECT to h11, in the state the same request sent
+        through h11 would have left it."""
+        assert self._fast is not None
+        token, framed = self._fast
+        self._fast = None
+        self._request("CONNECT", *self._connect_request(token, framed))
+        data, self._fast_in = bytes(self._fast_in), bytearray()
+        if data:
+            self._h11.receive_data(data)
+        if self._closed:
+            self._h11.receive_data(b"")
+        return self.next_response()
 
     # --- responses ---------------------------------------------------------------------------
 
@@ -122,10 +197,15 @@ class ClientConnection:
         """Feed bytes from the server; b"" means the server closed its side."""
         if not data:
             self._closed = True
+        if self._fast is not None:
+            self._fast_in += data
+            return
         self._h11.receive_data(data)
 
     def next_response(self) -> Response | _Sentinel:
         """A complete response or NEED_DATA; raises ResponseError."""
+        if self._fast is not None:
+            return self._fast_response()
         try:
             while True:
                 event = self._h11.next_event()
@@ -174,12 +254,14 @@ class ClientConnection:
 
     @property
     def trailing_data(self) -> bytes:
+        if self._fast_trailing:
+            return self._fast_trailing
         return bytes(self._h11.trailing_data[0])
 
     @property
     def reusable(self) -> bool:
         """Whether another request may be sent on this connection."""
-        if self._switched:
+        if self._switched or self._fast is not None:
             return False
         state = (self._h11.our_state, self._h11.their_state)
         return state == (h11.DONE, h11.DONE) or state == (h11.IDLE, h11.IDLE)

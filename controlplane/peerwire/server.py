@@ -9,6 +9,10 @@ the middle of a request (400). After `BadRequest`, answer with `respond(..., clo
 close. A `CONNECT` that is accepted with `accept_connect()` turns the connection into a raw byte
 stream; the bytes the client sent after its request are in `trailing_data`. A refused CONNECT is
 answered with `close=True`: the client may already have sent application bytes after it.
+
+The 200 that accepts a CONNECT is the same bytes every time: a server that accepts many makes them
+once (`connect_accepted(headers)`) and calls `switch_to_tunnel()`, which checks the state and
+switches, instead of `accept_connect()`, which serializes the answer again.
 """
 
 from __future__ import annotations
@@ -66,6 +70,18 @@ def header_size(first: bytes, headers) -> int:  # type: ignore[no-untyped-def]
     return len(first) + 16 + sum(len(name) + len(value) + 4 for name, value in headers)
 
 
+CONNECT_REASON = "Connection established"
+
+
+def connect_accepted(headers: tuple[tuple[str, str], ...] = ()) -> bytes:
+    """The bytes of the 200 that accepts a CONNECT, with `headers` (serialized by h11)."""
+    server = h11.Connection(h11.SERVER)
+    server.receive_data(b"CONNECT peer:443 HTTP/1.1\r\nHost: peer:443\r\n\r\n")
+    while not isinstance(server.next_event(), h11.EndOfMessage):
+        pass
+    return server.send(h11.Response(status_code=200, headers=list(headers), reason=CONNECT_REASON))
+
+
 def reason_phrase(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
@@ -82,8 +98,10 @@ class ServerConnection:
         self._max_header = max_header_bytes
         self._max_body = max_body_bytes
         self._request: h11.Request | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
         self._body = bytearray()
         self._switched = False
+        self._connect_pending = False  # the last complete request was a CONNECT (not answered yet)
 
     # --- input -------------------------------------------------------------------------------
 
@@ -126,31 +144,37 @@ class ServerConnection:
             raise BadRequest(exc.error_status_hint, str(exc)) from None
 
     def _start(self, event: h11.Request) -> None:
+        # One pass over the headers (h11's `Headers` is slow to iterate as a Sequence).
+        headers = [(name.lower(), value) for name, value in event.headers.raw_items()]
         # h11 bounds a header block that arrives in pieces; one that arrives whole is checked here.
-        if header_size(event.target, event.headers) > self._max_header:
+        if header_size(event.target, headers) > self._max_header:
             raise BadRequest(431, f"request header block exceeds {self._max_header} bytes")
         length = None
-        for name, value in event.headers:
+        for name, value in headers:
             if name == b"content-length":
                 length = int(value)  # h11 validated it
         if length is not None and length > self._max_body:
             raise BadRequest(413, f"request body of {length} bytes exceeds {self._max_body}")
         self._request = event
+        self._headers = headers
         self._body = bytearray()
 
     def _finish(self) -> Request:
         event = self._request
         assert event is not None
         self._request = None
-        headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers)
+        self._connect_pending = event.method == b"CONNECT"
+        headers = tuple([(k.decode("latin-1"), v.decode("latin-1")) for k, v in self._headers])
         return Request(method=event.method.decode("ascii", "replace"),
-                       target=event.target.decode("latin-1"), headers=headers, body=bytes(self._body))
+                       target=event.target.decode("latin-1"), headers=headers,
+                       body=bytes(self._body) if self._body else b"")
 
     # --- output ------------------------------------------------------------------------------
 
     def respond(self, status: int, *, headers: tuple[tuple[str, str], ...] | list[tuple[str, str]] = (),
                 body: bytes = b"", close: bool = False) -> bytes:
         """The bytes of a complete response. `close` announces that the connection ends after it."""
+        self._connect_pending = False
         out = [("Content-Length", str(len(body))), *headers]
         if close:
             out.append(("Connection", "close"))
@@ -163,11 +187,16 @@ class ServerConnection:
 
     def accept_connect(self, headers: tuple[tuple[str, str], ...] = ()) -> bytes:
         """The 200 that accepts a CONNECT; the connection carries raw bytes from here on."""
-        data = self._h11.send(h11.Response(status_code=200, headers=list(headers), reason="Connection established"))
-        if self._h11.our_state is not h11.SWITCHED_PROTOCOL:
-            raise RuntimeError("accept_connect: the current request is not a CONNECT")
+        self.switch_to_tunnel()
+        return connect_accepted(headers)
+
+    def switch_to_tunnel(self) -> None:
+        """Accept the current CONNECT request without serializing the answer: the caller sends
+        bytes it made with `connect_accepted()`. The connection carries raw bytes from here on."""
+        if self._switched or not self._connect_pending or self._h11.our_state is not h11.SEND_RESPONSE or \
+                self._h11.their_state is not h11.MIGHT_SWITCH_PROTOCOL:
+            raise RuntimeError("switch_to_tunnel: the current request is not a complete CONNECT")
         self._switched = True
-        return data
 
     @property
     def trailing_data(self) -> bytes:

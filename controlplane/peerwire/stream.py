@@ -9,9 +9,16 @@ A `Stream` is the asyncio protocol of one TCP connection. It has two modes:
   from the event loop's read callback, with no task or copy in between (used by the relay, which
   writes each chunk straight to the other stream). `set_consumer(None)` goes back to control.
 
-Reads are large (`READ_SIZE`, 256 KiB) into a buffer the stream owns (`asyncio.BufferedProtocol`):
-a consumer must use a chunk before returning, or call `renew_read_buffer()` if something may keep
-a reference to it.
+Reads go into a buffer the stream owns (`asyncio.BufferedProtocol`): a consumer must use a chunk
+before returning, or call `renew_read_buffer()` if something may keep a reference to it. The
+buffer starts small (`SMALL_READ_SIZE`, 16 KiB: a new connection costs no large allocation, and an
+idle one holds little) and becomes large (`READ_SIZE`, 256 KiB) after the first read that fills
+it, i.e. when data streams in; `shrink_read_buffers()` makes it small again (a pooled tunnel back
+from a bulk transfer).
+
+When the connection is lost the stream drops its consumer, hooks and callbacks, so that a stream
+and the relay attached to it never keep each other alive (they would otherwise wait, buffers
+and all, for the garbage collector).
 
 Failures are `StreamError` with a `reason` (`reset`, `tls`, `truncated`, `closed`, `timeout`),
 delivered to the reader (raised by `read()`/`drain()`) or to the consumer's `failed()`. `abort()`
@@ -30,6 +37,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 READ_SIZE = 256 * 1024
+SMALL_READ_SIZE = 16 * 1024
 INBOX_LIMIT = 256 * 1024
 WRITE_HIGH_WATER = 512 * 1024
 WRITE_LOW_WATER = 128 * 1024
@@ -85,7 +93,7 @@ class Stream(asyncio.BufferedProtocol):
     def __init__(self, *, on_open: Callable[[Stream], None] | None = None) -> None:
         self.transport: asyncio.Transport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._buf = bytearray(READ_SIZE)
+        self._buf = bytearray(SMALL_READ_SIZE)
         self._view = memoryview(self._buf)
         self._inbox = bytearray()
         self._read_waiter: asyncio.Future[None] | None = None
@@ -141,6 +149,11 @@ class Stream(asyncio.BufferedProtocol):
         self._wake_drain()
         if self._closed is not None and not self._closed.done():
             self._closed.set_result(None)
+        # Nothing can arrive any more: let go of whoever was attached (see the module docstring).
+        self._consumer = None
+        self._write_pause_hooks = None
+        self._watcher = None
+        self._on_open = None
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -293,8 +306,24 @@ class Stream(asyncio.BufferedProtocol):
 
     def renew_read_buffer(self) -> None:
         """Read into a new buffer from now on (the current one may still be referenced)."""
+        self._buf = bytearray(len(self._buf))
+        self._view = memoryview(self._buf)
+
+    def _grow_read_buffer(self) -> None:
+        """A read filled the small buffer: data is streaming in, read large chunks from now on."""
         self._buf = bytearray(READ_SIZE)
         self._view = memoryview(self._buf)
+
+    def shrink_read_buffers(self) -> None:
+        """Go back to small read buffers (e.g. a tunnel that carried a bulk transfer goes idle)."""
+        if len(self._buf) > SMALL_READ_SIZE:
+            self._buf = bytearray(SMALL_READ_SIZE)
+            self._view = memoryview(self._buf)
+
+    @property
+    def read_buffer_size(self) -> int:
+        """Bytes of read buffers the stream holds (see the module docstring)."""
+        return len(self._buf)
 
     @property
     def write_buffer_size(self) -> int:
@@ -393,7 +422,10 @@ class TcpStream(Stream):
     """A plain TCP connection."""
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._deliver(self._view[:nbytes])
+        view = self._view
+        if nbytes == len(view) and nbytes < READ_SIZE:
+            self._grow_read_buffer()  # `view` still holds this read
+        self._deliver(view[:nbytes])
 
     def eof_received(self) -> bool:
         self._deliver_eof()

@@ -19,7 +19,7 @@ import ssl
 import time
 from collections.abc import Callable
 
-from .stream import READ_SIZE, Stream, StreamError, tls_reason
+from .stream import READ_SIZE, SMALL_READ_SIZE, Stream, StreamError, tls_reason
 
 _SMALL_FRAME = 16 * 1024
 
@@ -40,7 +40,7 @@ class TlsStream(Stream):
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._ssl: ssl.SSLObject | None = None
-        self._plain = bytearray(READ_SIZE)
+        self._plain = bytearray(SMALL_READ_SIZE)  # decrypted bytes; grows like the read buffer
         self._pview = memoryview(self._plain)
         self._handshake_timeout = handshake_timeout
         self._handshake_timer: asyncio.TimerHandle | None = None
@@ -112,7 +112,10 @@ class TlsStream(Stream):
     # --- reading -----------------------------------------------------------------------------
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._incoming.write(self._view[:nbytes])
+        view = self._view
+        if nbytes == len(view) and nbytes < READ_SIZE:
+            self._grow_read_buffer()
+        self._incoming.write(view[:nbytes])
         self._raw_received += nbytes
         if not self._handshaked:
             if self._error is not None:
@@ -132,7 +135,7 @@ class TlsStream(Stream):
         error: ssl.SSLError | None = None
         while True:
             try:
-                count = read(size - offset, view[offset:])
+                count = read(size - offset, view[offset:] if offset else view)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
@@ -146,10 +149,14 @@ class TlsStream(Stream):
                 break
             offset += count
             if offset == size:
+                if size < READ_SIZE:  # the plaintext streams in: decrypt in large chunks from now on
+                    self._plain = bytearray(READ_SIZE)
+                    self._pview = memoryview(self._plain)
                 self._deliver(view)
                 if self._lost or self._closing:
                     return
                 view = self._pview
+                size = len(view)
                 offset = 0
             elif not self._incoming.pending and not self._ssl.pending():
                 # Nothing left to decrypt: spare the SSLWantReadError of one more read. (OpenSSL
@@ -166,8 +173,18 @@ class TlsStream(Stream):
             self._deliver_eof()
 
     def renew_read_buffer(self) -> None:
-        self._plain = bytearray(READ_SIZE)
+        self._plain = bytearray(len(self._plain))
         self._pview = memoryview(self._plain)
+
+    @property
+    def read_buffer_size(self) -> int:
+        return super().read_buffer_size + len(self._plain)
+
+    def shrink_read_buffers(self) -> None:
+        super().shrink_read_buffers()
+        if len(self._plain) > SMALL_READ_SIZE:
+            self._plain = bytearray(SMALL_READ_SIZE)
+            self._pview = memoryview(self._plain)
 
     def eof_received(self) -> bool:
         if not self._handshaked:
@@ -214,7 +231,7 @@ class TlsStream(Stream):
         assert self._ssl is not None and self.transport is not None
         try:
             if len(payload) <= _SMALL_FRAME:
-                self._ssl.write(header + bytes(payload))
+                self._ssl.write(header + payload)
             else:
                 self._ssl.write(header)
                 self._ssl.write(payload)

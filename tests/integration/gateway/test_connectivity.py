@@ -131,6 +131,24 @@ def test_warm_path_uses_pooled_tunnels_and_cached_tokens(net: Fabric) -> None:
     assert net.east.metric("clusterlink_gateway_tunnel_reuses_total", peer="west") == reuses + 2
 
 
+def test_a_steady_flow_of_connections_needs_no_new_tunnel(net: Fabric) -> None:
+    """Framed tunnels come back to the pool after each connection: sequential connections make no
+    TLS handshake with the peer (no refill competing with them for the CPU)."""
+    deadline = time.monotonic() + 10
+    while net.east.metric("clusterlink_gateway_tunnel_pool_connections", peer="west") < 2 * 4:
+        assert time.monotonic() < deadline, "the pools did not fill"
+        time.sleep(0.1)
+    handshakes = net.east.metric("clusterlink_gateway_tunnel_handshakes_total", peer="west")
+    misses = net.east.metric("clusterlink_gateway_tunnel_pool_acquires_total", peer="west", result="miss")
+    for _ in range(300):
+        sock = open_import(net.echo_port)
+        assert greeting(sock) == "echo"
+        assert _echo_roundtrip(sock, b"x") == b"x"
+    assert net.east.metric("clusterlink_gateway_tunnel_handshakes_total", peer="west") == handshakes
+    assert net.east.metric("clusterlink_gateway_tunnel_pool_acquires_total", peer="west", result="miss") == misses
+    assert net.east.metric("clusterlink_gateway_tunnel_pool_connections", peer="west") == 2 * 4
+
+
 def test_idle_pooled_tunnels_are_kept(net: Fabric) -> None:
     """Tunnels waiting in the pool are neither dropped by the peer as silent clients nor fail
     their keepalives (here --request-timeout 2, --pool-keepalive 2, --idle-timeout 10)."""

@@ -4,13 +4,14 @@ refused, and the listener keeps serving."""
 
 from __future__ import annotations
 
+import secrets
 import socket
 import ssl
 import time
 
 import pytest
 
-from controlplane.tokens import TokenAuthority
+from controlplane.tokens import LEEWAY, TokenAuthority, decode_unverified_expiry
 
 from .conftest import Fabric
 from .support import authz_request, connect_request, http_exchange, read_line, tls_connect
@@ -64,6 +65,46 @@ def test_token_replayed_by_another_peer_is_refused(net: Fabric) -> None:
     assert status == 401 and b"wrong-audience" in body
     status, _ = _connect_status(net, net.certs.east, token)
     assert status == 200
+
+
+def test_a_remembered_token_is_still_refused_for_another_peer(net: Fabric) -> None:
+    """West remembers the tokens it verified; one used by east is still refused when north
+    presents it (each worker verified it already: several connections reach both)."""
+    token = _token(net, net.certs.east)
+    for _ in range(6):
+        assert _connect_status(net, net.certs.east, token)[0] == 200
+    for _ in range(6):
+        status, body = _connect_status(net, net.certs.north, token)
+        assert status == 401 and b"wrong-audience" in body
+    assert _connect_status(net, net.certs.east, token)[0] == 200
+
+
+def test_a_remembered_token_is_refused_once_expired(net: Fabric) -> None:
+    token = TokenAuthority(net.west_key, "west", clock=lambda: time.time() - 29.0).mint_access_token(
+        "east", "default", "echo", {})  # expires within a second or two
+    expires = decode_unverified_expiry(token)
+    assert expires is not None
+    for _ in range(6):
+        assert _connect_status(net, net.certs.east, token)[0] == 200
+    time.sleep(max(0.0, expires + LEEWAY + 0.2 - time.time()))
+    for _ in range(6):
+        status, body = _connect_status(net, net.certs.east, token)
+        assert status == 401 and b"expired" in body
+
+
+def test_remembered_tokens_die_with_their_key(net: Fabric) -> None:
+    token = _token(net, net.certs.east)
+    for _ in range(6):
+        assert _connect_status(net, net.certs.east, token)[0] == 200
+    old_key, net.west_key = net.west_key, secrets.token_bytes(32)
+    try:
+        net.publish_west()
+        for _ in range(6):
+            status, body = _connect_status(net, net.certs.east, token)
+            assert status == 401 and b"bad-signature" in body
+    finally:
+        net.west_key = old_key
+        net.publish_west()
 
 
 def test_missing_token_is_refused(net: Fabric) -> None:

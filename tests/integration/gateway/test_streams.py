@@ -5,7 +5,9 @@ control, replay copy) and the peer client (probe_healthz over several gateways).
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
+import weakref
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -292,6 +294,66 @@ def test_framed_tunnel_carries_a_reset_and_is_not_reused(tls: dict[str, PeerTLS]
         assert err.value.reason == "reset"
         results = [await relay_a.wait(), await relay_b.wait()]
         assert [(r.outcome, r.reusable) for r in results] == [("reset", False), ("reset", False)]
+        for s in servers:
+            s.close()
+
+    asyncio.run(main())
+
+
+def test_a_finished_relay_is_freed_without_the_garbage_collector(tls: dict[str, PeerTLS]) -> None:
+    """Streams, relays and their buffers go as soon as a connection ends (reference counting), not
+    at the collector's next pass: no reference cycle is left behind."""
+    async def main() -> None:
+        tunnel_a, tunnel_b, plain_pair, servers = await _framed_pair(tls)
+        client, a_in = await plain_pair()
+        b_out, service = await plain_pair()
+        relay_a = Relay(a_in, tunnel_a, framed="service")
+        relay_b = Relay(tunnel_b, b_out, framed="client")
+        for relay in (relay_a, relay_b):
+            relay.start_upstream()
+            relay.start_downstream()
+        client.write(b"x" * 100_000)
+        client.write_eof()
+        assert len(await _read_all(service)) == 100_000
+        service.write_eof()
+        assert await _read_all(client) == b""
+        assert [(await r.wait()).reusable for r in (relay_a, relay_b)] == [True, True]
+        for stream in (a_in, b_out, client, service):
+            stream.close()
+            await stream.wait_closed()
+        await asyncio.sleep(0)
+        refs = [weakref.ref(o) for o in (a_in, b_out, relay_a, relay_b)]
+        del a_in, b_out, relay_a, relay_b, relay, stream
+        assert [ref() for ref in refs] == [None] * 4
+        assert tunnel_a.alive and tunnel_b.alive  # the tunnel itself stays, for the next connection
+        for s in servers:
+            s.close()
+
+    gc.disable()
+    try:
+        asyncio.run(main())
+    finally:
+        gc.enable()
+
+
+def test_read_buffers_grow_for_bulk_and_shrink_when_idle(tls: dict[str, PeerTLS]) -> None:
+    async def main() -> None:
+        tunnel_a, tunnel_b, plain_pair, servers = await _framed_pair(tls)
+        client, service = await plain_pair()
+        small_tcp, small_tls = client.read_buffer_size, tunnel_b.read_buffer_size
+        assert small_tcp <= 16 * 1024 and small_tls <= 32 * 1024  # a new connection holds little
+        client.write(b"ping")
+        assert await service.read() == b"ping"
+        assert service.read_buffer_size == small_tcp  # small messages: still small
+        tunnel_a.write(b"y" * 1_000_000)
+        received = 0
+        while received < 1_000_000:
+            received += len(await tunnel_b.read())
+        assert tunnel_b.read_buffer_size > 256 * 1024  # a bulk transfer reads in large chunks
+        tunnel_b.shrink_read_buffers()
+        assert tunnel_b.read_buffer_size == small_tls
+        tunnel_a.write(b"z" * 10)
+        assert await tunnel_b.read() == b"z" * 10
         for s in servers:
             s.close()
 

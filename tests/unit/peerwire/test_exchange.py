@@ -1,12 +1,16 @@
-"""The client side of the HTTP framing against the server side (both sans-IO)."""
+"""The client side of the HTTP framing against the server side (both sans-IO), and the CONNECT
+fast path against h11."""
 
 from __future__ import annotations
 
+import h11
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from controlplane.peerwire.codec import LABELS_HEADER, AuthzRequest, encode_labels, parse_authz_request
 from controlplane.peerwire.exchange import ClientConnection, Response, ResponseError
-from controlplane.peerwire.server import NEED_DATA, Request, ServerConnection
+from controlplane.peerwire.server import NEED_DATA, Request, ServerConnection, connect_accepted
 
 
 def serve(server: ServerConnection, data: bytes) -> Request:
@@ -84,3 +88,96 @@ def test_one_request_at_a_time() -> None:
     client.healthz()
     with pytest.raises(RuntimeError):
         client.healthz()
+
+
+# --- the CONNECT fast path (formatted request, directly parsed 2xx, h11 for anything else) -----
+
+TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjF9.c2lnbmF0dXJl"
+
+
+def h11_connect_request(token: str, framed: bool) -> bytes:
+    """What the CONNECT looked like when h11 serialized it."""
+    conn = h11.Connection(h11.CLIENT)
+    headers = [("Host", "west:443"), ("User-Agent", "clusterlink-gateway"), ("Authorization", f"Bearer {token}")]
+    if framed:
+        headers.append(("x-clusterlink-tunnel", "framed-1"))
+    return conn.send(h11.Request(method="CONNECT", target="west:443", headers=headers)) + \
+        conn.send(h11.EndOfMessage())
+
+
+@pytest.mark.parametrize("framed", [False, True])
+def test_fast_connect_request_is_what_h11_wrote(framed: bool) -> None:
+    assert ClientConnection("west").connect(TOKEN, framed=framed) == h11_connect_request(TOKEN, framed)
+
+
+def test_a_token_that_is_not_a_plain_value_goes_through_h11() -> None:
+    with pytest.raises(h11.LocalProtocolError):
+        ClientConnection("west").connect("tok\r\nX-Injected: 1")  # h11 refuses it, as before
+    req = serve(ServerConnection(), ClientConnection("west").connect("tok en"))
+    assert req.header("authorization") == "Bearer tok en"
+
+
+def test_fast_connect_after_an_exchange_on_the_same_connection() -> None:
+    client, server = ClientConnection("west"), ServerConnection()
+    serve(server, client.healthz())
+    answer(client, server.respond(200))
+    req = serve(server, client.connect(TOKEN, framed=True) + b"EARLY")
+    assert req.header("x-clusterlink-tunnel") == "framed-1"
+    assert not client.reusable  # a CONNECT is outstanding
+    with pytest.raises(RuntimeError):
+        client.healthz()
+    resp = answer(client, connect_accepted((("x-clusterlink-tunnel", "framed-1"),)) + b"DATA")
+    assert (resp.status, resp.reason, resp.framing) == (200, "Connection established", True)
+    assert client.switched and client.trailing_data == b"DATA"
+
+
+@pytest.mark.parametrize("data", [
+    b"HTTP/1.1 403 Forbidden\r\nContent-Length: 7\r\n\r\ndenied\n",  # an error with its body
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\nX",  # informational first
+    b"HTTP/1.0 200 OK\r\n\r\nX",  # another version
+    b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\n\r\nX",  # obsolete line folding
+    b"HTTP/1.1 200 \xe9t\xe9\r\n\r\nX",  # not ASCII
+    b"HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nnope\n\r\n0\r\n\r\n",
+])
+def test_other_answers_get_the_same_result_as_through_h11(data: bytes) -> None:
+    fast, slow = ClientConnection("west"), ClientConnection("west")
+    fast.connect(TOKEN)
+    slow.connect("tok en")  # not a plain value: the whole exchange goes through h11
+    assert parse(fast, [data]) == parse(slow, [data])
+
+
+def parse(client: ClientConnection, chunks: list[bytes], eof: bool = False) -> object:
+    """What the client makes of the chunks: the response and trailing bytes, or an error."""
+    try:
+        for chunk in chunks:
+            client.receive_data(chunk)
+            result = client.next_response()
+            if result is not NEED_DATA:
+                return result, client.switched, client.trailing_data if client.switched else b""
+        if eof:
+            client.receive_data(b"")
+            result = client.next_response()
+            return result, client.switched, client.trailing_data if client.switched else b""
+        return NEED_DATA
+    except ResponseError:
+        return "error"  # (h11's message depends on how the bytes were split)
+
+
+_header = st.tuples(st.sampled_from(["x-clusterlink-tunnel", "Content-Length", "X-A", "Server", "Bad Name"]),
+                    st.sampled_from(["framed-1", "0", "3", "", " padded ", "a\tb", "x" * 40]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(status=st.sampled_from([100, 101, 200, 201, 204, 299, 302, 401, 403, 404, 502, 503]),
+       reason=st.sampled_from(["", "OK", "Connection established", "no"]),
+       headers=st.lists(_header, max_size=4), tail=st.binary(max_size=12), cut=st.integers(min_value=0, max_value=200),
+       eof=st.booleans(), junk=st.sampled_from([b"", b" ", b"\r\n", b"HTTP/1.1"]))
+def test_fast_path_parses_like_h11(status: int, reason: str, headers: list[tuple[str, str]], tail: bytes, cut: int,
+                                   eof: bool, junk: bytes) -> None:
+    head = f"HTTP/1.1 {status}{' ' + reason if reason else ''}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
+    data = junk + head.encode() + b"\r\n" + tail
+    fast, slow = ClientConnection("west"), ClientConnection("west")
+    fast.connect(TOKEN)
+    slow.connect("tok en")
+    chunks = [data[:cut], data[cut:]]
+    assert parse(fast, chunks, eof) == parse(slow, chunks, eof)

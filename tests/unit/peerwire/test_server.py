@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controlplane.peerwire.server import CLOSED, NEED_DATA, BadRequest, Request, ServerConnection
+from controlplane.peerwire.server import CLOSED, NEED_DATA, BadRequest, Request, ServerConnection, connect_accepted
 
 
 def feed(conn: ServerConnection, data: bytes) -> Request | object:
@@ -45,6 +45,35 @@ def test_connect_switches_and_keeps_early_bytes() -> None:
     assert not conn.keep_alive
     with pytest.raises(RuntimeError):
         conn.next_request()
+
+
+@pytest.mark.parametrize("headers", [(), (("x-clusterlink-tunnel", "framed-1"),)])
+def test_a_prepared_200_is_the_answer_accept_connect_makes(headers: tuple[tuple[str, str], ...]) -> None:
+    made, prepared = ServerConnection(), ServerConnection()
+    for conn in (made, prepared):
+        feed(conn, b"CONNECT west:443 HTTP/1.1\r\nHost: west:443\r\n\r\nEARLY")
+    answer = made.accept_connect(headers)
+    prepared.switch_to_tunnel()
+    assert connect_accepted(headers) == answer
+    assert prepared.trailing_data == b"EARLY" and not prepared.keep_alive
+    with pytest.raises(RuntimeError):
+        prepared.next_request()
+    with pytest.raises(RuntimeError):
+        prepared.switch_to_tunnel()  # once
+
+
+@pytest.mark.parametrize("data", [
+    b"",  # no request yet
+    b"CONNECT west:443 HTTP/1.1\r\nHost: west:443\r\n",  # not complete
+    b"GET /healthz HTTP/1.1\r\nHost: west\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: west\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",  # switch, not CONNECT
+])
+def test_only_a_complete_connect_switches(data: bytes) -> None:
+    conn = ServerConnection()
+    conn.receive_data(data)
+    conn.next_request()
+    with pytest.raises(RuntimeError):
+        conn.switch_to_tunnel()
 
 
 def test_refused_connect_closes() -> None:
