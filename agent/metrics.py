@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from agent.proxy.metrics import ProxyMetrics
 
-_GAUGES = {"connections_active"}
+_GAUGES = {"connections_active", "upstream_pool_idle"}
 
 
 class _ProxyCollector:

@@ -59,6 +59,7 @@ class PodIndex:
         self._by_key: dict[str, WorkloadAttributes] = {}
         self._keys_of: dict[tuple[str, str], list[str]] = {}  # (namespace, name) -> its keys
         self.synced = threading.Event()
+        self.generation = 0  # changes with every list and event: what was resolved before may differ now
 
     def handle_list(self, items: list[dict[str, Any]]) -> None:
         by_key: dict[str, WorkloadAttributes] = {}
@@ -70,6 +71,7 @@ class PodIndex:
                 by_key[key] = attrs
         with self._lock:
             self._by_key, self._keys_of = by_key, keys_of
+            self.generation += 1
         self.synced.set()
 
     def handle_event(self, etype: str, pod: dict[str, Any]) -> None:
@@ -82,6 +84,7 @@ class PodIndex:
                 self._keys_of[name] = keys
                 for key in keys:
                     self._by_key[key] = attrs
+            self.generation += 1
 
     def get(self, uid: str) -> WorkloadAttributes | None:
         with self._lock:
@@ -208,6 +211,11 @@ class PodResolver:
 
     def resolve(self, cgroup_path: str) -> WorkloadAttributes | None:
         return self.index.resolve(cgroup_path)
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever the pods known may resolve differently (the agent's route cache key)."""
+        return self.index.generation
 
     async def stop(self) -> None:
         self._stop.set()

@@ -24,6 +24,12 @@ class ProxyMetrics:
     accept_errors: int = 0           # accept() failed (e.g. EMFILE); the listener keeps going
     bytes_client_to_upstream: int = 0
     bytes_upstream_to_client: int = 0
+    upstream_pool_idle: int = 0       # gauge: pre-connected upstream connections waiting to be used
+    upstream_pool_hits: int = 0       # connections that got a pre-connected upstream
+    upstream_pool_misses: int = 0     # connections that found the pool empty and connected
+    upstream_pool_stale: int = 0      # pooled upstreams found closed by the upstream (never used)
+    upstream_pool_expired: int = 0    # pooled upstreams closed unused after their maximum age
+    upstream_pool_connect_errors: int = 0  # background connects that failed
 
     def snapshot(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -2,11 +2,17 @@
 
 `relay(a, b)` moves bytes both ways until both directions ended or one side failed, on the running
 asyncio loop's thread (no thread per connection): each direction is a small state machine woken by
-`loop.add_reader`/`add_writer` on non-blocking sockets and pipes (F_SETPIPE_SZ 1 MiB).
+`loop.add_reader`/`add_writer` on non-blocking sockets and pipes. `Relay` is the same machine
+driven by callbacks alone (`start()`, then `on_done(result)`), for callers that want no task per
+connection. Pipes come from a `PipePool` (reused when empty) or are made per relay.
 
-Per direction: splice what the source has into the pipe, splice the pipe into the destination;
-wait for the source to be readable only when the pipe is empty, and for the destination to be
-writable only while the pipe holds bytes, so no wake-up is ever spurious.
+Per direction: splice what the source has into the pipe, then at once the pipe into the
+destination, in the same wake-up; wait for the source to be readable only when the pipe is empty,
+and for the destination to be writable only while the pipe holds bytes. A short read that was
+delivered whole goes straight back to waiting for the source (the loop's polling is
+level-triggered, so nothing is missed) instead of trying a splice that would fail: one message
+costs one wake-up and two splices. The relay starts waiting on both sources without trying them
+(bytes already queued make them readable at once).
 
 Semantics, which the callers (the node proxy, the gateway's plain-TCP legs) rely on:
 - Half-close: EOF from one side becomes shutdown(SHUT_WR) on the other side once every byte before
@@ -14,7 +20,8 @@ Semantics, which the callers (the node proxy, the gateway's plain-TCP legs) rely
 - Reset: when one side fails (ECONNRESET, EPIPE, a timeout, ...), the other side is armed with
   SO_LINGER(1, 0), so closing it sends an RST at once; the relay returns immediately.
 - Idle timeout (optional): no byte in either direction for that long resets both sides.
-- Cancellation resets both sides (a cut transfer must never look like a clean end).
+- Cancellation (or `Relay.abort()`) resets both sides (a cut transfer must never look like a clean
+  end).
 The relay never closes the sockets: the caller closes them when it returns (or is cancelled).
 """
 
@@ -23,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import errno
-import fcntl
 import logging
 import os
 import socket
@@ -32,13 +38,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from agent.proxy.pipes import PIPE_SIZE, Pipe, PipePool, make_pipe
+
 log = logging.getLogger(__name__)
 
-PIPE_SIZE = 1 << 20
+__all__ = ["PIPE_SIZE", "FAIRNESS_BYTES", "ByteCounts", "Relay", "RelayCounters", "RelayOutcome", "RelayResult",
+           "arm_reset", "relay", "reset"]
+
 # Bytes one direction moves per wake-up before yielding to other connections on the loop.
 FAIRNESS_BYTES = 4 << 20
+# A read shorter than this, once delivered, ends the wake-up (the source was drained a moment ago).
+# Longer reads (bulk transfers) keep reading until the source has nothing, as a read is then cheaper
+# than going back to the loop.
+SHORT_READ = 16 << 10
 _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _LINGER_RESET = struct.pack("ii", 1, 0)
+_EXPECTED_FAILURES = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT, errno.EHOSTUNREACH,
+                                errno.ENETUNREACH, errno.ECONNABORTED, errno.ENOTCONN})
 
 
 class RelayOutcome(enum.Enum):
@@ -94,27 +110,23 @@ def reset(sock: socket.socket) -> None:
         sock.close()
 
 
-def _make_pipe() -> tuple[int, int]:
-    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-    except OSError as exc:
-        # Unprivileged processes beyond fs.pipe-max-size / pipe-user-pages-soft: default size works.
-        log.debug("Keeping the default pipe size (F_SETPIPE_SZ %d: %s).", PIPE_SIZE, exc)
-    return r, w
-
-
 class _Direction:
-    def __init__(self, relay: _Relay, src: socket.socket, dst: socket.socket, src_name: str,
-                 dst_name: str, count: Callable[[int], None]) -> None:
-        self.relay = relay
+    __slots__ = ("relay", "loop", "src", "dst", "src_fd", "dst_fd", "src_name", "dst_name", "count", "pipe",
+                 "pipe_r", "pipe_w", "capacity", "pending", "last_read", "total", "eof", "done", "reading",
+                 "writing")
+
+    def __init__(self, relay: Relay, src: socket.socket, dst: socket.socket, src_name: str, dst_name: str,
+                 count: Callable[[int], None], pipe: Pipe) -> None:
+        self.relay: Relay | None = relay
+        self.loop = relay.loop
         self.src, self.dst = src, dst
         self.src_fd, self.dst_fd = src.fileno(), dst.fileno()
         self.src_name, self.dst_name = src_name, dst_name
         self.count = count
-        self.pipe_r, self.pipe_w = _make_pipe()
-        self.capacity = fcntl.fcntl(self.pipe_w, fcntl.F_GETPIPE_SZ)
-        self.pending = 0
+        self.pipe = pipe
+        self.pipe_r, self.pipe_w, self.capacity = pipe.r, pipe.w, pipe.capacity
+        self.pending = 0     # bytes in the pipe, not yet delivered
+        self.last_read = 0   # size of the last read from the source
         self.total = 0
         self.eof = False
         self.done = False
@@ -122,7 +134,7 @@ class _Direction:
         self.writing = False
 
     def wait(self, *, read: bool = False, write: bool = False) -> None:
-        loop = self.relay.loop
+        loop = self.loop
         if read != self.reading:
             if read:
                 loop.add_reader(self.src_fd, self.pump)
@@ -137,27 +149,32 @@ class _Direction:
             self.writing = write
 
     def pump(self) -> None:
-        if self.done or self.relay.finished:
-            return
+        relay = self.relay
+        if relay is None or self.done or relay.finished:
+            return  # ended (a fairness call_soon can still come after the end)
         moved = 0
         while moved < FAIRNESS_BYTES:
-            while self.pending:
+            if self.pending:
                 try:
                     n = os.splice(self.pipe_r, self.dst_fd, self.pending, flags=_SPLICE_FLAGS)
                 except BlockingIOError:
                     self.wait(write=True)
-                    self._note(moved)
-                    return
+                    break
                 except OSError as exc:
-                    self._note(moved)
-                    self.relay.fail(self.dst_name, exc)
+                    relay.moved(moved)
+                    relay.fail(self.dst_name, exc)
                     return
                 self.pending -= n
                 self.total += n
                 moved += n
                 self.count(n)
+                if self.pending:
+                    continue  # the destination took part of it: try the rest (or learn it is full)
+                if not self.eof and self.last_read < SHORT_READ:
+                    self.wait(read=True)
+                    break
             if self.eof:
-                self._note(moved)
+                relay.moved(moved)
                 self._finish()
                 return
             try:
@@ -165,63 +182,82 @@ class _Direction:
             except BlockingIOError:
                 # The pipe is empty here, so it is the socket that has nothing for us.
                 self.wait(read=True)
-                self._note(moved)
-                return
+                break
             except OSError as exc:
-                self._note(moved)
-                self.relay.fail(self.src_name, exc)
+                relay.moved(moved)
+                relay.fail(self.src_name, exc)
                 return
             if n == 0:
                 self.eof = True
-            self.pending = n
-        # Fair share used: come back after the other ready callbacks had their turn.
-        self.wait()
-        self._note(moved)
-        self.relay.loop.call_soon(self.pump)
-
-    def _note(self, moved: int) -> None:
-        if moved:
-            self.relay.last_activity = self.relay.loop.time()
+            self.pending = self.last_read = n
+        else:
+            # Fair share used: come back after the other ready callbacks had their turn.
+            self.wait()
+            self.loop.call_soon(self.pump)
+        relay.moved(moved)
 
     def _finish(self) -> None:
+        relay = self.relay
+        assert relay is not None
         self.wait()
         try:
             self.dst.shutdown(socket.SHUT_WR)
         except OSError as exc:
-            self.relay.fail(self.dst_name, exc)
+            relay.fail(self.dst_name, exc)
             return
         self.done = True
-        self.relay.direction_done()
+        relay.direction_done()
 
-    def close(self) -> None:
+    def release(self, pipes: PipePool | None) -> None:
         self.wait()
-        os.close(self.pipe_r)
-        os.close(self.pipe_w)
+        if pipes is None:
+            self.pipe.close()
+        else:
+            pipes.give(self.pipe, empty=self.pending == 0)
+        self.relay = None  # no reference cycle left: freed by reference counting, not by the GC
 
 
-class _Relay:
-    def __init__(self, a: socket.socket, b: socket.socket, counters: RelayCounters,
-                 idle_timeout: float | None) -> None:
+def _ended(result: RelayResult) -> None:
+    """What an ended relay holds instead of its `on_done` (which may refer back to it)."""
+
+
+class Relay:
+    """One relay driven by loop callbacks: `start()`, then `on_done(result)` is called once when it
+    ends by itself; `abort()` ends it at once with both sides armed to reset (and no `on_done`).
+    The sockets must be non-blocking; they are never closed here."""
+
+    def __init__(self, a: socket.socket, b: socket.socket, counters: RelayCounters, *,
+                 on_done: Callable[[RelayResult], None], idle_timeout: float | None = None,
+                 pipes: PipePool | None = None) -> None:
+        if idle_timeout is not None and idle_timeout <= 0:
+            raise ValueError(f"idle_timeout must be positive, not {idle_timeout}")
         self.loop = asyncio.get_running_loop()
         self.a, self.b = a, b
         self.finished = False
-        self.future: asyncio.Future[RelayResult] = self.loop.create_future()
-        self.last_activity = self.loop.time()
+        self.on_done = on_done
         self.idle_timeout = idle_timeout
         self.idle_handle: asyncio.TimerHandle | None = None
-        self.forward = _Direction(self, a, b, "a", "b", counters.add_a_to_b)
+        self.last_activity = self.loop.time()
+        self.pipes = pipes
+        take = pipes.take if pipes is not None else make_pipe
+        first = take()
         try:
-            self.backward = _Direction(self, b, a, "b", "a", counters.add_b_to_a)
+            second = take()
         except BaseException:
-            self.forward.close()
+            first.close()
             raise
+        self.forward = _Direction(self, a, b, "a", "b", counters.add_a_to_b, first)
+        self.backward = _Direction(self, b, a, "b", "a", counters.add_b_to_a, second)
 
     def start(self) -> None:
         if self.idle_timeout is not None:
             self.idle_handle = self.loop.call_later(self.idle_timeout, self.check_idle)
-        self.forward.pump()
-        if not self.finished:
-            self.backward.pump()
+        self.forward.wait(read=True)
+        self.backward.wait(read=True)
+
+    def moved(self, n: int) -> None:
+        if n and self.idle_timeout is not None:
+            self.last_activity = self.loop.time()
 
     def check_idle(self) -> None:
         if self.finished:
@@ -242,8 +278,7 @@ class _Relay:
     def fail(self, side: str, exc: OSError) -> None:
         # The failed side is dead already; the other one must learn it promptly: RST on close.
         arm_reset(self.b if side == "a" else self.a)
-        if exc.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT, errno.EHOSTUNREACH,
-                             errno.ENETUNREACH, errno.ECONNABORTED, errno.ENOTCONN):
+        if exc.errno not in _EXPECTED_FAILURES:
             log.warning("Relay side %s failed with an unexpected error: %s", side, exc)
         self.end(RelayOutcome.RESET, side, exc)
 
@@ -252,33 +287,47 @@ class _Relay:
             return
         self.finished = True
         self.release()
-        self.future.set_result(RelayResult(self.forward.total, self.backward.total, outcome, side, exc))
+        on_done, self.on_done = self.on_done, _ended
+        on_done(RelayResult(self.forward.total, self.backward.total, outcome, side, exc))
+
+    def abort(self) -> None:
+        """Cut the transfer: both sides armed to reset, pipes released. Idempotent."""
+        if self.finished:
+            return
+        self.finished = True
+        self.release()
+        self.on_done = _ended
+        arm_reset(self.a)
+        arm_reset(self.b)
 
     def release(self) -> None:
         if self.idle_handle is not None:
             self.idle_handle.cancel()
             self.idle_handle = None
-        self.forward.close()
-        self.backward.close()
+        self.forward.release(self.pipes)
+        self.backward.release(self.pipes)
 
 
 async def relay(a: socket.socket, b: socket.socket, counters: RelayCounters | None = None, *,
-                idle_timeout: float | None = None) -> RelayResult:
+                idle_timeout: float | None = None, pipes: PipePool | None = None) -> RelayResult:
     """Relay between two connected TCP sockets until both directions end or one side fails.
     The sockets are made non-blocking and are not closed (see the module docstring)."""
     if idle_timeout is not None and idle_timeout <= 0:
         raise ValueError(f"idle_timeout must be positive, not {idle_timeout}")
     a.setblocking(False)
     b.setblocking(False)
-    state = _Relay(a, b, counters if counters is not None else ByteCounts(), idle_timeout)
+    future: asyncio.Future[RelayResult] = asyncio.get_running_loop().create_future()
+
+    def done(result: RelayResult) -> None:
+        if not future.done():  # a cancelled caller aborts the relay; this only guards the window before
+            future.set_result(result)
+
+    state = Relay(a, b, counters if counters is not None else ByteCounts(), on_done=done,
+                  idle_timeout=idle_timeout, pipes=pipes)
     try:
         state.start()
-        return await state.future
+        return await future
     except BaseException:
         # Cancelled (or a bug): the transfer is cut, make both peers see a reset, not an EOF.
-        if not state.finished:
-            state.finished = True
-            state.release()
-            arm_reset(a)
-            arm_reset(b)
+        state.abort()
         raise

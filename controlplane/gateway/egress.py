@@ -30,6 +30,7 @@ from controlplane.peerwire.client import ExchangeFailed, PeerConnection, PeerErr
 from controlplane.peerwire.stream import Stream, StreamError
 from controlplane.tokens import TokenError
 
+from .agentcredentials import AgentCredentials
 from .authorizer import AuthzRefused, RemoteAuthorizer
 from .config import Limits
 from .counters import SharedCounters
@@ -69,6 +70,7 @@ class Egress:
         self._limits = limits
         self._meter = meter
         self._throttle = LogThrottle(log, interval=10.0)
+        self._credentials = AgentCredentials()
 
     # --- entry points ------------------------------------------------------------------------
 
@@ -85,13 +87,16 @@ class Egress:
                                    _peer(stream), exc or "no preamble in time")
             stream.abort()
             return
+        if preamble is None:  # a connection an agent opened ahead of need and closed unused
+            stream.close()
+            return
         state = self._state()
         if state.authority is None:
             self._metrics.child(self._metrics.agent_credential_failures, "no-key").inc()
             stream.abort()
             return
         try:
-            state.authority.verify_agent_credential(preamble.credential)
+            self._credentials.verify(state.authority, preamble.credential)
         except TokenError as exc:
             self._metrics.child(self._metrics.agent_credential_failures, exc.reason).inc()
             self._throttle.warning(f"credential:{exc.reason}", "Agent-port connection from %s for Import %s/%s "
@@ -117,13 +122,18 @@ class Egress:
             return
         await self._forward(stream, state, imp, {}, started)
 
-    async def _read_preamble(self, stream: Stream) -> Preamble:
+    async def _read_preamble(self, stream: Stream) -> Preamble | None:
+        """The preamble; None when the connection ended cleanly before its first byte."""
         reader = PreambleReader()
+        received = False
         async with asyncio.timeout(self._limits.request_timeout):
             while True:
                 data = await stream.read()
                 if not data:
+                    if not received:
+                        return None
                     raise PreambleError("the connection ended before the preamble was complete")
+                received = True
                 preamble = reader.feed(data)
                 if preamble is not None:
                     stream.unread(reader.rest)

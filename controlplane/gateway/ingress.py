@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from controlplane.peerwire import codec, framing
 from controlplane.peerwire.server import CLOSED, NEED_DATA, BadRequest, Request, ServerConnection, connect_accepted
-from controlplane.peerwire.stream import Stream, StreamError, TcpStream
+from controlplane.peerwire.stream import Stream, StreamError, TcpStream, connect_tcp
 from controlplane.peerwire.tlsstream import TlsStream
 from controlplane.tlsconfig import peer_name_from_peercert
 from controlplane.tokens import TokenError
@@ -312,11 +312,8 @@ class Ingress:
         return outcome.reusable
 
     async def _open_service(self, export: ExportView) -> TcpStream:
-        loop = asyncio.get_running_loop()
         async with asyncio.timeout(self._limits.connect_timeout):
-            _, service = await loop.create_connection(TcpStream, export.host, export.port)
-        assert isinstance(service, TcpStream)
-        return service
+            return await connect_tcp(export.host, export.port)
 
 
 def _valid_export(state: GatewayState, namespace: str, name: str) -> ExportView | None:

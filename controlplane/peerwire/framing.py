@@ -69,9 +69,13 @@ class Deframer:
     def feed(self, view: memoryview) -> list[tuple[str, memoryview | None]]:
         if self.finished is not None:
             raise FramingError(f"data after the end of the framed tunnel ({self.finished})")
+        size = len(view)
+        if not self._remaining and not self._header and size > 4:
+            (word,) = _WORD.unpack_from(view)
+            if word + 4 == size and word <= MAX_FRAME:  # the common case: exactly one whole data frame
+                return [(DATA, view[4:])]
         events: list[tuple[str, memoryview | None]] = []
         position = 0
-        size = len(view)
         while position < size:
             if self._remaining:
                 take = min(self._remaining, size - position)
@@ -79,14 +83,18 @@ class Deframer:
                 self._remaining -= take
                 position += take
                 continue
-            need = 4 - len(self._header)
-            piece = view[position:position + need]
-            self._header += piece
-            position += len(piece)
-            if len(self._header) < 4:
-                break
-            (word,) = _WORD.unpack(self._header)
-            self._header.clear()
+            if not self._header and size - position >= 4:
+                (word,) = _WORD.unpack_from(view, position)
+                position += 4
+            else:
+                need = 4 - len(self._header)
+                piece = view[position:position + need]
+                self._header += piece
+                position += len(piece)
+                if len(self._header) < 4:
+                    break
+                (word,) = _WORD.unpack(self._header)
+                self._header.clear()
             if word & _CONTROL:
                 code = word & ~_CONTROL
                 if code == 0:

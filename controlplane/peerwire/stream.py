@@ -28,6 +28,8 @@ resets the connection (RST, SO_LINGER 0); `close()` ends it gracefully; `write_e
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import socket
 import ssl
 import struct
@@ -446,3 +448,61 @@ class TcpStream(Stream):
         self._eof_sent = True
         assert self.transport is not None
         self.transport.write_eof()
+
+
+async def connect_tcp(host: str, port: int) -> TcpStream:
+    """A `TcpStream` connected to host:port; raises OSError (e.g. ConnectionRefusedError).
+
+    An IP address is connected here rather than by `loop.create_connection`: a connection to a
+    local destination (loopback, a veth to a pod on this node) is usually established when the
+    non-blocking connect() returns, and then no loop iteration (nor writer registration) waits for
+    it. A name goes through `create_connection` and its resolver.
+    """
+    loop = asyncio.get_running_loop()
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        socket.inet_pton(family, host)
+    except OSError:
+        _, stream = await loop.create_connection(TcpStream, host, port)
+        assert isinstance(stream, TcpStream)
+        return stream
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        error = sock.connect_ex((host, port))
+        if error == errno.EINPROGRESS:
+            if not _established(sock):
+                await _writable(loop, sock)
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            raise OSError(error, os.strerror(error))
+        _, stream = await loop.create_connection(TcpStream, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    assert isinstance(stream, TcpStream)
+    return stream
+
+
+def _established(sock: socket.socket) -> bool:
+    try:
+        sock.getpeername()
+    except OSError:  # ENOTCONN: the handshake is still in progress (or failed: SO_ERROR says)
+        return False
+    return True
+
+
+async def _writable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    """Until a connecting socket is writable (connected or failed)."""
+    done = loop.create_future()
+
+    def ready() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    fd = sock.fileno()
+    loop.add_writer(fd, ready)
+    try:
+        await done
+    finally:
+        loop.remove_writer(fd)

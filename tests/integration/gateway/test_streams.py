@@ -17,7 +17,7 @@ from controlplane.gateway.relay import Relay
 from controlplane.peerwire.client import PeerConnection, PeerUnreachable, probe_healthz
 from controlplane.peerwire.codec import LABELS_HEADER, encode_labels
 from controlplane.peerwire.server import CLOSED, NEED_DATA, ServerConnection
-from controlplane.peerwire.stream import Stream, StreamError, TcpStream
+from controlplane.peerwire.stream import Stream, StreamError, TcpStream, connect_tcp
 from controlplane.peerwire.tlsstream import TlsStream
 from controlplane.tlsconfig import PeerTLS
 
@@ -356,6 +356,26 @@ def test_read_buffers_grow_for_bulk_and_shrink_when_idle(tls: dict[str, PeerTLS]
         assert await tunnel_b.read() == b"z" * 10
         for s in servers:
             s.close()
+
+    asyncio.run(main())
+
+
+def test_connect_tcp_by_address_or_name_and_refused() -> None:
+    async def main() -> None:
+        accepted: asyncio.Queue[Stream] = asyncio.Queue()
+        server, port, _ = await _server(lambda on_open: TcpStream(on_open=on_open), lambda s: accepted.put(s))
+        for host in ("127.0.0.1", "localhost"):
+            stream = await connect_tcp(host, port)
+            peer = await asyncio.wait_for(accepted.get(), 5)
+            stream.write(b"hello " + host.encode())
+            stream.write_eof()
+            assert await _read_all(peer) == b"hello " + host.encode()
+            peer.close()
+            stream.close()
+        server.close()
+        await server.wait_closed()
+        with pytest.raises(ConnectionRefusedError):
+            await connect_tcp("127.0.0.1", port)  # nobody listens any more
 
     asyncio.run(main())
 
