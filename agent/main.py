@@ -31,6 +31,7 @@ from typing import Any
 
 from controlplane.api.client import APIError, ControlPlaneClient, Endpoint, SnapshotFeed, read_token
 from controlplane.api.preamble import Preamble, encode_preamble
+from controlplane.api import eventloop
 from controlplane.api.flags import add as add_flag
 from controlplane.api.flags import host_port
 from controlplane.api.logsetup import setup_logging
@@ -61,6 +62,7 @@ class Config:
     log_format: str
     upstream_pool_size: int = DEFAULT_POOL_SIZE
     upstream_pool_max_age: float = DEFAULT_POOL_MAX_AGE
+    event_loop: str = "auto"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(p, "--upstream-pool-max-age", type=float, default=DEFAULT_POOL_MAX_AGE,
              help="Seconds a pre-opened gateway connection may wait unused before it is closed; keep it below the "
                   "gateway's --request-timeout (10 s by default)")
+    eventloop.add_flag(p)
     add_flag(p, "--workloads", default="standalone",
              help="Where client identities come from: standalone (Workload objects from the control plane) or "
                   "kubernetes (the pods of this node)")
@@ -111,12 +114,17 @@ def load_config(argv: Sequence[str] | None = None) -> Config:
         parser.error(f"--upstream-pool-size must be 0 (off) or more, not {a.upstream_pool_size}")
     if not a.upstream_pool_max_age > 0:
         parser.error(f"--upstream-pool-max-age must be a positive number of seconds, not {a.upstream_pool_max_age}")
+    try:
+        eventloop.resolve(a.event_loop)
+    except ValueError as exc:
+        parser.error(str(exc))
     metrics = None if a.metrics_listen in ("", "none") else host_port(a.metrics_listen)
     return Config(node=a.node, cgroup=a.cgroup, controlplane=a.controlplane, join_token_file=a.join_token_file,
                   controlplane_ca=a.controlplane_ca, server_name=a.server_name, proxy_address=a.proxy_address,
                   proxy_port=a.proxy_port, proxy_interface=a.proxy_interface, metrics_listen=metrics,
                   workloads=a.workloads, log_level=a.log_level, log_format=a.log_format,
-                  upstream_pool_size=a.upstream_pool_size, upstream_pool_max_age=a.upstream_pool_max_age)
+                  upstream_pool_size=a.upstream_pool_size, upstream_pool_max_age=a.upstream_pool_max_age,
+                  event_loop=a.event_loop)
 
 
 @dataclass(frozen=True)
@@ -292,8 +300,8 @@ async def run(config: Config) -> None:
         # process: out of the collector's sight, a full collection no longer stalls the proxy's
         # connections for ~3 ms (about 30,000 objects), it walks only what came later.
         gc.freeze()
-        log.info("agent of node %s started: redirecting cgroup %s to %s:%d", config.node, config.cgroup,
-                 config.proxy_address, config.proxy_port)
+        log.info("agent of node %s started: redirecting cgroup %s to %s:%d (event loop: %s)", config.node,
+                 config.cgroup, config.proxy_address, config.proxy_port, eventloop.running_loop_name())
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(feed.run(), name="snapshot-feed"),
                      tg.create_task(agent.keep_registered(endpoint), name="registration")]
@@ -319,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"clusterlink-agent: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(run(config))
+        eventloop.run(run(config), config.event_loop)
     except Exception as exc:  # start-up failures (BCC, headers, cgroup v2, token): one clear line
         log.debug("agent failed", exc_info=exc)
         print(f"clusterlink-agent: {exc}", file=sys.stderr)

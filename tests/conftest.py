@@ -9,8 +9,11 @@ namespaces.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+
+import pytest
 
 _MAIN_PID = os.getpid()
 
@@ -25,3 +28,18 @@ def pytest_configure(config: object) -> None:
     global _MAIN_PID
     _MAIN_PID = os.getpid()
     signal.signal(signal.SIGTERM, _interrupt)
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def both_event_loops(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """Runs the test once on the standard loop and once on uvloop (what the processes use by
+    default): `asyncio.run` inside the test gets that loop. Use with
+    `pytestmark = pytest.mark.usefixtures("both_event_loops")`."""
+    if request.param == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    try:
+        yield request.param
+    finally:
+        asyncio.set_event_loop_policy(None)

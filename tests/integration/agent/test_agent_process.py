@@ -98,6 +98,7 @@ def test_a_running_agent_holds_no_bcc_and_reports_its_own_memory(agent) -> None:
     assert actual < 60 * 2**20, f"agent VmRSS {actual / 2**20:.1f} MB"
     assert samples["clusterlink_agent_process_open_fds"] > 0
     assert samples["clusterlink_agent_attached_programs"] == 4
+    assert "(event loop: uvloop)" in log_path.read_text()  # the default when uvloop is installed
 
 
 def test_sigterm_stops_the_agent_and_removes_its_attachments(agent) -> None:

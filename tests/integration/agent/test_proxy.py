@@ -19,6 +19,8 @@ from tests.integration.agent import kit
 
 PREAMBLE = b"PREAMBLE v1\n"
 
+pytestmark = pytest.mark.usefixtures("both_event_loops")
+
 
 @contextlib.asynccontextmanager
 async def proxy_to(upstream: tuple[str, int] | None, **kwargs) -> AsyncIterator[NodeProxy]:

@@ -21,6 +21,8 @@ from tests.integration.agent import kit
 
 PREAMBLE = b"PREAMBLE v1\n"
 
+pytestmark = pytest.mark.usefixtures("both_event_loops")
+
 
 async def connect(address: tuple[str, int]) -> socket.socket:
     sock = socket.socket()
@@ -140,9 +142,11 @@ class Upstreams:
     def __init__(self) -> None:
         self.accepted: list[socket.socket] = []
         self.first_bytes: dict[socket.socket, bytes] = {}
+        self.tasks: dict[socket.socket, asyncio.Task] = {}
 
     async def handler(self, conn: socket.socket) -> None:
         self.accepted.append(conn)
+        self.tasks[conn] = asyncio.current_task()  # type: ignore[assignment]
         loop = asyncio.get_running_loop()
         first = await loop.sock_recv(conn, 65536)
         self.first_bytes[conn] = first
@@ -154,6 +158,16 @@ class Upstreams:
 
     def unused(self) -> list[socket.socket]:
         return [c for c in self.accepted if c not in self.first_bytes]
+
+    async def close_unused(self, *, reset: bool) -> None:
+        """Close the connections nobody used, from the server side (FIN, or RST with `reset`). The
+        handler's read is cancelled first: a socket must not be closed under a pending read (uvloop
+        keeps watching the fd number, which the next accepted socket may reuse)."""
+        for conn in self.unused():
+            if reset:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.tasks[conn].cancel()  # its server task closes the socket as it ends
+        await asyncio.sleep(0)
 
 
 def test_pooled_upstreams_carry_connections_without_a_connect() -> None:
@@ -183,10 +197,7 @@ def test_a_pooled_upstream_that_the_upstream_closed_is_not_used(how: str) -> Non
         async with kit.tcp_server(ups.handler) as up, proxy_to(up, upstream_pool_size=2) as proxy:
             await exchange(proxy.address, b"warm up")
             await until(lambda: proxy.upstreams.idle() == 2 and len(ups.unused()) == 2)
-            for conn in ups.unused():  # the gateway restarted, or gave up waiting for a preamble
-                if how == "reset":
-                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                conn.close()
+            await ups.close_unused(reset=how == "reset")  # the gateway restarted, or gave up waiting
             await asyncio.sleep(0.05)
             answer = await exchange(proxy.address, b"after the close")
             return answer, proxy.metrics

@@ -1,0 +1,53 @@
+"""--event-loop: what each choice means, the errors, and that `run` really runs on that loop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+import pytest
+
+from controlplane.api import eventloop
+
+
+async def _which() -> str:
+    await asyncio.sleep(0)
+    return eventloop.running_loop_name()
+
+
+def test_each_choice_runs_on_its_loop() -> None:
+    assert eventloop.uvloop_available()  # a project dependency: installed by make install
+    assert eventloop.run(_which(), "uvloop") == "uvloop"
+    assert eventloop.run(_which(), "asyncio") == "asyncio"
+    assert eventloop.run(_which(), "auto") == "uvloop"
+
+
+def test_auto_falls_back_and_uvloop_insists_when_it_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(eventloop, "uvloop_available", lambda: False)
+    assert eventloop.resolve("auto") == "asyncio"
+    assert eventloop.run(_which(), "auto") == "asyncio"
+    with pytest.raises(ValueError, match="uvloop package is not installed"):
+        eventloop.resolve("uvloop")
+    coro = _which()
+    with pytest.raises(ValueError):
+        eventloop.run(coro, "uvloop")
+    assert coro.cr_frame is None  # closed, never left un-awaited
+
+
+def test_bad_choice_is_an_error() -> None:
+    with pytest.raises(ValueError, match="must be one of auto, uvloop, asyncio"):
+        eventloop.resolve("trio")
+
+
+def test_flag_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    parser = argparse.ArgumentParser()
+    eventloop.add_flag(parser)
+    assert parser.parse_args([]).event_loop == "auto"
+    assert parser.parse_args(["--event-loop", "asyncio"]).event_loop == "asyncio"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--event-loop", "nope"])
+    monkeypatch.setenv("CLUSTERLINK_EVENT_LOOP", "asyncio")
+    parser = argparse.ArgumentParser()
+    eventloop.add_flag(parser)
+    assert parser.parse_args([]).event_loop == "asyncio"
+    assert "uvloop" in parser.format_help()
