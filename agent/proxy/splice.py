@@ -20,6 +20,9 @@ Semantics, which the callers (the node proxy, the gateway's plain-TCP legs) rely
 - Reset: when one side fails (ECONNRESET, EPIPE, a timeout, ...), the other side is armed with
   SO_LINGER(1, 0), so closing it sends an RST at once; the relay returns immediately.
 - Idle timeout (optional): no byte in either direction for that long resets both sides.
+- Process death: while the relay runs both sockets are armed to reset (SO_LINGER 0), so when
+  this process is killed the kernel resets both peers instead of sending them a FIN; an orderly
+  end disarms them again.
 - Cancellation (or `Relay.abort()`) resets both sides (a cut transfer must never look like a clean
   end).
 The relay never closes the sockets: the caller closes them when it returns (or is cancelled).
@@ -43,7 +46,7 @@ from agent.proxy.pipes import PIPE_SIZE, Pipe, PipePool, make_pipe
 log = logging.getLogger(__name__)
 
 __all__ = ["PIPE_SIZE", "FAIRNESS_BYTES", "ByteCounts", "Relay", "RelayCounters", "RelayOutcome", "RelayResult",
-           "arm_reset", "relay", "reset"]
+           "arm_reset", "disarm_reset", "relay", "reset"]
 
 # Bytes one direction moves per wake-up before yielding to other connections on the loop.
 FAIRNESS_BYTES = 4 << 20
@@ -53,6 +56,7 @@ FAIRNESS_BYTES = 4 << 20
 SHORT_READ = 16 << 10
 _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _LINGER_RESET = struct.pack("ii", 1, 0)
+_LINGER_OFF = struct.pack("ii", 0, 0)
 _EXPECTED_FAILURES = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT, errno.EHOSTUNREACH,
                                 errno.ENETUNREACH, errno.ECONNABORTED, errno.ENOTCONN})
 
@@ -101,6 +105,14 @@ def arm_reset(sock: socket.socket) -> None:
     except OSError as exc:
         # Only possible for a socket that is already closed or broken: nothing left to reset.
         log.debug("Could not arm a reset on fd %d: %s", sock.fileno(), exc)
+
+
+def disarm_reset(sock: socket.socket) -> None:
+    """Undo `arm_reset`: close() ends the connection gracefully again."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_OFF)
+    except OSError as exc:
+        log.debug("Could not disarm the reset on fd %d: %s", sock.fileno(), exc)
 
 
 def reset(sock: socket.socket) -> None:
@@ -250,6 +262,11 @@ class Relay:
         self.backward = _Direction(self, b, a, "b", "a", counters.add_b_to_a, second)
 
     def start(self) -> None:
+        # While bytes are in flight, a close for any reason but an orderly end is abortive: if
+        # this process dies (kill -9, OOM), the kernel closes both sockets with an RST, and
+        # neither peer mistakes a cut transfer for a complete one. `end(CLOSED)` disarms it.
+        arm_reset(self.a)
+        arm_reset(self.b)
         if self.idle_timeout is not None:
             self.idle_handle = self.loop.call_later(self.idle_timeout, self.check_idle)
         self.forward.wait(read=True)
@@ -287,6 +304,9 @@ class Relay:
             return
         self.finished = True
         self.release()
+        if outcome is RelayOutcome.CLOSED:
+            disarm_reset(self.a)
+            disarm_reset(self.b)
         on_done, self.on_done = self.on_done, _ended
         on_done(RelayResult(self.forward.total, self.backward.total, outcome, side, exc))
 
