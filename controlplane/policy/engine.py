@@ -28,12 +28,12 @@ from __future__ import annotations
 import threading
 from bisect import insort
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
 from controlplane.policy.policy import CLIENT_ATTRIBUTE_PREFIX, Action, Policy
-from controlplane.policy.selector import LabelSelector
+from controlplane.policy.selector import LabelSelector, Operator
 
 __all__ = ["DEFAULT_DENY_POLICY", "Decision", "PolicyEngine", "Tier"]
 
@@ -73,26 +73,146 @@ _KEY_RANK = {
 }
 _OTHER_KEY_RANK = 5
 
-# An index entry: (order, policy, the decision it makes). `order` is "0" + name for a deny and
-# "1" + name for an allow, so that sorting by it puts every deny before every allow, each tier by
-# name: the smallest matching entry of a scope is its decision.
-_Entry = tuple[str, Policy, Decision]
-# An index: label keys (one or two, sorted) -> their values (the value itself for one key, a tuple
-# for two) -> the entries of the policies whose selectors require those keys to have those values.
-_Index = dict[tuple[str, ...], dict[object, tuple[_Entry, ...]]]
-# Where to file a policy: (keys, value) slots.
-_Plan = frozenset[tuple[tuple[str, ...], object]]
+# --- compiled checks -----------------------------------------------------------------------------
+#
+# What an index entry still has to check on one side, as (key, value, rest): the side matches
+# when `key` is None or `labels.get(key) != value` is false (tested inline by the scan, no call),
+# and `rest` is None or `rest(labels)` is true. Built once per policy and slot; calling one
+# allocates nothing that outlives the call.
+_Rest = Callable[[Mapping[str, str]], bool]
+_Check = tuple["str | None", "str | None", "_Rest | None"]
+_ALWAYS: _Check = (None, None, None)
+
+# An index entry: (order, decision, src key, src value, src rest, dst key, dst value, dst rest).
+# `order` is "0" + name for a deny and "1" + name for an allow, so that sorting by it puts every
+# deny before every allow, each tier by name: the smallest matching entry of a scope is its
+# decision. A policy has one entry per slot it is filed under (each knows what its slot implies).
+_Entry = tuple
+# Sorts after every order ("0..." and "1...").
+_NO_ORDER = "2"
+
+# A requirement of a selector, flattened: (operator, key, values); `matchLabels` entries are
+# (None, key, value).
+_Atom = tuple["Operator | None", str, object]
+
+
+def _atoms(selector: LabelSelector) -> list[_Atom]:
+    out: list[_Atom] = [(None, k, v) for k, v in selector.match_labels]
+    out.extend((r.operator, r.key, r.values) for r in selector.match_expressions)
+    return out
+
+
+def _implied(atom: _Atom, facts: Mapping[str, str]) -> bool:
+    """Whether labels known to hold `facts` (key -> value, from the slot) satisfy `atom`."""
+    op, key, values = atom
+    if key not in facts:
+        return False
+    if op is None:
+        return facts[key] == values
+    if op is Operator.IN:
+        return facts[key] in values  # type: ignore[operator]
+    return op is Operator.EXISTS
+
+
+def _atom_rest(atom: _Atom) -> _Rest:
+    op, key, values = atom
+    if op is None:
+        def equal(labels: Mapping[str, str], key=key, value=values) -> bool:
+            return not labels.get(key) != value
+        return equal
+    if op is Operator.IN:
+        def is_in(labels: Mapping[str, str], key=key, values=values) -> bool:
+            value = labels.get(key)
+            return value is not None and value in values
+        return is_in
+    if op is Operator.NOT_IN:
+        def not_in(labels: Mapping[str, str], key=key, values=values) -> bool:
+            value = labels.get(key)
+            return value is None or value not in values
+        return not_in
+    if op is Operator.EXISTS:
+        def exists(labels: Mapping[str, str], key=key) -> bool:
+            return key in labels
+        return exists
+
+    def absent(labels: Mapping[str, str], key=key) -> bool:
+        return key not in labels
+    return absent
+
+
+def _all_of(rests: tuple[_Rest, ...]) -> _Rest:
+    if len(rests) == 1:
+        return rests[0]
+
+    def all_of(labels: Mapping[str, str], rests=rests) -> bool:
+        for rest in rests:
+            if not rest(labels):
+                return False
+        return True
+    return all_of
+
+
+def _selector_check(atoms: list[_Atom]) -> _Check:
+    """All of `atoms` (ANDed): the first equality inline, the rest cheapest first."""
+    if not atoms:
+        return _ALWAYS
+    key = value = None
+    for i, (op, k, v) in enumerate(atoms):
+        if op is None:
+            key, value = k, v
+            atoms = atoms[:i] + atoms[i + 1:]
+            break
+    # As LabelSelector.matches: Exists/DoesNotExist before the others.
+    atoms = sorted(atoms, key=lambda a: a[0] is None or a[0] not in (Operator.EXISTS, Operator.DOES_NOT_EXIST))
+    rest = _all_of(tuple(_atom_rest(a) for a in atoms)) if atoms else None
+    return (key, value, rest)
+
+
+def _any_of(checks: list[_Check]) -> _Check:
+    """Any of `checks` (the selectors of a side are ORed)."""
+    if not checks or any(c == _ALWAYS for c in checks):
+        return _ALWAYS
+    if len(checks) == 1:
+        return checks[0]
+    options = tuple(checks)
+
+    def any_of(labels: Mapping[str, str], options=options) -> bool:
+        get = labels.get
+        for key, value, rest in options:
+            if key is not None and get(key) != value:
+                continue
+            if rest is None or rest(labels):
+                return True
+        return False
+    return (None, None, any_of)
+
+
+def _side_check(selectors: Iterable[LabelSelector], facts: Mapping[str, str] | None = None) -> _Check:
+    """The check of a side: any of `selectors`, less what `facts` (known labels) imply."""
+    return _any_of([
+        _selector_check([a for a in _atoms(sel) if not facts or not _implied(a, facts)]) for sel in selectors
+    ])
+
+
+# An index: label keys (one or two, sorted) -> a table: for one key, value -> entries; for two,
+# first value -> second value -> entries (nested, so that a probe builds no tuple). Entries are
+# the tuples of the policies whose selectors require those keys to have those values.
+_Index = dict[tuple[str, ...], dict]
+# Where to file a policy's side: slot (keys, value; a value pair for two keys) -> the selectors
+# filed there.
+_Slot = tuple[tuple[str, ...], object]
+_Plan = dict[_Slot, list[LabelSelector]]
 
 
 def _selector_plan(selectors: tuple[LabelSelector, ...]) -> _Plan | None:
     """The index slots for a policy side, or None if one of `selectors` pins no key.
 
-    A label set can match one of `selectors` only if it fills one of the returned slots. A
+    A label set can match one of `selectors` only if it fills one of that selector's slots. A
     selector with single-valued requirements (`matchLabels`, `In` with one value) is filed under
     its two most selective ones together (e.g. export name and namespace); one with only
     multi-valued `In` requirements under each value of the smallest.
     """
-    slots: set[tuple[tuple[str, ...], object]] = set()
+    slots: _Plan = {}
     for sel in selectors:
         equalities = sel.equalities()
         if not equalities:
@@ -104,99 +224,133 @@ def _selector_plan(selectors: tuple[LabelSelector, ...]) -> _Plan | None:
         if singles:
             best = sorted(singles, key=lambda k: (_KEY_RANK.get(k, _OTHER_KEY_RANK), k))[:2]
             if len(best) == 1:
-                slots.add(((best[0],), singles[best[0]]))
+                slots.setdefault(((best[0],), singles[best[0]]), []).append(sel)
             else:
                 keys = tuple(sorted(best))
-                slots.add((keys, (singles[keys[0]], singles[keys[1]])))
+                slots.setdefault((keys, (singles[keys[0]], singles[keys[1]])), []).append(sel)
         else:
             key, values = min(equalities, key=lambda kv: (len(kv[1]), _KEY_RANK.get(kv[0], _OTHER_KEY_RANK), kv[0]))
-            slots.update(((key,), value) for value in values)
-    return frozenset(slots)
+            for value in sorted(values):
+                slots.setdefault(((key,), value), []).append(sel)
+    return slots
 
 
-def _placement(policy: Policy) -> tuple[str, _Plan]:
-    """Where a policy lives in its scope's index: ("dst"|"src", slots) or ("fallback", empty)."""
-    plan = _selector_plan(policy.to)
-    if plan is not None:
-        return "dst", plan
-    plan = _selector_plan(policy.from_)
-    if plan is not None:
-        return "src", plan
-    return "fallback", frozenset()
+def _slot_facts(slot: _Slot) -> dict[str, str]:
+    keys, value = slot
+    return {keys[0]: value} if len(keys) == 1 else dict(zip(keys, value))  # type: ignore[arg-type]
 
 
-def _entry(policy: Policy) -> _Entry:
+def _order(policy: Policy) -> str:
+    return ("0" if policy.action is Action.DENY else "1") + policy.name
+
+
+def _decision(policy: Policy) -> Decision:
     deny = policy.action is Action.DENY
     if policy.privileged:
         tier = Tier.PRIVILEGED_DENY if deny else Tier.PRIVILEGED_ALLOW
     else:
         tier = Tier.DENY if deny else Tier.ALLOW
-    return (("0" if deny else "1") + policy.name, policy, Decision(not deny, tier, policy.ref))
+    return Decision(not deny, tier, policy.ref)
+
+
+def _placement(policy: Policy) -> tuple[str, dict[_Slot, _Entry]]:
+    """Where a policy lives in its scope: ("dst"|"src", slot -> entry) or ("fallback", {None: entry})."""
+    order, decision = _order(policy), _decision(policy)
+    plan = _selector_plan(policy.to)
+    if plan is not None:
+        src = _side_check(policy.from_)
+        return "dst", {
+            slot: (order, decision, *src, *_side_check(sels, _slot_facts(slot))) for slot, sels in plan.items()
+        }
+    plan = _selector_plan(policy.from_)
+    if plan is not None:
+        dst = _side_check(policy.to)
+        return "src", {
+            slot: (order, decision, *_side_check(sels, _slot_facts(slot)), *dst) for slot, sels in plan.items()
+        }
+    return "fallback", {None: (order, decision, *_side_check(policy.from_), *_side_check(policy.to))}
 
 
 def _entry_order(entry: _Entry) -> str:
     return entry[0]
 
 
-def _scan_index(
-    index: _Index, labels: Mapping[str, str], src: Mapping[str, str], dst: Mapping[str, str], best: _Entry | None
-) -> _Entry | None:
-    """The smallest entry matching (src, dst) among those filed under a slot `labels` fills."""
-    get = labels.get
-    for keys, by_value in index.items():
-        if len(keys) == 1:
-            entries = by_value.get(get(keys[0]))
-        else:
-            entries = by_value.get((get(keys[0]), get(keys[1])))
-        if entries is not None:
-            for entry in entries:
-                if best is not None and entry[0] >= best[0]:
-                    break
-                if entry[1].matches(src, dst):
-                    best = entry
-                    break
-    return best
+def _table_path(slot: _Slot) -> tuple[str, tuple]:
+    keys, value = slot
+    return keys, ((value,) if len(keys) == 1 else value)  # type: ignore[return-value]
 
 
-def _index_with(index: _Index, slots: _Plan, entry: _Entry) -> _Index:
+def _index_with(index: _Index, entries: dict[_Slot, _Entry]) -> _Index:
+    """A copy of `index` with `entries` filed (copying only the tables on their paths)."""
     out = dict(index)
-    copied: set[tuple[str, ...]] = set()
-    for keys, value in slots:
-        if keys not in copied:
-            out[keys] = dict(out.get(keys, {}))
-            copied.add(keys)
-        entries = list(out[keys].get(value, ()))
-        insort(entries, entry, key=_entry_order)
-        out[keys][value] = tuple(entries)
+    copied: set[int] = set()
+    for slot, entry in entries.items():
+        keys, path = _table_path(slot)
+        table = out.get(keys)
+        table = {} if table is None else (table if id(table) in copied else dict(table))
+        copied.add(id(table))
+        out[keys] = table
+        for value in path[:-1]:
+            inner = table.get(value)
+            inner = {} if inner is None else (inner if id(inner) in copied else dict(inner))
+            copied.add(id(inner))
+            table[value] = inner
+            table = inner
+        found = list(table.get(path[-1], ()))
+        insort(found, entry, key=_entry_order)
+        table[path[-1]] = tuple(found)
     return out
 
 
-def _index_without(index: _Index, slots: _Plan, order: str) -> _Index:
+def _index_without(index: _Index, slots: Iterable[_Slot], order: str) -> _Index:
+    """A copy of `index` without the entries of `order` under `slots` (empty tables dropped)."""
     out = dict(index)
-    copied: set[tuple[str, ...]] = set()
-    for keys, value in slots:
+    for slot in slots:
+        keys, path = _table_path(slot)
         if keys not in out:
             continue
-        if keys not in copied:
-            out[keys] = dict(out[keys])
-            copied.add(keys)
-        remaining = tuple(e for e in out[keys].get(value, ()) if e[0] != order)
-        if remaining:
-            out[keys][value] = remaining
+        tables = [dict(out[keys])]  # the tables on the path, copied (each is small)
+        for value in path[:-1]:
+            inner = tables[-1].get(value)
+            if inner is None:
+                break
+            tables.append(dict(inner))
         else:
-            out[keys].pop(value, None)
-            if not out[keys]:
+            remaining = tuple(e for e in tables[-1].get(path[-1], ()) if e[0] != order)
+            if remaining:
+                tables[-1][path[-1]] = remaining
+            else:
+                tables[-1].pop(path[-1], None)
+            for depth in range(len(tables) - 1, 0, -1):
+                if tables[depth]:
+                    tables[depth - 1][path[depth - 1]] = tables[depth]
+                else:
+                    tables[depth - 1].pop(path[depth - 1], None)
+            if tables[0]:
+                out[keys] = tables[0]
+            else:
                 del out[keys]
     return out
+
+
+def _freeze(lists: dict[tuple[str, ...], dict]) -> _Index:
+    def sort(table: dict, depth: int) -> dict:
+        if depth == 1:
+            return {value: tuple(sorted(es, key=_entry_order)) for value, es in table.items()}
+        return {value: sort(inner, depth - 1) for value, inner in table.items()}
+
+    return {keys: sort(table, len(keys)) for keys, table in lists.items()}
 
 
 class _Scope:
     """The policies of one scope, indexed: all privileged ones, or the regular ones of a namespace.
 
     Immutable: `with_policy` and `without_policy` return a new scope sharing what did not change.
+    `probes` is what `first_match` walks: (on dst, first key, second key or None, table) per index
+    key set, then (None, None, None, fallback entries).
     """
 
-    __slots__ = ("by_dst", "by_src", "fallback", "size", "client_dependent")
+    __slots__ = ("by_dst", "by_src", "fallback", "size", "client_dependent", "probes")
 
     def __init__(
         self,
@@ -213,53 +367,55 @@ class _Scope:
         # (name, client-attributes decision) of the policies whose `from` reads client
         # attributes, by name.
         self.client_dependent = client_dependent
+        probes: list[tuple] = []
+        for on_dst, index in ((True, by_dst), (False, by_src)):
+            for keys, table in index.items():
+                probes.append((on_dst, keys[0], keys[1] if len(keys) > 1 else None, table))
+        if fallback:
+            probes.append((None, None, None, fallback))
+        self.probes = tuple(probes)
 
     @classmethod
     def build(cls, policies: Iterable[Policy]) -> _Scope | None:
-        lists: dict[str, dict[tuple[str, ...], dict[object, list[_Entry]]]] = {"dst": {}, "src": {}}
+        lists: dict[str, dict[tuple[str, ...], dict]] = {"dst": {}, "src": {}}
         fallback: list[_Entry] = []
         dependent: list[tuple[str, Decision]] = []
         size = 0
         for policy in policies:
             size += 1
-            entry = _entry(policy)
             if policy.depends_on_client_attributes:
                 dependent.append(_client_dependent(policy))
-            side, slots = _placement(policy)
+            side, entries = _placement(policy)
             if side == "fallback":
-                fallback.append(entry)
+                fallback.extend(entries.values())
                 continue
-            for keys, value in slots:
-                lists[side].setdefault(keys, {}).setdefault(value, []).append(entry)
+            for slot, entry in entries.items():
+                keys, path = _table_path(slot)
+                table = lists[side].setdefault(keys, {})
+                for value in path[:-1]:
+                    table = table.setdefault(value, {})
+                table.setdefault(path[-1], []).append(entry)
         if not size:
             return None
-
-        def freeze(index: dict[tuple[str, ...], dict[object, list[_Entry]]]) -> _Index:
-            return {
-                keys: {value: tuple(sorted(es, key=_entry_order)) for value, es in by_value.items()}
-                for keys, by_value in index.items()
-            }
-
         return cls(
-            freeze(lists["dst"]),
-            freeze(lists["src"]),
+            _freeze(lists["dst"]),
+            _freeze(lists["src"]),
             tuple(sorted(fallback, key=_entry_order)),
             size,
             tuple(sorted(dependent)),
         )
 
     def with_policy(self, policy: Policy) -> _Scope:
-        entry = _entry(policy)
-        side, slots = _placement(policy)
+        side, entries = _placement(policy)
         by_dst, by_src, fallback = self.by_dst, self.by_src, self.fallback
         if side == "dst":
-            by_dst = _index_with(by_dst, slots, entry)
+            by_dst = _index_with(by_dst, entries)
         elif side == "src":
-            by_src = _index_with(by_src, slots, entry)
+            by_src = _index_with(by_src, entries)
         else:
-            entries = list(fallback)
-            insort(entries, entry, key=_entry_order)
-            fallback = tuple(entries)
+            found = list(fallback)
+            insort(found, entries[None], key=_entry_order)
+            fallback = tuple(found)
         dependent = self.client_dependent
         if policy.depends_on_client_attributes:
             dependent = tuple(sorted(dependent + (_client_dependent(policy),)))
@@ -268,32 +424,52 @@ class _Scope:
     def without_policy(self, policy: Policy) -> _Scope | None:
         if self.size <= 1:
             return None
-        order = _entry(policy)[0]
-        side, slots = _placement(policy)
+        order = _order(policy)
+        side, entries = _placement(policy)
         by_dst, by_src, fallback = self.by_dst, self.by_src, self.fallback
         if side == "dst":
-            by_dst = _index_without(by_dst, slots, order)
+            by_dst = _index_without(by_dst, entries, order)
         elif side == "src":
-            by_src = _index_without(by_src, slots, order)
+            by_src = _index_without(by_src, entries, order)
         else:
             fallback = tuple(e for e in fallback if e[0] != order)
         dependent = tuple(d for d in self.client_dependent if d[0] != policy.name)
         return _Scope(by_dst, by_src, fallback, self.size - 1, dependent)
 
     def first_match(self, src: Mapping[str, str], dst: Mapping[str, str]) -> Decision | None:
-        """The decision of the deciding matching policy (denies first, then by name), or None."""
+        """The decision of the deciding matching policy (denies first, then by name), or None.
+
+        Every slot the request fills is probed; in each, entries are tried in order until one
+        matches or one sorts after the best match so far. Allocates nothing that outlives the call.
+        """
+        best_order = _NO_ORDER
         best = None
-        if self.by_dst:
-            best = _scan_index(self.by_dst, dst, src, dst, best)
-        if self.by_src:
-            best = _scan_index(self.by_src, src, src, dst, best)
-        for entry in self.fallback:
-            if best is not None and entry[0] >= best[0]:
+        for on_dst, first, second, table in self.probes:
+            if first is None:
+                entries = table
+            else:
+                entries = table.get((dst if on_dst else src).get(first))
+                if entries is None:
+                    continue
+                if second is not None:
+                    entries = entries.get((dst if on_dst else src).get(second))
+                    if entries is None:
+                        continue
+            for order, decision, src_key, src_value, src_rest, dst_key, dst_value, dst_rest in entries:
+                if order >= best_order:
+                    break
+                if src_key is not None and src.get(src_key) != src_value:
+                    continue
+                if dst_key is not None and dst.get(dst_key) != dst_value:
+                    continue
+                if src_rest is not None and not src_rest(src):
+                    continue
+                if dst_rest is not None and not dst_rest(dst):
+                    continue
+                best_order = order
+                best = decision
                 break
-            if entry[1].matches(src, dst):
-                best = entry
-                break
-        return None if best is None else best[2]
+        return best
 
 
 def _client_dependent(policy: Policy) -> tuple[str, Decision]:
