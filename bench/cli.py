@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repetitions", type=int, help="repetitions of every measurement (default 3)")
     p.add_argument("--iperf-seconds", type=int, help="duration of each iperf3 run (default 10)")
     p.add_argument("--connections", type=int, help="connections per connection run (default 3000)")
+    p.add_argument("--parallel-connections", type=int,
+                   help="connections per parallel connection run (default 6000)")
+    p.add_argument("--parallel-clients", type=int, help="connections open at once in a parallel run (default 32)")
     p.add_argument("--pings", type=int, help="ping-pongs per latency run (default 10000)")
     p.add_argument("--threads", type=int, help="gateway workers and HAProxy nbthread (default 1)")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"report path (default {DEFAULT_OUTPUT})")
@@ -47,7 +50,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
     base = preset("smoke" if args.smoke else "quick" if args.quick else "full")
     overrides: dict[str, object] = {}
     for flag, field in (("repetitions", "repetitions"), ("iperf_seconds", "iperf_seconds"),
-                        ("connections", "connections"), ("pings", "pings"), ("threads", "threads")):
+                        ("connections", "connections"), ("parallel_connections", "parallel_connections"),
+                        ("parallel_clients", "parallel_clients"), ("pings", "pings"), ("threads", "threads")):
         value = getattr(args, flag)
         if value is not None:
             overrides[field] = value

@@ -46,14 +46,19 @@ def throughput(runs: list[RunRecord]) -> dict[str, Any]:
     return out
 
 
-def connections(runs: list[RunRecord]) -> dict[str, Any]:
+def connections(runs: list[RunRecord], name: str = "connections") -> dict[str, Any]:
+    """The `connections` section, or with `name` the `parallel_connections` one (the same keys, plus
+    what the parallel client really drove: `mean_in_flight` and `client_core_fraction`)."""
     keys = ("conns_per_s", "ttfb_p50_us", "ttfb_p99_us")
     section = {}
     for p in paths.REQUEST_PATHS:
-        records = _select(runs, "connections", p)
+        records = _select(runs, name, p)
         section[p] = {"conns_per_s": _figure(records, "conns_per_s", 1), "ttfb_p50_us": _figure(records, "ttfb_p50_us", 1),
                       "ttfb_p99_us": _figure(records, "ttfb_p99_us", 1),
                       "failed_exchanges": sum(int(r.client.get("errors", 0) or 0) for r in records)}
+        if name == "parallel_connections":
+            section[p]["mean_in_flight"] = summarize([r.client.get("mean_in_flight") for r in records], 2)
+            section[p]["client_core_fraction"] = summarize([r.client.get("core_fraction") for r in records], 3)
     for p, entry in section.items():
         entry["vs_direct"] = _vs(entry, section[paths.DIRECT], keys)
         entry["vs_haproxy_path"] = _vs(entry, section[paths.HAPROXY_PATH], keys)
@@ -106,6 +111,9 @@ def cpu(runs: list[RunRecord], sections: Iterable[str]) -> dict[str, Any]:
     if "connections" in sections:
         out["cpu_s_per_1000_conns"] = {p: _cpu_per_unit(_select(runs, "connections", p), p, 1000.0)
                                        for p in paths.REQUEST_PATHS}
+    if "parallel_connections" in sections:
+        out["cpu_s_per_1000_parallel_conns"] = {p: _cpu_per_unit(_select(runs, "parallel_connections", p), p, 1000.0)
+                                                for p in paths.REQUEST_PATHS}
     if "latency" in sections:
         out["cpu_us_per_request"] = {p: _cpu_per_unit(_select(runs, "latency", p), p, 1e6)
                                      for p in paths.REQUEST_PATHS}
@@ -170,6 +178,8 @@ def build(raw: Any, settings: Any, machine: Mapping[str, Any], *, started_at: st
         report["throughput"] = throughput(runs)
     if "connections" in sections:
         report["connections"] = connections(runs)
+    if "parallel_connections" in sections:
+        report["parallel_connections"] = connections(runs, "parallel_connections")
     if "latency" in sections:
         report["latency"] = latency(runs)
     if settings.needs_fabric:

@@ -75,14 +75,21 @@ class Runner:
                          client)
 
     def requests(self, section: str, path: str, rep: int) -> RunRecord:
-        """`connections` (new connection per request) or `latency` (ping-pong on one connection)."""
+        """`connections` (new connection per request, sequential), `parallel_connections` (the same,
+        `parallel_clients` at once) or `latency` (ping-pong on one connection)."""
         s = self.settings
         host, port = self.world.endpoint(path, "echo")
-        conn = section == "connections"
-        count, warmup = (s.connections, s.connection_warmup) if conn else (s.pings, s.ping_warmup)
-        argv = [sys.executable, "-m", "bench.client", "conn" if conn else "ping", "--host", host, "--port", str(port),
+        conn = section in ("connections", "parallel_connections")
+        if section == "connections":
+            mode, count, warmup, extra = "conn", s.connections, s.connection_warmup, []
+        elif section == "parallel_connections":
+            mode, count, warmup = "pconn", s.parallel_connections, s.parallel_connection_warmup
+            extra = ["--concurrency", str(s.parallel_clients)]
+        else:
+            mode, count, warmup, extra = "ping", s.pings, s.ping_warmup, []
+        argv = [sys.executable, "-m", "bench.client", mode, "--host", host, "--port", str(port),
                 "--count", str(count), "--warmup", str(warmup), "--size", str(s.message_bytes),
-                "--max-seconds", str(s.run_timeout_s)]
+                "--max-seconds", str(s.run_timeout_s), *extra]
         out, error, cpu, idle, peaks = self._measure(section, path, rep, None, "echo", argv,
                                                      timeout=s.run_timeout_s + 30)
         keys = ("conns_per_s", "ttfb_p50_us", "ttfb_p99_us") if conn else ("rtt_p50_us", "rtt_p99_us")

@@ -12,12 +12,13 @@ from typing import Any
 
 from bench import paths
 from bench.report import SCHEMA_VERSION, STREAM_KEYS
+from bench.settings import FABRIC_SECTIONS
 
 FIGURE_KEYS = ("median", "min", "max", "spread_pct", "runs")
 MACHINE_KEYS = ("cores", "cpu_model", "kernel", "mem_total_gb", "python", "python_openssl", "haproxy", "iperf3",
                 "project")
-TARGET_IDS = ("throughput_one_stream", "throughput_eight_streams", "conns_per_s", "ttfb_p99", "added_latency_p50",
-              "added_latency_p99", "cpu_per_gb", "agent_hop", "policy_p99", "agent_idle_rss")
+TARGET_IDS = ("throughput_one_stream", "throughput_eight_streams", "conns_per_s", "parallel_conns_per_s", "ttfb_p99",
+              "added_latency_p50", "added_latency_p99", "cpu_per_gb", "agent_hop", "policy_p99", "agent_idle_rss")
 MEMORY_COMPONENTS = ("agent", "controlplane", "gateway_east", "gateway_west", "haproxy_a", "haproxy_b")
 POLICY_KEYS = ("p50_us", "p99_us", "hit_p50_us", "hit_p99_us", "uncached_p50_us", "uncached_p99_us", "build_ms")
 
@@ -36,7 +37,7 @@ def expected_keys(sections: list[str] | tuple[str, ...]) -> list[tuple[tuple[str
         (("duration_s",), "number"), (("settings",), "mapping"), (("targets",), "list"),
     ]
     out += [(("machine", k), "any") for k in MACHINE_KEYS]
-    fabric = any(s in sections for s in ("throughput", "connections", "latency"))
+    fabric = any(s in sections for s in FABRIC_SECTIONS)
     if "throughput" in sections:
         for streams in STREAM_KEYS.values():
             for p in paths.THROUGHPUT_PATHS:
@@ -51,6 +52,16 @@ def expected_keys(sections: list[str] | tuple[str, ...]) -> list[tuple[tuple[str
                         (("connections", p, "vs_haproxy_path", k), "ratio")]
             out.append((("connections", p, "failed_exchanges"), "number"))
             out += [(("cpu", "cpu_s_per_1000_conns", p, c), "figure") for c in _cpu_components(p)]
+    if "parallel_connections" in sections:
+        for p in paths.REQUEST_PATHS:
+            for k in ("conns_per_s", "ttfb_p50_us", "ttfb_p99_us"):
+                out += [(("parallel_connections", p, k), "figure"),
+                        (("parallel_connections", p, "vs_direct", k), "ratio"),
+                        (("parallel_connections", p, "vs_haproxy_path", k), "ratio")]
+            out += [(("parallel_connections", p, "failed_exchanges"), "number"),
+                    (("parallel_connections", p, "mean_in_flight"), "figure"),
+                    (("parallel_connections", p, "client_core_fraction"), "figure")]
+            out += [(("cpu", "cpu_s_per_1000_parallel_conns", p, c), "figure") for c in _cpu_components(p)]
     if "latency" in sections:
         for p in paths.REQUEST_PATHS:
             for k in ("rtt_p50_us", "rtt_p99_us"):
@@ -137,6 +148,12 @@ def _sanity(report: dict[str, Any], sections: list[str]) -> list[str]:
             positive("connections", p, "conns_per_s")
             positive("connections", p, "ttfb_p50_us")
             ordered(("connections", p, "ttfb_p50_us"), ("connections", p, "ttfb_p99_us"))
+    if "parallel_connections" in sections:
+        for p in paths.REQUEST_PATHS:
+            positive("parallel_connections", p, "conns_per_s")
+            positive("parallel_connections", p, "ttfb_p50_us")
+            positive("parallel_connections", p, "mean_in_flight")
+            ordered(("parallel_connections", p, "ttfb_p50_us"), ("parallel_connections", p, "ttfb_p99_us"))
     if "latency" in sections:
         for p in paths.REQUEST_PATHS:
             positive("latency", p, "rtt_p50_us")
@@ -145,7 +162,7 @@ def _sanity(report: dict[str, Any], sections: list[str]) -> list[str]:
         for size in ("10", "1000", "10000"):
             positive("policy", size, "p50_us")
             ordered(("policy", size, "p50_us"), ("policy", size, "p99_us"))
-    if any(s in sections for s in ("throughput", "connections", "latency")):
+    if any(s in sections for s in FABRIC_SECTIONS):
         for c in MEMORY_COMPONENTS:
             positive("memory", "rss_mb", c, "idle")
         tls = report.get("tls", {})

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-SECTIONS = ("throughput", "connections", "latency", "policy")
+SECTIONS = ("throughput", "connections", "parallel_connections", "latency", "policy")
+FABRIC_SECTIONS = ("throughput", "connections", "parallel_connections", "latency")
 MODES = ("full", "quick", "smoke")
 
 
@@ -21,6 +22,9 @@ class Settings:
     iperf_seconds: int = 10
     connections: int = 3000          # per connection run, after the warm-up
     connection_warmup: int = 50
+    parallel_connections: int = 6000  # per parallel connection run, after the warm-up
+    parallel_connection_warmup: int = 200
+    parallel_clients: int = 32        # connections open at once in a parallel connection run
     pings: int = 10000               # ping-pongs per latency run, after the warm-up
     ping_warmup: int = 200
     message_bytes: int = 64
@@ -38,16 +42,20 @@ class Settings:
         unknown = set(self.sections) - set(SECTIONS)
         if unknown:
             raise ValueError(f"unknown sections {sorted(unknown)}; known: {', '.join(SECTIONS)}")
-        for name in ("repetitions", "iperf_seconds", "connections", "pings", "message_bytes", "policy_decisions",
-                     "threads"):
+        for name in ("repetitions", "iperf_seconds", "connections", "parallel_connections", "parallel_clients", "pings",
+                     "message_bytes", "policy_decisions", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        if self.connections > 100_000 or self.pings > 1_000_000 or self.iperf_seconds > 300:
-            raise ValueError("connections <= 100000, pings <= 1000000 and iperf_seconds <= 300")
+        if (self.connections > 100_000 or self.parallel_connections > 1_000_000 or self.pings > 1_000_000
+                or self.iperf_seconds > 300):
+            raise ValueError("connections <= 100000, parallel_connections <= 1000000, pings <= 1000000 and "
+                             "iperf_seconds <= 300")
+        if self.parallel_clients > 1024:
+            raise ValueError("parallel_clients <= 1024")
 
     @property
     def needs_fabric(self) -> bool:
-        return any(s in self.sections for s in ("throughput", "connections", "latency"))
+        return any(s in self.sections for s in FABRIC_SECTIONS)
 
     def as_dict(self) -> dict[str, object]:
         out = dataclasses.asdict(self)
@@ -62,8 +70,10 @@ def preset(mode: str) -> Settings:
         return Settings()
     if mode == "quick":
         return Settings(mode="quick", repetitions=1, iperf_seconds=2, connections=300, connection_warmup=20,
-                        pings=2000, ping_warmup=100, policy_decisions=5000, idle_max_wait_s=5.0)
+                        parallel_connections=1500, parallel_connection_warmup=64, pings=2000, ping_warmup=100,
+                        policy_decisions=5000, idle_max_wait_s=5.0)
     if mode == "smoke":
         return Settings(mode="smoke", repetitions=1, iperf_seconds=1, connections=100, connection_warmup=10,
-                        pings=300, ping_warmup=20, policy_decisions=500, idle_max_wait_s=0.0, run_timeout_s=30.0)
+                        parallel_connections=300, parallel_connection_warmup=32, pings=300, ping_warmup=20,
+                        policy_decisions=500, idle_max_wait_s=0.0, run_timeout_s=30.0)
     raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")

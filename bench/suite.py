@@ -92,7 +92,7 @@ def _measure(settings: Settings, world: World, runner: Runner, raw: Raw, progres
                     record = runner.throughput(path, streams, rep)
                     raw.runs.append(record)
                     _say(progress, record, reps)
-        for section in ("connections", "latency"):
+        for section in ("connections", "parallel_connections", "latency"):
             if section in settings.sections:
                 for path in rotated(paths.REQUEST_PATHS, rep):
                     record = runner.requests(section, path, rep)

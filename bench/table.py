@@ -60,6 +60,19 @@ def _connections(report: dict[str, Any]) -> str:
             _table(["path", "conn/s", "/haproxy", "TTFB p50 us", "TTFB p99 us", "p99/haproxy", "failed"], rows))
 
 
+def _parallel_connections(report: dict[str, Any]) -> str:
+    rows = []
+    for p in paths.REQUEST_PATHS:
+        e = report["parallel_connections"][p]
+        rows.append([p, _fig(e["conns_per_s"], 0), _x(e["vs_haproxy_path"]["conns_per_s"]),
+                     _fig(e["ttfb_p50_us"], 0), _fig(e["ttfb_p99_us"], 0), _x(e["vs_haproxy_path"]["ttfb_p99_us"]),
+                     _fig(e["mean_in_flight"], 1), _fig(e["client_core_fraction"], 2), str(e["failed_exchanges"])])
+    clients = report.get("settings", {}).get("parallel_clients", "?")
+    return (f"NEW CONNECTIONS IN PARALLEL ({clients} clients: connect, 64 B request, 64 B echo, close)\n" +
+            _table(["path", "conn/s", "/haproxy", "TTFB p50 us", "TTFB p99 us", "p99/haproxy", "in flight",
+                    "client core", "failed"], rows))
+
+
 def _latency(report: dict[str, Any]) -> str:
     rows = []
     for p in paths.REQUEST_PATHS:
@@ -80,10 +93,12 @@ def _cpu(report: dict[str, Any]) -> str:
             for streams in STREAM_KEYS.values():
                 row.append(_fig(cpu.get("cpu_s_per_gb", {}).get(streams, {}).get(p, {}).get(n), 2))
             row.append(_fig(cpu.get("cpu_s_per_1000_conns", {}).get(p, {}).get(n), 2))
+            row.append(_fig(cpu.get("cpu_s_per_1000_parallel_conns", {}).get(p, {}).get(n), 2))
             row.append(_fig(cpu.get("cpu_us_per_request", {}).get(p, {}).get(n), 0))
             rows.append(row)
     return ("CPU per component (utime+stime of the process tree)\n" +
-            _table(["path / component", "s/GB 1 stream", "s/GB 8 streams", "s/1000 conns", "us/request"], rows))
+            _table(["path / component", "s/GB 1 stream", "s/GB 8 streams", "s/1000 conns",
+                    "s/1000 parallel", "us/request"], rows))
 
 
 def _memory(report: dict[str, Any]) -> str:
@@ -123,7 +138,8 @@ def render(report: dict[str, Any]) -> str:
             f"HAProxy {m.get('haproxy', {}).get('version', '-')}, project {m['project'].get('git_describe')}"
             f"{' (dirty)' if m['project'].get('git_dirty') else ''}")
     parts = [head]
-    for key, fn in (("throughput", _throughput), ("connections", _connections), ("latency", _latency),
+    for key, fn in (("throughput", _throughput), ("connections", _connections),
+                     ("parallel_connections", _parallel_connections), ("latency", _latency),
                     ("cpu", _cpu), ("memory", _memory), ("policy", _policy)):
         if key in report:
             parts.append(fn(report))

@@ -59,6 +59,10 @@ def evaluate(report: dict[str, Any]) -> list[dict[str, Any]]:
     hap = _m(report, "connections", "haproxy_path", "conns_per_s")
     out.append(_target("conns_per_s", "full_path new connections/s at least twice haproxy_path", ratio(full, hap),
                        ">=", 2.0, "x haproxy_path", f"full_path {full} vs haproxy_path {hap} conn/s"))
+    full = _m(report, "parallel_connections", "full_path", "conns_per_s")
+    hap = _m(report, "parallel_connections", "haproxy_path", "conns_per_s")
+    out.append(_target("parallel_conns_per_s", "full_path new connections/s in parallel at least 3x haproxy_path",
+                       ratio(full, hap), ">=", 3.0, "x haproxy_path", f"full_path {full} vs haproxy_path {hap} conn/s"))
     full = _m(report, "connections", "full_path", "ttfb_p99_us")
     hap = _m(report, "connections", "haproxy_path", "ttfb_p99_us")
     out.append(_target("ttfb_p99", "full_path time to first byte p99 at most half of haproxy_path's",

@@ -112,12 +112,15 @@ def test_targets_are_judged_on_the_medians_of_the_same_run() -> None:
                        for s in ("one_stream", "eight_streams")},
         "connections": {"full_path": {"conns_per_s": _fig(1000.0), "ttfb_p99_us": _fig(1200.0)},
                         "haproxy_path": {"conns_per_s": _fig(600.0), "ttfb_p99_us": _fig(2000.0)}},
+        "parallel_connections": {"full_path": {"conns_per_s": _fig(1800.0)},
+                                 "haproxy_path": {"conns_per_s": _fig(600.0)}},
         "latency": {"full_path": {"added_p50_us": 60.0, "added_p99_us": 200.0},
                     "haproxy_path": {"added_p50_us": 70.0, "added_p99_us": 100.0}},
     }
     by_id = {t["id"]: t for t in targets.evaluate(report)}
     assert by_id["throughput_one_stream"]["met"] is True and by_id["throughput_one_stream"]["value"] == 1.2
     assert by_id["conns_per_s"]["met"] is False and by_id["conns_per_s"]["value"] == 1.667
+    assert by_id["parallel_conns_per_s"]["met"] is True and by_id["parallel_conns_per_s"]["value"] == 3.0
     assert by_id["ttfb_p99"]["met"] is False and by_id["ttfb_p99"]["value"] == 0.6
     assert by_id["added_latency_p50"]["met"] is True
     assert by_id["added_latency_p99"]["met"] is False
@@ -156,7 +159,7 @@ def echo_port(tmp_path: Path):  # type: ignore[no-untyped-def]
         log.close()
 
 
-@pytest.mark.parametrize("mode", ["conn", "ping"])
+@pytest.mark.parametrize("mode", ["conn", "pconn", "ping"])
 def test_the_client_measures_against_the_echo_server(echo_port: int, mode: str) -> None:
     out = subprocess.run([sys.executable, "-m", "bench.client", mode, "--host", "127.0.0.1", "--port", str(echo_port),
                           "--count", "50", "--warmup", "5", "--max-seconds", "20"], cwd=ROOT, capture_output=True,
@@ -169,9 +172,36 @@ def test_the_client_measures_against_the_echo_server(echo_port: int, mode: str) 
     assert result["per_s"] > 0
 
 
-def test_the_client_reports_a_refused_path_as_errors() -> None:
+def test_the_parallel_client_keeps_its_connections_in_flight(echo_port: int) -> None:
+    out = subprocess.run([sys.executable, "-m", "bench.client", "pconn", "--host", "127.0.0.1", "--port",
+                          str(echo_port), "--count", "400", "--warmup", "40", "--concurrency", "16",
+                          "--max-seconds", "30"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["completed"] == 400 and result["errors"] == 0 and not result["truncated"]
+    assert result["concurrency"] == 16 and 1 < result["mean_in_flight"] <= result["max_in_flight"] <= 16
+    assert 0 < result["core_fraction"] <= 1.5 and result["window_s"] > 0
+
+
+def test_parallel_window_counts_overlap_and_rate() -> None:
+    ms = 1_000_000
+    ex = [stats.Exchange(0, 10 * ms, 5 * ms, False),            # warm-up, ends inside the window
+          stats.Exchange(2 * ms, 12 * ms, 4 * ms, True),
+          stats.Exchange(4 * ms, 14 * ms, 8 * ms, True),
+          stats.Exchange(6 * ms, 7 * ms, None, True)]            # failed: not counted, not a TTFB
+    w = stats.parallel_window(ex)
+    assert w["window_s"] == 0.012 and w["in_window"] == 3
+    assert w["per_s"] == 3 / 0.012
+    assert w["max_in_flight"] == 4
+    assert w["mean_in_flight"] == (8 + 10 + 10 + 1) / 12
+    assert stats.ttfb_us(ex) == [2000.0, 4000.0]
+    assert stats.parallel_window([])["per_s"] == 0.0
+
+
+@pytest.mark.parametrize("mode", ["conn", "pconn"])
+def test_the_client_reports_a_refused_path_as_errors(mode: str) -> None:
     port = _free_port()  # nothing listens there
-    out = subprocess.run([sys.executable, "-m", "bench.client", "conn", "--host", "127.0.0.1", "--port", str(port),
+    out = subprocess.run([sys.executable, "-m", "bench.client", mode, "--host", "127.0.0.1", "--port", str(port),
                           "--count", "10", "--max-seconds", "20"], cwd=ROOT, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 1

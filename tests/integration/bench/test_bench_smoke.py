@@ -32,7 +32,8 @@ def _documented_form(keys: tuple[str, ...]) -> str:
         parent = keys[i - 1] if i else ""
         if key in STREAM_KEYS.values():
             out.append("<streams>")
-        elif key in paths.THROUGHPUT_PATHS and keys[0] in ("throughput", "connections", "latency", "cpu"):
+        elif key in paths.THROUGHPUT_PATHS and keys[0] in ("throughput", "connections", "parallel_connections",
+                                                                     "latency", "cpu"):
             out.append("<path>")
         elif parent in ("vs_direct", "vs_haproxy_path"):
             out.append("<figure>")
@@ -83,6 +84,9 @@ def test_the_smoke_run_writes_every_documented_key(tmp_path: Path) -> None:
             assert report["throughput"][streams][path]["gbit_per_s"]["median"] > 0
     for path in paths.REQUEST_PATHS:
         assert report["connections"][path]["failed_exchanges"] == 0
+        assert report["parallel_connections"][path]["failed_exchanges"] == 0
+        # the parallel client really kept several connections in flight on every path
+        assert report["parallel_connections"][path]["mean_in_flight"]["median"] > 4
     # the table names every target
     assert "TARGETS" in proc.stdout
     for target in report["targets"]:
