@@ -39,6 +39,8 @@ __all__ = ["DEFAULT_DENY_POLICY", "Decision", "PolicyEngine", "Tier"]
 
 DEFAULT_DENY_POLICY = "<default deny>"
 DEFAULT_CACHE_SIZE = 8192
+_SEPARATOR = "\x00"
+_join = _SEPARATOR.join
 
 
 class Tier(str, Enum):
@@ -493,7 +495,7 @@ class _State:
         self.policies = policies
         self.privileged = privileged
         self.regular = regular
-        self.cache: OrderedDict[tuple, Decision] | None = OrderedDict() if cache_size > 0 else None
+        self.cache: OrderedDict[str, Decision] | None = OrderedDict() if cache_size > 0 else None
 
     def evaluate(self, src: Mapping[str, str], dst: Mapping[str, str], namespace: str) -> Decision:
         privileged = self.privileged
@@ -566,22 +568,31 @@ class PolicyEngine:
         cache = state.cache
         if cache is None:
             return state.evaluate(src, dst, namespace)
-        # One flat tuple: every key then every value of src, of dst, and len(src) to mark the
-        # boundary, so that two different requests never share a key. A single allocation that
-        # the garbage collector untracks at once (tuple-of-tuples keys made every miss trigger
-        # young collections). Attribute order matters: the same set in another insertion order
-        # is another key (a miss, never a wrong answer).
-        key = (namespace, *src.keys(), *src.values(), *dst.keys(), *dst.values(), len(src))
+        # The key is one string: a character counting src's attributes, one counting dst's, the
+        # namespace, then every key and every value of src and of dst, joined by NUL characters.
+        # Only keys whose parts hold no NUL are stored (counted on a miss). Such a key names one
+        # request: a request that builds the same string starts with the same two counts, so has
+        # as many parts, and the same number of NULs, all of them separators. A request with a
+        # NUL in an attribute, or a non-string attribute, is decided without the cache.
+        # A string is not tracked by the garbage collector: a miss leaves nothing behind for it
+        # to walk, and an evicted key is one object to free (a tuple key stayed in the youngest
+        # generation until a collection, and held every attribute string of its request).
+        # Attribute order matters: the same set in another insertion order is another key (a
+        # miss, never a wrong answer).
         try:
-            decision = cache.get(key)
-        except TypeError:  # an unhashable attribute value: decide without the cache
+            key = _join((chr(len(src) + 1), chr(len(dst) + 1), namespace,
+                         *src.keys(), *src.values(), *dst.keys(), *dst.values()))
+        except (TypeError, ValueError):
             return state.evaluate(src, dst, namespace)
+        decision = cache.get(key)
         if decision is not None:
             try:
                 cache.move_to_end(key)
             except KeyError:  # evicted by another thread in between: still the right answer
                 pass
             return decision
+        if key.count(_SEPARATOR) != 2 * (len(src) + len(dst)) + 2:  # a NUL in a part: not cached
+            return state.evaluate(src, dst, namespace)
         decision = state.evaluate(src, dst, namespace)
         cache[key] = decision
         if len(cache) > self._cache_size:

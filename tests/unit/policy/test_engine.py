@@ -288,6 +288,47 @@ def test_cache_keys_do_not_collide():
     assert engine.decide({"x": "1", "y": "2"}, {}, "ns").allowed
 
 
+def test_cache_keys_with_nul_characters_are_not_cached():
+    """The cache key joins attributes with NULs: two requests that only differ in where a NUL
+    falls build the same string, so such requests are decided without the cache."""
+    engine = engine_with(pol("a", "allow", ns="ns", frm=(expr("a", "Exists"),)))
+    assert engine.decide({"a": "b\x00c"}, {}, "x\x00ns").allowed is False  # regular policy, other ns
+    assert engine.decide({"a": "b\x00c"}, {}, "ns").allowed
+    assert engine.cached_decisions == 0
+    assert not engine.decide({"a\x00b": "c"}, {}, "ns").allowed  # the same joined string
+    assert engine.decide({"a": "b"}, {"c": "d"}, "ns").allowed
+    assert engine.cached_decisions == 1
+    assert not engine.decide({"x": "a"}, {"b": "c", "d": "e"}, "ns").allowed  # shifted boundaries
+    assert not engine.decide({"x": "a\x00b"}, {"c": "d"}, "ns").allowed
+
+
+def test_a_cache_miss_leaves_nothing_for_the_garbage_collector():
+    """A miss stores a string key and a shared Decision: no object the collector tracks, so
+    misses neither count towards a collection nor lengthen one, however many there are."""
+    import gc
+
+    engine = engine_with(
+        pol("a", "allow", ns="ns", frm=(labels(**{PEER: "client"}), expr(CLIENT_APP, "In", "web", "db"))),
+        pol("b", "deny", ns="ns", to=(labels(**{EXPORT: "x", EXPORT_NS: "ns"}),)),
+        pol("c", "deny", frm=(expr(PEER_REGION, "NotIn", "eu"),)),
+        cache_size=300,
+    )
+    requests = [({**SRC, "client.clusterlink.net/labels.pod": f"p{i}"}, {**DST, EXPORT: f"e{i % 7}"}) for i in range(1000)]
+    first, rest = requests[0], requests[1:]
+    engine.decide(*first, "ns")
+    gc.collect()
+    gc.disable()
+    try:
+        tracked, allocations = len(gc.get_objects()), gc.get_count()[0]
+        for src, dst in rest:  # fills the cache, then evicts
+            engine.decide(src, dst, "ns")
+        tracked, allocations = len(gc.get_objects()) - tracked, gc.get_count()[0] - allocations
+        assert engine.cached_decisions == 300
+        assert tracked <= 5 and allocations <= 10, (tracked, allocations)  # tuple keys: ~300 each
+    finally:
+        gc.enable()
+
+
 def test_non_string_attributes_do_not_break_decide():
     engine = engine_with(pol("a", "allow", ns="ns", frm=(labels(**{PEER: "client"}),)))
     assert engine.decide({PEER: "client", "odd": ["unhashable"]}, DST, "ns").allowed
