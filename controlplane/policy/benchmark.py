@@ -20,7 +20,8 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
 from controlplane.policy.engine import PolicyEngine
 from controlplane.policy.policy import Policy, parse_policy
@@ -149,6 +150,22 @@ def _time_calls(call: Callable[[Mapping, Mapping, str], object], requests: list[
     return [s / 1000.0 for s in samples]
 
 
+@contextmanager
+def _counting_collections() -> Iterator[list[int]]:
+    """Counts the garbage collections (any generation) run inside the block: [count]."""
+    count = [0]
+
+    def callback(phase: str, info: dict) -> None:
+        if phase == "start":
+            count[0] += 1
+
+    gc.callbacks.append(callback)
+    try:
+        yield count
+    finally:
+        gc.callbacks.remove(callback)
+
+
 def _summary(samples_us: list[float]) -> dict[str, float]:
     ordered = sorted(samples_us)
     n = len(ordered)
@@ -165,7 +182,12 @@ def measure_decision_time(n_policies: int, *, decisions: int = 20000, seed: int 
     Returns {"n_policies", "decisions", "build_ms", "allowed_fraction", "p50_us", "p99_us",
     "mean_us" (these three are the cache-miss figures, the conservative ones), "hit_*", "miss_*",
     "uncached_*" (the same three for each mode), "cache": {"hit": {...}, "miss": {...},
-    "uncached": {...}}}. Loops are bounded (MAX_POLICIES, MAX_DECISIONS).
+    "uncached": {...}}, "gc": {"frozen_objects", "collections": {mode: count}}}. Loops are
+    bounded (MAX_POLICIES, MAX_DECISIONS).
+
+    Everything alive before timing is frozen (`gc.freeze`), as the gateway worker does after
+    start-up, and unfrozen afterwards unless the caller had frozen objects itself; the collector
+    stays enabled while timing (`gc.collections` counts its passes per mode).
     """
     if not 1 <= decisions <= MAX_DECISIONS:
         raise ValueError(f"decisions must be in 1..{MAX_DECISIONS}, got {decisions}")
@@ -180,14 +202,29 @@ def measure_decision_time(n_policies: int, *, decisions: int = 20000, seed: int 
     hit_requests = [hit_pool[i % len(hit_pool)] for i in range(decisions)]
     miss_requests = generate_requests(n_policies, decisions, seed + 7, unique=True)
 
+    # Time as the gateway runs: its worker freezes what start-up built (gc.freeze), so that the
+    # collector never walks it again. Here that is the policies, the requests and whatever the
+    # calling process holds (the benchmark harness's own objects, a torn-down fabric's leftovers).
+    # The collector stays enabled: what decisions leave behind is part of their cost.
+    frozen_before = gc.get_freeze_count()
     gc.collect()
-    for src, dst, ns in hit_pool:  # warm the cache
-        engine.decide(src, dst, ns)
-    results = {
-        "hit": _summary(_time_calls(engine.decide, hit_requests)),
-        "miss": _summary(_time_calls(engine.decide, miss_requests)),
-        "uncached": _summary(_time_calls(engine.decide_uncached, miss_requests)),
-    }
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    try:
+        for src, dst, ns in hit_pool:  # warm the cache
+            engine.decide(src, dst, ns)
+        results, collections = {}, {}
+        for mode, call, requests in (
+            ("hit", engine.decide, hit_requests),
+            ("miss", engine.decide, miss_requests),
+            ("uncached", engine.decide_uncached, miss_requests),
+        ):
+            with _counting_collections() as count:
+                samples = _time_calls(call, requests)
+            results[mode], collections[mode] = _summary(samples), count[0]
+    finally:
+        if not frozen_before:  # a caller that froze its own objects keeps them (and ours) frozen
+            gc.unfreeze()
     allowed = sum(engine.decide_uncached(src, dst, ns).allowed for src, dst, ns in miss_requests)
 
     out: dict = {
@@ -197,6 +234,7 @@ def measure_decision_time(n_policies: int, *, decisions: int = 20000, seed: int 
         "allowed_fraction": round(allowed / decisions, 3),
         **results["miss"],
         "cache": results,
+        "gc": {"frozen_objects": frozen, "collections": collections},
     }
     for mode, figures in results.items():
         for name, value in figures.items():

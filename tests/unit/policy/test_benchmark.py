@@ -46,3 +46,29 @@ def test_main_prints_a_table(capsys):
     out = capsys.readouterr().out
     assert "p99 us" in out
     assert len([line for line in out.splitlines() if line.strip().startswith(("5 ", "20 "))]) == 6
+
+
+def test_timing_runs_with_set_up_frozen_and_no_collections():
+    """As in the gateway worker: what set-up built is frozen while timing, the collector stays on,
+    and decisions leave it nothing to do (no pass during any timed mode)."""
+    import gc
+
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
+    result = measure_decision_time(300, decisions=3000, seed=1)
+    assert result["gc"]["frozen_objects"] > 3000  # at least the generated requests
+    assert result["gc"]["collections"] == {"hit": 0, "miss": 0, "uncached": 0}
+    assert gc.get_freeze_count() == 0 and gc.isenabled()  # the caller's state is back
+
+
+def test_a_caller_that_froze_its_objects_keeps_them_frozen():
+    import gc
+
+    keep = [[i] for i in range(1000)]
+    gc.freeze()
+    try:
+        before = gc.get_freeze_count()
+        measure_decision_time(20, decisions=200)
+        assert gc.get_freeze_count() >= before
+    finally:
+        gc.unfreeze()
+    del keep
