@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from controlplane.api import flags
+from controlplane.api import eventloop, flags
 
 DEFAULT_PEER_LISTEN = "0.0.0.0:443"
 DEFAULT_AGENT_LISTEN = "0.0.0.0:4443"
@@ -61,6 +61,7 @@ class GatewayConfig:
     limits: Limits
     log_level: str
     log_format: str
+    event_loop: str = "auto"
     worker_index: int | None = None
     runtime_dir: Path | None = None
     supervisor_pid: int | None = None
@@ -150,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
               help="Seconds to wait for a remote gateway's answer to /authz or CONNECT")
     flags.add(p, "--drain-timeout", default=d.drain_timeout, type=_positive_float,
               help="On SIGTERM/SIGINT: seconds open connections get to finish before they are reset")
+    eventloop.add_flag(p)
     flags.add(p, "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="Log level")
     flags.add(p, "--log-format", default="auto", choices=["auto", "text", "json"],
               help="Log format: text, json, or auto (text on a terminal, JSON otherwise)")
@@ -172,6 +174,10 @@ def load_config(argv: Sequence[str] | None = None) -> GatewayConfig:
     if a.idle_timeout <= a.pool_keepalive:
         parser.error(f"--idle-timeout ({a.idle_timeout:g} s) must be longer than --pool-keepalive "
                      f"({a.pool_keepalive:g} s), or pooled tunnels are cut while idle")
+    try:
+        eventloop.resolve(a.event_loop)
+    except ValueError as exc:
+        parser.error(str(exc))
     limits = Limits(handshake_timeout=a.handshake_timeout, request_timeout=a.request_timeout,
                     idle_timeout=a.idle_timeout, connect_timeout=a.connect_timeout,
                     response_timeout=a.response_timeout, drain_timeout=a.drain_timeout,
@@ -182,5 +188,5 @@ def load_config(argv: Sequence[str] | None = None) -> GatewayConfig:
         import_host=a.import_host, workers=a.workers, metrics_listen=a.metrics_listen,
         token_lifetime=a.token_lifetime, pool_size=a.pool_size, pool_keepalive=a.pool_keepalive,
         framed_tunnels=a.framed_tunnels == "on",
-        limits=limits, log_level=a.log_level, log_format=a.log_format,
+        limits=limits, log_level=a.log_level, log_format=a.log_format, event_loop=a.event_loop,
         worker_index=a.worker_index, runtime_dir=a.runtime_dir, supervisor_pid=a.supervisor_pid)

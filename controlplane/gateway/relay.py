@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from controlplane.peerwire import framing
-from controlplane.peerwire.stream import TRANSPORT_MAY_KEEP_BUFFERS, Stream, StreamError
+from controlplane.peerwire.stream import Stream, StreamError
 from controlplane.peerwire.tlsstream import TlsStream
 
 UPSTREAM = "client_to_service"
@@ -83,7 +83,7 @@ class _Direction:
                 self.overflowed = True
             else:
                 self.tap += view
-        if TRANSPORT_MAY_KEEP_BUFFERS and self.dst.write_buffer_size:
+        if self.dst.keeps_write_buffers and self.dst.write_buffer_size:
             self.src.renew_read_buffer()
 
     def eof(self) -> None:
@@ -177,7 +177,7 @@ class _Decoder(_Direction):
                 self._relay()._fail(StreamError("reset", "the other gateway reset the connection"),
                                     from_tunnel=True)
                 return
-        if TRANSPORT_MAY_KEEP_BUFFERS and dst.write_buffer_size:
+        if dst.keeps_write_buffers and dst.write_buffer_size:
             self.src.renew_read_buffer()
 
     def eof(self) -> None:

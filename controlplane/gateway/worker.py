@@ -23,6 +23,7 @@ import signal
 import sys
 
 from controlplane.api import clusterlink_pb2 as pb
+from controlplane.api import eventloop
 from controlplane.api.client import APIError, Endpoint, SnapshotFeed, read_token
 from controlplane.peerwire.stream import Stream, StreamError, TcpStream
 from controlplane.peerwire.tlsstream import TlsStream
@@ -191,9 +192,9 @@ class Worker:
         await self._reconcile_imports()
         self.metrics.snapshot_version.set(self.state().version)
         self.metrics.serving.set(1)
-        log.info("Worker %d serving as peer %s: peer port %s:%d, agent port %s:%d, %d Import ports",
+        log.info("Worker %d serving as peer %s: peer port %s:%d, agent port %s:%d, %d Import ports (event loop: %s)",
                  self.config.worker_index, self.tls.name, *self.config.peer_listen, *self.config.agent_listen,
-                 len(self.listeners.import_ports))
+                 len(self.listeners.import_ports), eventloop.running_loop_name())
 
     async def _upkeep(self) -> None:
         while True:
@@ -335,4 +336,4 @@ def run_worker(config: GatewayConfig) -> int:
         log.error("Worker %s: the supervisor (pid %d) is already gone", config.worker_index, config.supervisor_pid)
         return 1
     _raise_fd_limit()
-    return asyncio.run(Worker(config).run())
+    return eventloop.run(Worker(config).run(), config.event_loop)

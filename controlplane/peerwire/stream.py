@@ -35,6 +35,7 @@ import ssl
 import struct
 import sys
 import time
+import typing
 from collections.abc import Callable
 from typing import Protocol
 
@@ -94,6 +95,7 @@ class Stream(asyncio.BufferedProtocol):
 
     def __init__(self, *, on_open: Callable[[Stream], None] | None = None) -> None:
         self.transport: asyncio.Transport | None = None
+        self.keeps_write_buffers = TRANSPORT_MAY_KEEP_BUFFERS
         self._loop: asyncio.AbstractEventLoop | None = None
         self._buf = bytearray(SMALL_READ_SIZE)
         self._view = memoryview(self._buf)
@@ -119,8 +121,12 @@ class Stream(asyncio.BufferedProtocol):
     # --- asyncio protocol callbacks ----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport, but not necessarily an asyncio.Transport subclass (uvloop's are not).
+        self.transport = typing.cast(asyncio.Transport, transport)
+        # Whether a write that could not be sent at once keeps a reference to the caller's buffer
+        # instead of a copy (Python >= 3.12's selector transports, and uvloop's): then a read
+        # buffer whose bytes were written on must not be read into again (`renew_read_buffer`).
+        self.keeps_write_buffers = TRANSPORT_MAY_KEEP_BUFFERS or type(transport).__module__.startswith("uvloop")
         self._loop = asyncio.get_running_loop()
         self._closed = self._loop.create_future()
         self.opened_at = time.monotonic()

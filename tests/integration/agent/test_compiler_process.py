@@ -89,7 +89,8 @@ def test_handed_over_fds_carry_a_redirect_end_to_end(cgroup: str, redirect_env: 
     try:
         (pid,) = compiler_pids(caplog)
         assert_reaped(pid)
-        assert children(os.getpid()) == before
+        # The same children as before (their states may change: other tests' helpers run).
+        assert children(os.getpid()).keys() == before.keys()
         # What the kernel has attached is exactly the programs whose fds we received.
         attached = kit.cgroup_attachments(cgroup)
         assert sorted(a["name"] for a in attached) == OUR_NAMES
@@ -178,7 +179,7 @@ def test_a_compile_error_is_a_clear_error_with_the_compiler_output_logged(
         dp.start()
     (pid,) = compiler_pids(caplog)
     assert_reaped(pid)
-    assert children(os.getpid()) == before
+    assert children(os.getpid()).keys() == before.keys()
     # The compiler's own message, with file and line, is in the agent's log.
     output = compiler_output(caplog)
     assert f"{source}:" in output and "no_such_identifier" in output

@@ -72,6 +72,12 @@ def test_authz_answers_200_403_404(net: Fabric) -> None:
         assert status == 400 and b"not JSON" in body
 
 
+def test_workers_run_on_uvloop_by_default(net: Fabric) -> None:
+    # The transfers below run on uvloop, whose transports keep references to written buffers.
+    for gateway in (net.east, net.west):
+        assert gateway.log_path.read_text().count("Import ports (event loop: uvloop)") >= 2, gateway.log_tail()
+
+
 def test_256_mib_arrive_intact(net: Fabric) -> None:
     size = 256 * 1024 * 1024
     block = hashlib.sha256(b"payload").digest() * 32768  # 1 MiB

@@ -21,6 +21,8 @@ from controlplane.peerwire.stream import Stream, StreamError, TcpStream, connect
 from controlplane.peerwire.tlsstream import TlsStream
 from controlplane.tlsconfig import PeerTLS
 
+pytestmark = pytest.mark.usefixtures("both_event_loops")
+
 
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, PeerTLS]:

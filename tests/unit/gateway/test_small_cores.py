@@ -76,7 +76,9 @@ def test_config_from_flags_and_environment(tmp_path: Path, monkeypatch: pytest.M
     assert config.workers == 3 and config.connections_per_worker == 4
     assert config.metrics_listen is None and config.peer_listen == ("127.0.0.1", 8443)
     assert config.agent_listen == ("0.0.0.0", 4443) and config.limits.max_body_bytes == 64 * 1024
-    assert not config.is_worker
+    assert not config.is_worker and config.event_loop == "auto"
+    assert load_config(["--certs", "c", "--controlplane", "x:1", "--join-token-file", "t",
+                        "--event-loop", "asyncio"]).event_loop == "asyncio"
     with pytest.raises(AttributeError):
         config.workers = 1  # type: ignore[misc]
 
@@ -87,6 +89,8 @@ def test_config_from_flags_and_environment(tmp_path: Path, monkeypatch: pytest.M
      "--controlplane-ca is for a host:port"),
     (["--certs", "c", "--controlplane", "x:1", "--join-token-file", "t", "--idle-timeout", "5",
       "--pool-keepalive", "10"], "must be longer than --pool-keepalive"),
+    (["--certs", "c", "--controlplane", "x:1", "--join-token-file", "t", "--event-loop", "trio"],
+     "invalid choice: 'trio'"),
     (["--certs", "c", "--controlplane", "x:1", "--join-token-file", "t", "--workers", "0"], "not a positive"),
 ])
 def test_config_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str],
@@ -104,6 +108,6 @@ def test_every_flag_is_documented() -> None:
     text = build_parser().format_help()
     for flag in ("--certs", "--controlplane", "--join-token-file", "--controlplane-ca", "--peer-listen",
                  "--agent-listen", "--import-host", "--workers", "--metrics-listen", "--token-lifetime",
-                 "--pool-size", "--max-connections", "--log-level", "--log-format"):
+                 "--pool-size", "--max-connections", "--event-loop", "--log-level", "--log-format"):
         assert flag in text
     assert "--worker-index" not in text and "CLUSTERLINK_POOL_SIZE" in text
