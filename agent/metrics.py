@@ -11,10 +11,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from agent.proxy.metrics import ProxyMetrics
+from controlplane.api.metricsserver import MetricsServer, start_metrics_server
 
 _GAUGES = {"connections_active", "upstream_pool_idle"}
 
@@ -62,7 +63,9 @@ class AgentMetrics:
                                   "Seconds since the applied snapshot arrived", registry=r)
         self.snapshot_age.set_function(lambda: self._age())
 
-    def serve(self, listen: tuple[str, int], *, table_age: Callable[[], float]) -> None:
+    def serve(self, listen: tuple[str, int], *, table_age: Callable[[], float]) -> MetricsServer:
+        """Serve /metrics on `listen` from a daemon thread (controlplane.api.metricsserver) until the
+        returned server is stopped or the process ends; OSError if the address cannot be bound."""
         self._age = table_age
         host, port = listen
-        start_http_server(port, addr=host, registry=self.registry)
+        return start_metrics_server(self.registry, host, port)

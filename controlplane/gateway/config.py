@@ -41,6 +41,7 @@ class Limits:
     max_header_bytes: int = 16 * 1024   # HTTP header block (431 beyond)
     max_body_bytes: int = 64 * 1024     # HTTP body (413 beyond)
     replay_bytes: int = 64 * 1024       # client bytes kept until the remote accepts the CONNECT
+    max_requests: int = 1000            # requests (healthz, authz, framed CONNECTs) per peer-port connection
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "after its connection instead of closing (off: plain CONNECT tunnels only, as the original)")
     flags.add(p, "--max-connections", default=d.max_connections, type=_positive_int,
               help="Concurrent client connections (peer, agent and import ports together), split between workers")
+    flags.add(p, "--max-requests-per-connection", default=d.max_requests, type=_positive_int,
+              help="Requests one peer-port connection may make (keepalives, /authz, framed tunnels); the last "
+                   "is answered with 'Connection: close' and the remote pool opens a new tunnel")
     flags.add(p, "--handshake-timeout", default=d.handshake_timeout, type=_positive_float,
               help="Seconds a client gets to complete its TLS handshake on the peer port")
     flags.add(p, "--request-timeout", default=d.request_timeout, type=_positive_float,
@@ -181,6 +185,7 @@ def load_config(argv: Sequence[str] | None = None) -> GatewayConfig:
     limits = Limits(handshake_timeout=a.handshake_timeout, request_timeout=a.request_timeout,
                     idle_timeout=a.idle_timeout, connect_timeout=a.connect_timeout,
                     response_timeout=a.response_timeout, drain_timeout=a.drain_timeout,
+                    max_requests=a.max_requests_per_connection,
                     max_connections=a.max_connections)
     return GatewayConfig(
         certs=a.certs, controlplane=a.controlplane, join_token_file=a.join_token_file,

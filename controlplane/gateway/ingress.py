@@ -114,6 +114,7 @@ class Ingress:
         http = ServerConnection(max_header_bytes=self._limits.max_header_bytes,
                                 max_body_bytes=self._limits.max_body_bytes)
         first = True
+        served = 0  # plain requests answered (CONNECTs are paced by their relay)
         epoch = self._epoch
         try:
             while True:
@@ -133,11 +134,14 @@ class Ingress:
                     http = ServerConnection(max_header_bytes=self._limits.max_header_bytes,
                                             max_body_bytes=self._limits.max_body_bytes)
                     continue
+                served += 1
                 status, headers, body = self._answer(request, presenting)
-                stream.write(http.respond(status, headers=headers, body=body))
-                if not http.keep_alive:
+                last = served >= self._limits.max_requests
+                stream.write(http.respond(status, headers=headers, body=body, close=last))
+                if last or not http.keep_alive:
                     stream.close()
                     return
+                await self._pace(stream, http, presenting)
         except _Close:
             stream.close()
         except StreamError as exc:
@@ -147,6 +151,23 @@ class Ingress:
         except asyncio.CancelledError:
             stream.abort()
             raise
+
+    async def _pace(self, stream: Stream, http: ServerConnection, presenting: str) -> None:
+        """Between two requests on one connection: a client that sends requests without reading
+        the answers (more than the write high-water mark unread) waits until they are read, or is
+        dropped after --request-timeout, and one
+        whose next request is already buffered (pipelining) lets the other connections go first."""
+        if stream.write_paused:
+            try:
+                async with asyncio.timeout(self._limits.request_timeout):
+                    await stream.drain()
+            except TimeoutError:
+                self._bad("slow-reader", "Peer-port connection from %s (%s) dropped: its answers were not read "
+                          "within %g s", presenting, _peer(stream), self._limits.request_timeout)
+                stream.abort()
+                raise _Close() from None
+        elif http.has_pending_bytes or stream.buffered:
+            await asyncio.sleep(0)
 
     async def _next_request(self, stream: Stream, http: ServerConnection, presenting: str,
                             first: bool) -> Request | None:

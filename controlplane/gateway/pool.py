@@ -284,7 +284,7 @@ class TunnelPool:
                                        "check and was dropped: %s", self.name, exc)
                 continue
             self.learn(conn)
-            if self._closed or len(self._idle) >= self.size:
+            if self._closed or len(self._idle) >= self.size or not conn.usable:  # e.g. its request cap reached
                 conn.close()
             else:
                 self._add_idle(conn)

@@ -66,7 +66,9 @@ class Supervisor:
             shutil.rmtree(runtime, onerror=_report_removal_error)
 
     async def _run(self, runtime: Path) -> int:
-        from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+        from prometheus_client import CollectorRegistry, multiprocess
+
+        from controlplane.api.metricsserver import start_metrics_server
 
         from .metrics import SupervisorMetrics
 
@@ -77,7 +79,7 @@ class Supervisor:
             multiprocess.MultiProcessCollector(registry)
             host, port = self.config.metrics_listen
             try:
-                server, _ = start_http_server(port, addr=host, registry=registry)
+                server = start_metrics_server(registry, host, port)
             except OSError as exc:
                 log.error("Cannot serve metrics on %s:%d: %s", host, port, exc.strerror or exc)
                 return 1
@@ -96,7 +98,7 @@ class Supervisor:
                     keeper.cancel()
         finally:
             if server is not None:
-                server.shutdown()
+                server.stop()
         log.info("Gateway stopped")
         return self._exit_code
 

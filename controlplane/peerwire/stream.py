@@ -405,6 +405,11 @@ class Stream(asyncio.BufferedProtocol):
         return not (self._lost or self._closing or self._error is not None or self._at_eof)
 
     @property
+    def write_paused(self) -> bool:
+        """Whether the transport holds more than the write high-water mark (`drain()` would wait)."""
+        return self._write_paused and not self._lost
+
+    @property
     def buffered(self) -> int:
         """How many received bytes wait to be read."""
         return len(self._inbox)

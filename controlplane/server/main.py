@@ -162,8 +162,7 @@ def open_store(url: str):  # type: ignore[no-untyped-def]
 
 
 async def run(config: Config) -> None:
-    from prometheus_client import start_http_server
-
+    from controlplane.api.metricsserver import start_metrics_server
     from controlplane.peerwire.client import probe_healthz
     from controlplane.tlsconfig import PeerTLS
     from controlplane.tokens import TokenAuthority
@@ -225,9 +224,10 @@ async def run(config: Config) -> None:
         ident = tls.identity
         tls_pair = (Path(ident.key_path).read_bytes(), Path(ident.cert_path).read_bytes())
     server = await start_server(config.api_listen, control=control, management=management, tls=tls_pair)
+    metrics_server = None
     if config.metrics_listen:
         host, port = config.metrics_listen
-        start_http_server(port, addr=host, registry=metrics.registry)
+        metrics_server = start_metrics_server(metrics.registry, host, port)
         log.info("metrics on http://%s:%d/metrics", host, port)
     if kube is None:
         metrics.leader.set(1)
@@ -276,6 +276,8 @@ async def run(config: Config) -> None:
     finally:
         await heartbeats.stop()
         await stop_server(server)
+        if metrics_server is not None:
+            metrics_server.stop()
         if kube is not None:
             await kube.stop()
         else:

@@ -1,0 +1,220 @@
+"""A hostile peer against the peer port, and what a well-behaved client sees at the same time.
+
+Each case asserts what the attacker observes (answers, a close, a reset, within a bound), that a
+concurrent legitimate client is served within a latency bound, and that the gateway's worker is
+still alive with its descriptors back to the baseline and its memory growth bounded. The
+attacks that need one worker to be measurable (one worker serves everything) run against `solo`,
+a one-worker gateway for west fed by the same control plane as the shared fabric's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from .conftest import TEST_LIMITS, Fabric
+from .support import GatewayProcess, client_context, http_exchange, tls_connect
+
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: west\r\n\r\n"
+REQUEST_TIMEOUT = 2.0  # TEST_LIMITS' --request-timeout
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+    return found
+
+
+@dataclass
+class Worker:
+    """The one worker of a one-worker gateway: its descriptors and memory."""
+
+    pid: int
+
+    def fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def rss_mb(self) -> float:
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        raise AssertionError(f"no VmRSS for {self.pid}")
+
+    def fd_targets(self) -> list[str]:
+        out = []
+        for fd in os.listdir(f"/proc/{self.pid}/fd"):
+            try:
+                out.append(os.readlink(f"/proc/{self.pid}/fd/{fd}"))
+            except OSError:
+                continue
+        return sorted(out)
+
+    def alive(self) -> bool:
+        return os.path.exists(f"/proc/{self.pid}")
+
+    def settle_fds(self, baseline: int, timeout: float = 10.0) -> int:
+        """The descriptor count once it is back to `baseline` (or what it is at the timeout)."""
+        deadline = time.monotonic() + timeout
+        while (n := self.fds()) > baseline and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return n
+
+
+@dataclass
+class Solo:
+    gateway: GatewayProcess
+    certs: Path  # east's: the attacker holds a valid fabric certificate
+    worker: Worker = field(init=False)
+
+    def __post_init__(self) -> None:
+        assert self.gateway.proc is not None
+        (pid,) = _children(self.gateway.proc.pid)
+        self.worker = Worker(pid)
+
+    def baseline_fds(self) -> int:
+        """The worker's descriptors after one served request (files opened on first use, such as
+        the metrics' multiprocess files, are then open)."""
+        with tls_connect(self.gateway.peer_port, self.certs, "west") as sock:
+            assert http_exchange(sock, HEALTHZ)[0] == 200
+        return self.worker.settle_fds(0, timeout=0.5)
+
+    def assert_recovered(self, baseline: int) -> None:
+        assert self.worker.alive(), f"the worker died:\n{self.gateway.log_tail()}"
+        n = self.worker.settle_fds(baseline)
+        assert n <= baseline, f"{n} descriptors, {baseline} before: {self.worker.fd_targets()}"
+
+
+@pytest.fixture(scope="module")
+def solo(fabric: Fabric, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Solo]:
+    root = tmp_path_factory.mktemp("solo")
+    gateway = GatewayProcess("west-solo", fabric.certs.west, fabric.cp_west.socket_path, root, workers=1,
+                             extra=[*TEST_LIMITS, "--max-requests-per-connection", "100000"])
+    gateway.start()
+    try:
+        gateway.wait_ready(fabric.version["west"])
+        yield Solo(gateway, fabric.certs.east)
+    finally:
+        gateway.stop()
+
+
+class Probe:
+    """A legitimate client in a thread: a new connection and one GET /healthz, over and over,
+    until stopped; records each exchange's latency and failures."""
+
+    def __init__(self, port: int, certs: Path) -> None:
+        self.port, self.certs = port, certs
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Probe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        for _ in range(10_000):  # bounded; stopped long before
+            if self._stop.is_set():
+                return
+            started = time.monotonic()
+            try:
+                with tls_connect(self.port, self.certs, "west", timeout=10) as sock:
+                    status, _, _ = http_exchange(sock, HEALTHZ)
+                if status != 200:
+                    self.failures.append(f"status {status}")
+            except (OSError, ConnectionError) as exc:
+                self.failures.append(repr(exc))
+            self.latencies.append(time.monotonic() - started)
+            self._stop.wait(0.02)
+
+
+async def _open(port: int, certs: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port, ssl=client_context(certs), server_hostname="west")
+
+
+async def _read_all(reader: asyncio.StreamReader, timeout: float) -> tuple[bytes, str]:
+    """Everything until the server ends the connection: (bytes, "eof" or "reset")."""
+    data = bytearray()
+    try:
+        async with asyncio.timeout(timeout):
+            while chunk := await reader.read(1 << 20):
+                data += chunk
+    except (ConnectionResetError, ssl.SSLError):
+        return bytes(data), "reset"
+    except asyncio.IncompleteReadError:
+        return bytes(data), "eof"
+    return bytes(data), "eof"
+
+
+# -- pipelining -----------------------------------------------------------------------------------
+
+def test_pipelined_requests_do_not_stall_the_worker(solo: Solo) -> None:
+    """20,000 pipelined requests on one connection are all answered, but the worker serves
+    another client between them (it used to answer them all first: 2.7 s without a turn)."""
+    port = solo.gateway.peer_port
+    baseline = solo.baseline_fds()
+
+    async def attack() -> tuple[int, float]:
+        reader, writer = await _open(port, solo.certs)
+        started = time.monotonic()
+        writer.write(HEALTHZ * 20_000)
+        answers = 0
+        data = bytearray()
+        async with asyncio.timeout(60):
+            while answers < 20_000:
+                chunk = await reader.read(1 << 20)
+                assert chunk, f"closed after {answers} answers"
+                data += chunk
+                answers = data.count(b"HTTP/1.1 200 ")
+        took = time.monotonic() - started
+        writer.close()
+        return answers, took
+
+    with Probe(port, solo.certs) as probe:
+        time.sleep(0.2)
+        answers, took = asyncio.run(attack())
+    assert answers == 20_000
+    assert took > 0.3, "the attack was too short to say anything"
+    during = probe.latencies[-max(1, int(took / 0.03)):]
+    assert not probe.failures and probe.latencies
+    assert max(during) < 0.5, f"a legitimate client waited {max(during):.2f} s while the attack ran {took:.2f} s"
+    solo.assert_recovered(baseline)
+
+
+def test_requests_per_connection_are_capped(net: Fabric) -> None:
+    """The 1000th request on a connection (the default cap) is answered with
+    'Connection: close', and the connection ends after it."""
+    async def pipeline() -> tuple[bytes, str]:
+        reader, writer = await _open(net.west.peer_port, net.certs.east)
+        writer.write(HEALTHZ * 1500)
+        data, how = await _read_all(reader, timeout=30)
+        writer.transport.abort()
+        return data, how
+
+    data, how = asyncio.run(pipeline())
+    answers = data.split(b"HTTP/1.1 ")[1:]
+    assert len(answers) == 1000 and how == "eof"
+    assert b"connection: close" in answers[-1].lower() and all(b"connection: close" not in a.lower()
+                                                                for a in answers[:-1])
+    with tls_connect(net.west.peer_port, net.certs.east, "west") as sock:
+        assert http_exchange(sock, HEALTHZ)[0] == 200
