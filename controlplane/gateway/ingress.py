@@ -135,6 +135,10 @@ class Ingress:
                                             max_body_bytes=self._limits.max_body_bytes)
                     continue
                 served += 1
+                # While it answers requests, the connection buffers little of what its client has
+                # not read, so that `_pace` notices a client that does not read (the defaults come
+                # back for a tunnel, whose throughput wants large buffers).
+                stream.buffer_little()
                 status, headers, body = self._answer(request, presenting)
                 last = served >= self._limits.max_requests
                 stream.write(http.respond(status, headers=headers, body=body, close=last))
@@ -312,6 +316,7 @@ class Ingress:
 
         framed = bool(self._framing_header) and request.header(framing.TUNNEL_HEADER) == framing.FRAMED
         http.switch_to_tunnel()
+        stream.buffer_little(False)
         stream.write(self._accepted[framed])
         stream.unread(http.trailing_data)  # the client's first bytes, raw or framed
         self._metrics.child(self._metrics.setup_seconds, DIRECTION).observe(time.monotonic() - started)

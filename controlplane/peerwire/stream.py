@@ -45,6 +45,11 @@ INBOX_LIMIT = 256 * 1024
 WRITE_HIGH_WATER = 512 * 1024
 WRITE_LOW_WATER = 128 * 1024
 _LINGER_RESET = struct.pack("ii", 1, 0)
+# `buffer_little()`: the write high-water mark and the kernel's unsent bytes (TCP_NOTSENT_LOWAT;
+# UNSENT_DEFAULT, 0, means the system's net.ipv4.tcp_notsent_lowat, unlimited unless changed).
+SMALL_WRITE_HIGH_WATER = 64 * 1024
+SMALL_UNSENT = 64 * 1024
+UNSENT_DEFAULT = 0
 
 # Until Python 3.12, a selector transport copies what it cannot send at once; later versions may
 # keep a reference to the written buffer. Consumers use this to decide whether a read buffer that
@@ -107,6 +112,7 @@ class Stream(asyncio.BufferedProtocol):
         self._consumer: Consumer | None = None
         self._paused: set[str] = set()
         self._write_paused = False
+        self._little = False  # see `buffer_little`
         self._drain_waiter: asyncio.Future[None] | None = None
         self._write_pause_hooks: tuple[Callable[[], None], Callable[[], None]] | None = None
         self._closing = False  # we closed or aborted it
@@ -382,6 +388,30 @@ class Stream(asyncio.BufferedProtocol):
             except OSError:
                 pass  # already closed by the kernel: aborting is all that is left to do
         self.transport.abort()
+
+    def buffer_little(self, little: bool = True) -> None:
+        """Hold little of what is written but not yet read by the peer (`little`), or go back to
+        the defaults. Little: the kernel keeps at most SMALL_UNSENT bytes not yet sent
+        (TCP_NOTSENT_LOWAT), and the write high-water mark is SMALL_WRITE_HIGH_WATER; the
+        defaults are the kernel's (no unsent limit, a send buffer autotuned to megabytes) and
+        WRITE_HIGH_WATER. For a connection that answers requests: a client that does not read
+        its answers is then noticed after a few hundred KiB (`write_paused`). A connection that
+        carries bulk data wants the defaults. Costs nothing when the stream already is so; socket
+        options the socket refuses are ignored."""
+        transport = self.transport
+        if transport is None or self._lost or little is self._little:
+            return
+        self._little = little
+        if little:
+            transport.set_write_buffer_limits(high=SMALL_WRITE_HIGH_WATER, low=SMALL_WRITE_HIGH_WATER // 4)
+        else:
+            transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, SMALL_UNSENT if little else UNSENT_DEFAULT)
+            except OSError:
+                pass
 
     @property
     def closing(self) -> bool:

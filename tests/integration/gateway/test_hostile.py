@@ -25,6 +25,7 @@ from .support import GatewayProcess, client_context, http_exchange, tls_connect
 
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: west\r\n\r\n"
 REQUEST_TIMEOUT = 2.0  # TEST_LIMITS' --request-timeout
+ATTACK_LIMIT = 20.0  # the longest an attack runs (they end long before when the gateway holds)
 
 
 def _children(pid: int) -> list[int]:
@@ -218,3 +219,52 @@ def test_requests_per_connection_are_capped(net: Fabric) -> None:
                                                                 for a in answers[:-1])
     with tls_connect(net.west.peer_port, net.certs.east, "west") as sock:
         assert http_exchange(sock, HEALTHZ)[0] == 200
+
+
+def test_pipelining_without_reading_is_dropped_and_memory_stays_bounded(solo: Solo) -> None:
+    """Four connections pipeline requests and never read the answers (they used to grow the
+    worker by 1.35 MB/s while legitimate clients failed): each is dropped --request-timeout after
+    its unread answers reached a small bound (a few hundred KiB, a few seconds of answering on
+    this machine), the worker's memory grows by little, a legitimate client is served
+    throughout, and the descriptors come back."""
+    port = solo.gateway.peer_port
+    baseline = solo.baseline_fds()
+    rss_before = solo.worker.rss_mb()
+    chunk = HEALTHZ * 200
+
+    async def attacker() -> tuple[float | None, int]:
+        reader, writer = await _open(port, solo.certs)
+        started = time.monotonic()
+        sent = 0
+        try:
+            async with asyncio.timeout(ATTACK_LIMIT):
+                while reader.exception() is None and not reader.at_eof():
+                    writer.write(chunk)
+                    sent += len(chunk)
+                    try:
+                        async with asyncio.timeout(0.05):
+                            await writer.drain()
+                    except TimeoutError:
+                        pass  # the server stopped reading: keep the connection, keep not reading
+                    except (ConnectionError, ssl.SSLError):
+                        break
+            ended: float | None = time.monotonic() - started
+        except TimeoutError:
+            ended = None
+        writer.transport.abort()
+        return ended, sent
+
+    async def attack() -> list[tuple[float | None, int]]:
+        return await asyncio.gather(*(attacker() for _ in range(4)))
+
+    with Probe(port, solo.certs) as probe:
+        time.sleep(0.2)
+        outcomes = asyncio.run(attack())
+        peak = solo.worker.rss_mb()
+    assert all(ended is not None for ended, _ in outcomes), f"connections still open after {ATTACK_LIMIT} s: {outcomes}"
+    assert all(sent > len(chunk) * 5 for _, sent in outcomes), f"the attack sent too little: {outcomes}"
+    assert not probe.failures, probe.failures[:3]
+    assert max(probe.latencies) < 0.5, f"a legitimate client waited {max(probe.latencies):.2f} s"
+    assert peak - rss_before < 20, f"the worker grew from {rss_before:.0f} to {peak:.0f} MB"
+    assert "its answers were not read" in solo.gateway.log_tail()
+    solo.assert_recovered(baseline)

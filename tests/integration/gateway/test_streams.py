@@ -441,3 +441,41 @@ def test_probe_healthz_first_gateway_that_answers(tls: dict[str, PeerTLS]) -> No
         server.close()
 
     asyncio.run(main())
+
+
+def test_buffer_little_bounds_unsent_bytes_and_goes_back() -> None:
+    """`buffer_little()` sets a small TCP_NOTSENT_LOWAT and write high-water mark (a client that
+    does not read its answers pauses writing after a few hundred KiB, not megabytes), and
+    `buffer_little(False)` puts the kernel's defaults back."""
+    import struct
+
+    from controlplane.peerwire import stream as streams
+
+    def lowat(sock: socket.socket) -> int:
+        return struct.unpack("I", sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, 4))[0]
+
+    async def main() -> None:
+        accepted: asyncio.Queue[Stream] = asyncio.Queue()
+        server, port, _ = await _server(lambda on_open: TcpStream(on_open=on_open), lambda s: accepted.put(s))
+        raw = socket.create_connection(("127.0.0.1", port))
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        peer = await asyncio.wait_for(accepted.get(), 5)
+        sock = peer.transport.get_extra_info("socket")
+        assert lowat(sock) == streams.UNSENT_DEFAULT
+        peer.buffer_little()
+        assert lowat(sock) == streams.SMALL_UNSENT
+        assert peer.transport.get_write_buffer_limits()[1] == streams.SMALL_WRITE_HIGH_WATER
+        written = 0
+        while not peer.write_paused and written < 64 * 1024 * 1024:  # the client reads nothing
+            peer.write(b"a" * 16384)
+            written += 16384
+            await asyncio.sleep(0)
+        assert peer.write_paused and written < 2 * 1024 * 1024, f"{written} bytes written before a pause"
+        peer.buffer_little(False)
+        assert lowat(sock) == streams.UNSENT_DEFAULT
+        assert peer.transport.get_write_buffer_limits()[1] == streams.WRITE_HIGH_WATER
+        raw.close()
+        peer.abort()
+        server.close()
+
+    asyncio.run(main())  # on both loops (the module's both_event_loops)
