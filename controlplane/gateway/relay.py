@@ -9,7 +9,9 @@ End of data is carried per direction (half-close): EOF from one side becomes `wr
 other (a TCP FIN, or a TLS close_notify; see `peerwire.stream`), and the other direction keeps
 flowing. When both directions ended, both connections are closed. A failure on either side (a
 reset, a TLS error, a TLS connection cut without close_notify) resets both at once, so that a peer
-vanishing mid-transfer resets the client promptly instead of leaving it hanging.
+vanishing mid-transfer resets the client promptly instead of leaving it hanging. While a relay
+runs, its plain connections are armed to reset should this process die (`Stream.reset_on_exit`):
+a crashed gateway must not end a transfer with a FIN that the far end takes for a normal end.
 
 Framed tunnels (`peerwire.framing`, negotiated between our gateways): the tunnel side carries
 frames, so end of data is an EOF frame instead of close_notify and a reset is a RESET frame. When
@@ -209,6 +211,11 @@ class Relay:
     def _attach(self, direction: _Direction) -> None:
         direction.dst.set_write_pause_hooks(direction.pause_source, direction.resume_source)
         direction.src.set_consumer(direction)
+        # A crash of this process while bytes flow must reach the other ends as resets. A framed
+        # tunnel needs nothing: an end without an EOF frame is a reset for the other gateway.
+        for stream in (direction.src, direction.dst):
+            if stream is not self.tunnel:
+                stream.reset_on_exit()
 
     def start_upstream(self, *, tap: bytearray | None = None, tap_limit: int = 0) -> None:
         """Forward client → service. With `tap`, keep a copy (up to `tap_limit` bytes in all, what

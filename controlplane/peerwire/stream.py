@@ -45,6 +45,7 @@ INBOX_LIMIT = 256 * 1024
 WRITE_HIGH_WATER = 512 * 1024
 WRITE_LOW_WATER = 128 * 1024
 _LINGER_RESET = struct.pack("ii", 1, 0)
+_LINGER_OFF = struct.pack("ii", 0, 0)
 # `buffer_little()`: the write high-water mark and the kernel's unsent bytes (TCP_NOTSENT_LOWAT;
 # UNSENT_DEFAULT, 0, means the system's net.ipv4.tcp_notsent_lowat, unlimited unless changed).
 SMALL_WRITE_HIGH_WATER = 64 * 1024
@@ -113,6 +114,7 @@ class Stream(asyncio.BufferedProtocol):
         self._paused: set[str] = set()
         self._write_paused = False
         self._little = False  # see `buffer_little`
+        self._reset_armed = False  # see `reset_on_exit`
         self._drain_waiter: asyncio.Future[None] | None = None
         self._write_pause_hooks: tuple[Callable[[], None], Callable[[], None]] | None = None
         self._closing = False  # we closed or aborted it
@@ -373,7 +375,29 @@ class Stream(asyncio.BufferedProtocol):
         if self._closing or self.transport is None:
             return
         self._closing = True
+        if self._reset_armed:
+            self._set_linger(_LINGER_OFF)
+            self._reset_armed = False
         self.transport.close()
+
+    def reset_on_exit(self) -> None:
+        """Until `close()`: should this process die, the kernel resets the connection (SO_LINGER
+        0) instead of ending it with a FIN, which the peer would take for a normal end of what
+        was sent. Armed by the relay on the connections whose bytes it carries (a crash of the
+        gateway mid-transfer must reach both ends as a reset); `close()`, the orderly end,
+        disarms it first, and `write_eof()` (a half-close) is a FIN either way."""
+        if self._reset_armed or self.transport is None or self._lost:
+            return
+        self._reset_armed = True
+        self._set_linger(_LINGER_RESET)
+
+    def _set_linger(self, value: bytes) -> None:
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, value)
+            except OSError:
+                pass  # already closed by the kernel
 
     def abort(self) -> None:
         """Reset the connection now (RST): nothing buffered is sent."""
@@ -381,12 +405,8 @@ class Stream(asyncio.BufferedProtocol):
             self._closing = True
             return
         self._closing = True
-        sock = self.transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-            except OSError:
-                pass  # already closed by the kernel: aborting is all that is left to do
+        if not self._reset_armed:
+            self._set_linger(_LINGER_RESET)
         self.transport.abort()
 
     def buffer_little(self, little: bool = True) -> None:

@@ -175,7 +175,7 @@ def snapshot(version: int, peer: str, *, key: bytes, labels: Mapping[str, str] |
 class NamedServer:
     """A TCP server that greets each connection with `<name>\\n`, then serves one command line:
     `ECHO` (echo until EOF, then close), `HASH` (read until EOF, answer `<sha256> <size>`, close),
-    `GEN <n>` (send n pattern bytes, then close)."""
+    `GEN <n>` (send n pattern bytes, then close). `uploads` records how each HASH upload ended."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -185,6 +185,7 @@ class NamedServer:
         self._sock.listen(128)
         self.port = self._sock.getsockname()[1]
         self.connections = 0
+        self.uploads: list[tuple[str, int]] = []  # how each HASH upload ended: ("eof"|"reset", bytes)
         self._closed = False
         self._clients: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -223,9 +224,14 @@ class NamedServer:
                 digest = hashlib.sha256(rest)
                 size = len(rest)
                 buffer = bytearray(1 << 20)
-                while n := conn.recv_into(buffer):
-                    digest.update(memoryview(buffer)[:n])
-                    size += n
+                try:
+                    while n := conn.recv_into(buffer):
+                        digest.update(memoryview(buffer)[:n])
+                        size += n
+                except ConnectionResetError:
+                    self.uploads.append(("reset", size))
+                    raise
+                self.uploads.append(("eof", size))
                 conn.sendall(f"{digest.hexdigest()} {size}\n".encode())
             elif cmd and cmd[0] == "GEN":
                 remaining = int(cmd[1])

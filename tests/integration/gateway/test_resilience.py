@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -215,3 +216,84 @@ def test_sigterm_does_not_wait_for_idle_tunnels(net: Fabric) -> None:
     os.kill(net.west.proc.pid, signal.SIGTERM)
     assert net.west.proc.wait(timeout=10) == 0
     assert time.monotonic() - started < 2.5
+
+
+# -- a crash is not a clean end -------------------------------------------------------------------
+# A process that dies has its sockets closed by the kernel: a FIN, unless the socket was set to
+# reset. The gateways arm that on their plain TCP sockets while relaying, so that a crash on the
+# path reaches the far ends as a reset, never as a normal end of truncated data.
+
+class _Uploader(threading.Thread):
+    """Sends to an open connection until it fails (bounded: 4 GB, 30 s); `outcome` says how."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(daemon=True)
+        self.sock, self.sent, self.outcome = sock, 0, "running"
+
+    def run(self) -> None:
+        chunk = b"u" * (1 << 20)
+        deadline = time.monotonic() + 30
+        try:
+            while self.sent < 4 << 30 and time.monotonic() < deadline:
+                self.sock.sendall(chunk)
+                self.sent += len(chunk)
+            self.outcome = "done"
+        except (ConnectionResetError, BrokenPipeError):
+            self.outcome = "reset"
+        except OSError as exc:
+            self.outcome = repr(exc)
+
+
+@pytest.mark.parametrize("crashing", ["west", "east"])
+def test_gateway_crash_mid_upload_resets_the_service(net: Fabric, crashing: str) -> None:
+    """kill -9 of the serving gateway (west) or of the client's (east) during an upload: the
+    service sees a reset (it used to see a normal end after some megabytes when west died, and
+    took the truncated data as complete), and so does the client."""
+    server = net.servers["echo"]
+    before = len(server.uploads)
+    sock = open_import(net.echo_port, timeout=10)
+    assert greeting(sock) == "echo"
+    sock.sendall(b"HASH\n")
+    uploader = _Uploader(sock)
+    uploader.start()
+    deadline = time.monotonic() + 10
+    while uploader.sent < 20 << 20 and uploader.outcome == "running":
+        assert time.monotonic() < deadline, "the upload does not move"
+        time.sleep(0.01)
+    getattr(net, crashing).kill()
+    deadline = time.monotonic() + 5
+    while len(server.uploads) == before:
+        assert time.monotonic() < deadline, "the service never saw the upload end"
+        time.sleep(0.02)
+    how, size = server.uploads[before]
+    assert how == "reset", f"the service saw {how} after {size} bytes"
+    uploader.join(timeout=5)
+    assert uploader.outcome == "reset"
+    sock.close()
+
+
+def _download_until_end(sock: socket.socket, timeout: float) -> str:
+    try:
+        return _read_until_reset(sock, timeout)
+    except OSError as exc:
+        return repr(exc)
+
+
+def test_local_gateway_crash_mid_download_resets_the_client(net: Fabric) -> None:
+    """kill -9 of the client's own gateway during a download, on the Import port and on the agent
+    port: the client sees a reset (it used to see a normal end of a truncated download)."""
+    from controlplane.tokens import TokenAuthority
+
+    from .support import open_agent
+
+    credential = TokenAuthority(net.east_key, "east").mint_agent_credential("n1")
+    via_import = _download(net)
+    via_agent = open_agent(net.east.agent_port, "default", "echo", credential, timeout=10)
+    assert greeting(via_agent) == "echo"
+    via_agent.sendall(b"GEN 100000000000\n")
+    assert len(via_agent.recv(1 << 20)) > 0
+    net.east.kill()
+    assert _download_until_end(via_import, timeout=5) == "reset"
+    assert _download_until_end(via_agent, timeout=5) == "reset"
+    via_import.close()
+    via_agent.close()
