@@ -63,6 +63,7 @@ class GatewayConfig:
     log_level: str
     log_format: str
     event_loop: str = "auto"
+    serve_unconfigured_peers: bool = False  # --unconfigured-peers serve
     worker_index: int | None = None
     runtime_dir: Path | None = None
     supervisor_pid: int | None = None
@@ -136,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add(p, "--framed-tunnels", default="on", choices=["on", "off"],
               help="Offer and use framed tunnels with peers that support them: a tunnel goes back to the pool "
                    "after its connection instead of closing (off: plain CONNECT tunnels only, as the original)")
+    flags.add(p, "--unconfigured-peers", default="refuse", choices=["refuse", "serve"],
+              help="A remote gateway whose fabric certificate names no configured Peer object: refuse "
+                   "(default; 403 to every request on the peer port) or serve it (policies still decide; "
+                   "its metrics are labelled peer=\"unconfigured\")")
     flags.add(p, "--max-connections", default=d.max_connections, type=_positive_int,
               help="Concurrent client connections (peer, agent and import ports together), split between workers")
     flags.add(p, "--max-requests-per-connection", default=d.max_requests, type=_positive_int,
@@ -192,6 +197,6 @@ def load_config(argv: Sequence[str] | None = None) -> GatewayConfig:
         controlplane_ca=a.controlplane_ca, peer_listen=a.peer_listen, agent_listen=a.agent_listen,
         import_host=a.import_host, workers=a.workers, metrics_listen=a.metrics_listen,
         token_lifetime=a.token_lifetime, pool_size=a.pool_size, pool_keepalive=a.pool_keepalive,
-        framed_tunnels=a.framed_tunnels == "on",
+        framed_tunnels=a.framed_tunnels == "on", serve_unconfigured_peers=a.unconfigured_peers == "serve",
         limits=limits, log_level=a.log_level, log_format=a.log_format, event_loop=a.event_loop,
         worker_index=a.worker_index, runtime_dir=a.runtime_dir, supervisor_pid=a.supervisor_pid)

@@ -38,7 +38,7 @@ from .decisions import egress_check, egress_src
 from .health import PeerHealth
 from .lb import RANDOM, ROUND_ROBIN, source_order
 from .logthrottle import LogThrottle
-from .metrics import GatewayMetrics
+from .metrics import UNKNOWN_LABEL, GatewayMetrics
 from .pool import TunnelPool, TunnelPools
 from .relay import Relay, RelayMeter
 from .state import GatewayState, ImportView, PeerView, SourceView
@@ -106,7 +106,10 @@ class Egress:
             return
         imp = state.imports.get((preamble.import_namespace, preamble.import_name))
         if imp is None:
-            self._count(f"{preamble.import_namespace}/{preamble.import_name}", "", "unknown-import")
+            # The label is fixed: only configured objects name a series (the name is in the log).
+            self._count(UNKNOWN_LABEL, "", "unknown-import")
+            self._throttle.warning("unknown-import", "Agent-port connection from %s reset: no Import %s/%s",
+                                   _peer(stream), preamble.import_namespace[:100], preamble.import_name[:100])
             stream.abort()
             return
         await self._forward(stream, state, imp, only_client(preamble.client), started)
@@ -117,7 +120,7 @@ class Egress:
         state = self._state()
         imp = state.imports_by_port.get(port)
         if imp is None:
-            self._count(f"port:{port}", "", "unknown-import")
+            self._count(UNKNOWN_LABEL, "", "unknown-import")
             stream.abort()
             return
         await self._forward(stream, state, imp, {}, started)

@@ -10,6 +10,10 @@
   Export must still exist (404); then the exported service is connected (502 when refused, 503 on
   timeout), 200 is answered and bytes flow (those the client sent after its request included).
 
+Only peers that are configured are served: the certificate's name must be that of a Peer object
+(else 403 to every request), unless --unconfigured-peers serve. Metric labels name only
+configured objects (see `metrics.UNKNOWN_LABEL`).
+
 Keep-alive between requests (pooled tunnels send `/healthz` now and then). Limits: handshake
 time, time to a first request and to a complete request, idle time, header size (431), body
 size (413). Misbehaviour is counted and logged at a limited rate; one connection never affects
@@ -34,7 +38,7 @@ from .accessgrants import VerifiedGrants
 from .config import Limits
 from .decisions import ingress_check
 from .logthrottle import LogThrottle
-from .metrics import GatewayMetrics
+from .metrics import UNCONFIGURED_PEER_LABEL, UNKNOWN_LABEL, GatewayMetrics
 from .relay import Relay, RelayMeter
 from .state import ExportView, GatewayState
 
@@ -53,8 +57,9 @@ class _Close(Exception):
 
 class Ingress:
     def __init__(self, *, state: Callable[[], GatewayState], metrics: GatewayMetrics, limits: Limits,
-                 meter: RelayMeter, framing: bool = True) -> None:
+                 meter: RelayMeter, framing: bool = True, serve_unconfigured_peers: bool = False) -> None:
         self._state = state
+        self._serve_unconfigured = serve_unconfigured_peers
         self._framing_header = (_FRAMING,) if framing else ()
         # The 200 that accepts a CONNECT, made once: raw tunnel, framed tunnel.
         self._accepted = (connect_accepted(), connect_accepted(self._framing_header))
@@ -126,6 +131,13 @@ class Ingress:
                     stream.close()
                     return
                 first = False
+                if not self._admitted(presenting):
+                    self._bad("unconfigured-peer", "Peer-port request from %s (%s) refused with 403: no Peer "
+                              "of that name is configured here", presenting[:100], _peer(stream))
+                    stream.write(http.respond(403, body=f"peer {presenting[:100]} is not configured on this "
+                                              f"gateway (no Peer object of that name)\n".encode(), close=True))
+                    stream.close()
+                    return
                 if request.method == "CONNECT":
                     if not await self._connect(stream, http, request, presenting):
                         return
@@ -155,6 +167,12 @@ class Ingress:
         except asyncio.CancelledError:
             stream.abort()
             raise
+
+    def _admitted(self, presenting: str) -> bool:
+        """Whether the peer presenting this certificate name is served: a Peer object of that name
+        is configured (checked on every request, so removing the Peer applies to the next one),
+        or --unconfigured-peers serve."""
+        return self._serve_unconfigured or presenting in self._state().peers
 
     async def _pace(self, stream: Stream, http: ServerConnection, presenting: str) -> None:
         """Between two requests on one connection: a client that sends requests without reading
@@ -246,7 +264,7 @@ class Ingress:
             return exc.status, [], f"{exc}\n".encode()
         export = _valid_export(state, authz.service_namespace, authz.service_name)
         if export is None:
-            self._count(f"{authz.service_namespace}/{authz.service_name}", presenting, "not-found")
+            self._count(UNKNOWN_LABEL, presenting, "not-found")
             return 404, [], f"no valid export {authz.service_namespace}/{authz.service_name}\n".encode()
         check = ingress_check(state, export, authz.src_attributes, presenting)
         self._count_decision(check.decision)
@@ -259,6 +277,10 @@ class Ingress:
         return 200, [(codec.ACCESS_TOKEN_HEADER, token)], b""
 
     def _count(self, service: str, peer: str, result: str) -> None:
+        """Count a connection; `service` is an Export that exists (or UNKNOWN_LABEL); a peer
+        without a Peer object (served with --unconfigured-peers serve) is UNCONFIGURED_PEER_LABEL."""
+        if peer not in self._state().peers:
+            peer = UNCONFIGURED_PEER_LABEL
         self._metrics.child(self._metrics.connections, DIRECTION, service, peer, result).inc()
 
     def _count_decision(self, decision) -> None:  # type: ignore[no-untyped-def]
@@ -293,7 +315,7 @@ class Ingress:
         export = _valid_export(state, grant.export_namespace, grant.export_name)
         ref = f"{grant.export_namespace}/{grant.export_name}"
         if export is None:
-            self._count(ref, presenting, "not-found")
+            self._count(UNKNOWN_LABEL, presenting, "not-found")
             return self._refuse(stream, http, 404, f"no valid export {ref}")
         check = ingress_check(state, export, grant.src_attributes, presenting)
         self._count_decision(check.decision)

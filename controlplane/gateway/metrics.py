@@ -13,6 +13,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+# Label values that stand for anything not configured: every label value is either one of a bounded
+# set (directions, results, reasons) or names a configured object (Import, Export, Peer); what a
+# remote peer or an agent asks for that does not exist is counted under these, never under its
+# name, so that nobody outside can grow the series (and the memory behind them) at will.
+UNKNOWN_LABEL = "unknown"  # an Import or Export that does not exist
+UNCONFIGURED_PEER_LABEL = "unconfigured"  # a peer with a fabric certificate but no Peer object
+
 _SETUP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 

@@ -250,7 +250,8 @@ class Worker:
                 self.authorizer = authorizer = RemoteAuthorizer(self.pools, cache=TokenCache(), tasks=background,
                                                                 metrics=metrics, limits=self.limits)
                 self.ingress = Ingress(state=self.state, metrics=metrics, limits=self.limits, meter=self.meter,
-                                       framing=config.framed_tunnels)
+                                       framing=config.framed_tunnels,
+                                       serve_unconfigured_peers=config.serve_unconfigured_peers)
                 self.egress = Egress(state=self.state, pools=self.pools, authorizer=authorizer, counters=counters,
                                      health=health, metrics=metrics, limits=self.limits, meter=self.meter)
                 self.feed = SnapshotFeed(endpoint, role="gateway", on_snapshot=self._on_snapshot,

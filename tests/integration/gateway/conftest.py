@@ -60,6 +60,10 @@ class Fabric:
     servers: dict[str, NamedServer]
     echo_port: int  # east's Import "echo" (from west/echo) listens here
     version: dict[str, int] = field(default_factory=lambda: {"east": 1, "west": 1})
+    # Peers west serves besides east and north (a gateway serves only configured peers; north is
+    # one that imports nothing); see test_compat.
+    extra_west_peers: list[pb.PeerInfo] = field(default_factory=list)
+    north_port: int = field(default_factory=free_port)  # nothing listens there
 
     # --- snapshots ---------------------------------------------------------------------------
 
@@ -71,6 +75,8 @@ class Fabric:
         self.version["west"] += 1
         v = self.version["west"]
         self.cp_west.publish(snapshot(v, "west", key=self.west_key, labels=WEST_LABELS,
+                                      peers=[peer_info("east", self.east.peer_port, labels=EAST_LABELS),
+                                             peer_info("north", self.north_port), *self.extra_west_peers],
                                       exports=self.west_exports() if exports is None else exports,
                                       policies=[policy("allow-all", ALLOW_ALL)] if policies is None else policies))
         if wait:

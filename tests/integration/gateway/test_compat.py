@@ -49,14 +49,19 @@ def south(fabric: Fabric, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                              extra=[*TEST_LIMITS, "--framed-tunnels", "off"])
     try:
         cp.start()
-        cp.publish(snapshot(1, "south", key=key, peers=[peer_info("west", fabric.west.peer_port, labels=WEST_LABELS)],
+        cp.publish(snapshot(1, "south", key=key, peers=[peer_info("west", fabric.west.peer_port, labels=WEST_LABELS),
+                                                        peer_info("east", fabric.east.peer_port)],
                             exports=[export_info("plain", server.port)],
                             imports=[import_info("from-west", import_port, [("west", "echo")])],
                             policies=[policy("allow-all", ALLOW_ALL)]))
         gateway.start()
         gateway.wait_ready(1)
+        fabric.extra_west_peers.append(peer_info("south", gateway.peer_port))  # west serves south
+        fabric.publish_west()
         yield South(gateway, server, import_port, east_port)
     finally:
+        fabric.extra_west_peers.clear()
+        fabric.publish_west()
         gateway.stop()
         cp.close()
         server.close()

@@ -8,13 +8,25 @@ import secrets
 import socket
 import ssl
 import time
+from pathlib import Path
 
 import pytest
 
+from controlplane import pki
 from controlplane.tokens import LEEWAY, TokenAuthority, decode_unverified_expiry
 
-from .conftest import Fabric
-from .support import authz_request, connect_request, http_exchange, read_line, tls_connect
+from .conftest import WEST_LABELS, Fabric
+from .support import (
+    ALLOW_ALL,
+    authz_request,
+    connect_request,
+    http_exchange,
+    peer_info,
+    policy,
+    read_line,
+    snapshot,
+    tls_connect,
+)
 
 
 def _healthy(net: Fabric) -> None:
@@ -217,3 +229,87 @@ def test_silent_client_is_dropped_in_bounded_time(net: Fabric, speak_tls: bool) 
     # --handshake-timeout 1 / --request-timeout 2 in these tests
     assert time.monotonic() - started < 5
     _healthy(net)
+
+
+# -- who is served: configured peers only ----------------------------------------------------------
+
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: west\r\n\r\n"
+
+
+@pytest.fixture(scope="module")
+def mallory(fabric: Fabric) -> Path:
+    """A certificate signed by the fabric CA for a peer that no Peer object names."""
+    return pki.create_peer_cert(fabric.certs.root, "mallory")
+
+
+def test_a_peer_without_a_peer_object_is_refused(net: Fabric, mallory: Path) -> None:
+    """A fabric certificate for 'mallory', with no Peer object on west, used to get a token and
+    reach the service: now every request gets 403, and nothing is counted under its name."""
+    for request in (HEALTHZ, authz_request("echo"), connect_request("x.y.z")):
+        with tls_connect(net.west.peer_port, mallory, "west") as sock:
+            status, headers, body = http_exchange(sock, request)
+            assert status == 403 and b"not configured" in body, (status, body)
+            assert headers.get("connection") == "close"
+    assert net.west.metric("clusterlink_gateway_bad_requests_total", listener="peer",
+                           reason="unconfigured-peer") >= 3
+    assert 'peer="mallory"' not in net.west.metrics()
+    _healthy(net)
+
+
+def test_removing_a_peer_object_applies_to_the_next_request(net: Fabric) -> None:
+    """An open keep-alive connection of north is refused from the request after its Peer
+    object went away."""
+    with tls_connect(net.west.peer_port, net.certs.north, "west") as sock:
+        assert http_exchange(sock, HEALTHZ)[0] == 200
+        try:
+            v = net.version["west"] + 1
+            net.version["west"] = v
+            net.cp_west.publish(snapshot(v, "west", key=net.west_key, labels=WEST_LABELS,
+                                         peers=[peer_info("east", net.east.peer_port)],
+                                         exports=net.west_exports(), policies=[policy("allow-all", ALLOW_ALL)]))
+            net.west.wait_ready(v)
+            status, _, body = http_exchange(sock, HEALTHZ)
+            assert status == 403 and b"north" in body
+        finally:
+            net.publish_west()
+
+
+def test_unknown_exports_are_counted_under_one_label(net: Fabric) -> None:
+    """/authz for exports that do not exist (a remote peer chooses the names) adds no series:
+    they are all counted under service="unknown"."""
+    names = [f"nosuch-{secrets.token_hex(4)}" for _ in range(20)]
+    before = net.west.metric("clusterlink_gateway_connections_total", direction="ingress", service="unknown",
+                             peer="east", result="not-found")
+    with tls_connect(net.west.peer_port, net.certs.east, "west") as sock:
+        for name in names:
+            assert http_exchange(sock, authz_request(name))[0] == 404
+    text = net.west.metrics()
+    assert not any(name in text for name in names)
+    after = net.west.metric("clusterlink_gateway_connections_total", direction="ingress", service="unknown",
+                            peer="east", result="not-found")
+    assert after - before == len(names)
+
+
+def test_unconfigured_peers_are_served_when_the_flag_says_so(fabric: Fabric, mallory: Path,
+                                                             tmp_path: Path) -> None:
+    """--unconfigured-peers serve: mallory is served (the policy still decides; allow-all here),
+    and counted as peer="unconfigured", not under the name it chose."""
+    from .conftest import TEST_LIMITS
+    from .support import GatewayProcess
+
+    gateway = GatewayProcess("west-open", fabric.certs.west, fabric.cp_west.socket_path, tmp_path, workers=1,
+                             extra=[*TEST_LIMITS, "--unconfigured-peers", "serve"])
+    gateway.start()
+    try:
+        gateway.wait_ready(fabric.version["west"])
+        with tls_connect(gateway.peer_port, mallory, "west") as sock:
+            assert http_exchange(sock, HEALTHZ)[0] == 200
+            status, headers, _ = http_exchange(sock, authz_request("echo"))
+            assert status == 200 and headers.get("x-access-token")
+            assert http_exchange(sock, authz_request("nosuch"))[0] == 404
+        text = gateway.metrics()
+        assert 'peer="mallory"' not in text
+        assert gateway.metric("clusterlink_gateway_connections_total", direction="ingress", service="unknown",
+                              peer="unconfigured", result="not-found") == 1
+    finally:
+        gateway.stop()
