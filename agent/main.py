@@ -85,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(p, "--proxy-interface", default="",
              help="Interface to put --proxy-address on if it is missing (removed again on stop); empty: the address "
                   "must already exist")
-    add_flag(p, "--metrics-listen", default="0.0.0.0:9092", help="host:port for /metrics; 'none' disables it")
+    add_flag(p, "--metrics-listen", default="127.0.0.1:9092",
+             help="host:port for /metrics (loopback by default: name the node's address to be scraped "
+                  "from the network); 'none' disables it")
     add_flag(p, "--upstream-pool-size", type=int, default=DEFAULT_POOL_SIZE,
              help="Connections to the gateway's agent port opened ahead of need while clients keep connecting "
                   "(each used once); 0 disables")

@@ -154,7 +154,7 @@ class Peer:
                 "--store", f"sqlite://{self.dir / 'state.db'}", "--api-listen", f"unix:{self.api_socket}",
                 "--admin-token-file", str(self.admin_token_file), "--join-token-file", str(self.join_token_file),
                 "--gateway-agent-address", f"{self.lan_ip}:{AGENT_PORT}",
-                "--metrics-listen", f"0.0.0.0:{CONTROLPLANE_METRICS}", "--log-format", "text"]
+                "--metrics-listen", f"{self.lan_ip}:{CONTROLPLANE_METRICS}", "--log-format", "text"]
         for k, v in self.labels.items():
             argv += ["--peer-label", f"{k}={v}"]
         self.controlplane = self.net.spawn(argv, log_path=self.dir / "logs" / "controlplane.log")
@@ -169,7 +169,10 @@ class Peer:
     def start_gateway(self, workers: int | None = None) -> Proc:
         argv = [_bin("clusterlink-gateway"), "--certs", str(self.certs), "--controlplane", f"unix:{self.api_socket}",
                 "--join-token-file", str(self.join_token_file), "--peer-listen", f"0.0.0.0:{PEER_PORT}",
-                "--agent-listen", f"0.0.0.0:{AGENT_PORT}", "--metrics-listen", f"0.0.0.0:{GATEWAY_METRICS}",
+                # only the peer port on the WAN side: the others on the LAN address, where their
+                # clients (agents, pods, a scraper) are
+                "--agent-listen", f"{self.lan_ip}:{AGENT_PORT}", "--import-host", self.lan_ip,
+                "--metrics-listen", f"{self.lan_ip}:{GATEWAY_METRICS}",
                 "--workers", str(workers or self.fabric.gateway_workers), "--drain-timeout", "2",
                 "--log-format", "text"]
         # its runtime directory (metrics, counters) goes under the peer's directory, removed with the fabric
@@ -268,7 +271,7 @@ class Peer:
     def metrics(self, component: str = "gateway") -> str:
         """The /metrics text of a component (fetched from inside its netns)."""
         port = {"gateway": GATEWAY_METRICS, "controlplane": CONTROLPLANE_METRICS}[component]
-        out = self.net.run(["curl", "-sS", "--max-time", "5", f"http://127.0.0.1:{port}/metrics"], timeout=10)
+        out = self.net.run(["curl", "-sS", "--max-time", "5", f"http://{self.lan_ip}:{port}/metrics"], timeout=10)
         if out.returncode != 0:
             raise RuntimeError(f"cannot read {component} metrics of {self.name}: {out.stderr.strip()}")
         return out.stdout

@@ -14,10 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from controlplane.api import eventloop, flags
+from controlplane.peerwire import framing
 
+# Only the peer port faces other peers (the WAN); every other listener serves local clients
+# (agents, the Imports' clients, a Prometheus), so by default it is bound to loopback, where a
+# standalone peer's clients are: a node or cluster network must be named to be served (the chart
+# and the fabric name theirs). Nothing but the peer port is then reachable from the WAN side.
 DEFAULT_PEER_LISTEN = "0.0.0.0:443"
-DEFAULT_AGENT_LISTEN = "0.0.0.0:4443"
-DEFAULT_METRICS_LISTEN = "0.0.0.0:9090"
+DEFAULT_LOCAL_HOST = "127.0.0.1"
+DEFAULT_AGENT_LISTEN = f"{DEFAULT_LOCAL_HOST}:4443"
+DEFAULT_METRICS_LISTEN = f"{DEFAULT_LOCAL_HOST}:9090"
+
+MIN_LIVENESS_TIMEOUT = 2.5 * framing.HEARTBEAT_INTERVAL  # a heartbeat may be late by one check
 
 EXIT_CONFIG = 78  # EX_CONFIG: a worker cannot start with this configuration; restarting won't help
 
@@ -42,6 +50,7 @@ class Limits:
     max_body_bytes: int = 64 * 1024     # HTTP body (413 beyond)
     replay_bytes: int = 64 * 1024       # client bytes kept until the remote accepts the CONNECT
     max_requests: int = 1000            # requests (healthz, authz, framed CONNECTs) per peer-port connection
+    liveness_timeout: float = 6.0       # silence of another gateway on a tunnel before its connections reset
 
 
 @dataclass(frozen=True)
@@ -121,9 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add(p, "--peer-listen", default=DEFAULT_PEER_LISTEN, type=flags.host_port,
               help="Address of the mTLS peer port (remote gateways and heartbeats connect here)")
     flags.add(p, "--agent-listen", default=DEFAULT_AGENT_LISTEN, type=flags.host_port,
-              help="Address of the agent port (plain TCP, node agents' redirected connections with a preamble)")
-    flags.add(p, "--import-host", default="0.0.0.0",
-              help="Bind address of the Imports' target ports (one listener per Import)")
+              help="Address of the agent port (plain TCP, node agents' redirected connections with a preamble); "
+                   "bind it to the node-facing (LAN) address, never where other peers reach it")
+    flags.add(p, "--import-host", default=DEFAULT_LOCAL_HOST,
+              help="Bind address of the Imports' target ports (one listener per Import; they take no credential): "
+                   "the local network's address, never the WAN side")
     flags.add(p, "--workers", default=os.cpu_count() or 1, type=_positive_int,
               help="Worker processes; each serves every port (SO_REUSEPORT) on its own core")
     flags.add(p, "--metrics-listen", default=DEFAULT_METRICS_LISTEN, type=_optional_host_port,
@@ -158,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
               help="Seconds to connect to a remote gateway (TCP+TLS) or to an exported service (TCP)")
     flags.add(p, "--response-timeout", default=d.response_timeout, type=_positive_float,
               help="Seconds to wait for a remote gateway's answer to /authz or CONNECT")
+    flags.add(p, "--tunnel-liveness-timeout", default=d.liveness_timeout, type=_positive_float,
+              help="Seconds of silence from another gateway on a busy tunnel before its connections are reset "
+                   f"(framed tunnels carry a heartbeat every {framing.HEARTBEAT_INTERVAL:g} s; an idle tunnel, "
+                   "plain ones included, gets TCP keepalive probes after it); at least "
+                   f"{MIN_LIVENESS_TIMEOUT:g}")
     flags.add(p, "--drain-timeout", default=d.drain_timeout, type=_positive_float,
               help="On SIGTERM/SIGINT: seconds open connections get to finish before they are reset")
     eventloop.add_flag(p)
@@ -187,11 +203,14 @@ def load_config(argv: Sequence[str] | None = None) -> GatewayConfig:
         eventloop.resolve(a.event_loop)
     except ValueError as exc:
         parser.error(str(exc))
+    if a.tunnel_liveness_timeout < MIN_LIVENESS_TIMEOUT:
+        parser.error(f"--tunnel-liveness-timeout ({a.tunnel_liveness_timeout:g} s) must be at least "
+                     f"{MIN_LIVENESS_TIMEOUT:g} s (heartbeats come every {framing.HEARTBEAT_INTERVAL:g} s)")
     limits = Limits(handshake_timeout=a.handshake_timeout, request_timeout=a.request_timeout,
                     idle_timeout=a.idle_timeout, connect_timeout=a.connect_timeout,
                     response_timeout=a.response_timeout, drain_timeout=a.drain_timeout,
                     max_requests=a.max_requests_per_connection,
-                    max_connections=a.max_connections)
+                    max_connections=a.max_connections, liveness_timeout=a.tunnel_liveness_timeout)
     return GatewayConfig(
         certs=a.certs, controlplane=a.controlplane, join_token_file=a.join_token_file,
         controlplane_ca=a.controlplane_ca, peer_listen=a.peer_listen, agent_listen=a.agent_listen,

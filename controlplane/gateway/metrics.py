@@ -76,6 +76,11 @@ class GatewayMetrics:
             "Failures of tunnels to remote gateways: connect (no gateway reachable), keepalive (pooled tunnel "
             "failed its health check), stale (pooled tunnel broke when used)",
             ["peer", "reason"], registry=r)
+        self.liveness_resets = Counter(
+            p + "tunnel_liveness_resets_total",
+            "Connections reset because nothing arrived from the other gateway on their framed tunnel for "
+            "--tunnel-liveness-timeout (it is frozen, gone or cut off), by direction",
+            ["direction"], registry=r)
         self.peer_reachable = Gauge(
             p + "peer_reachable", "Whether this gateway could connect to the peer (1) or not (0), last it tried",
             ["peer"], multiprocess_mode="livemin", registry=r)

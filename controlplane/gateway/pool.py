@@ -216,10 +216,11 @@ class TunnelPool:
             self._health.mark(peer.name, False)
             raise PeerUnreachable(f"peer {peer.name!r} has no gateways")
         context = self._tls.client_context()
-        timeout = self._limits.connect_timeout
+        timeout, liveness = self._limits.connect_timeout, self._limits.liveness_timeout
 
         def attempt(gateway: tuple[str, int]):  # type: ignore[no-untyped-def]
-            return lambda: PeerConnection.open(gateway, peer_name=peer.name, context=context, timeout=timeout)
+            return lambda: PeerConnection.open(gateway, peer_name=peer.name, context=context, timeout=timeout,
+                                               liveness_timeout=liveness)
 
         try:
             conn, _ = await first_success([attempt(g) for g in peer.gateways], name=f"connect-{peer.name}",

@@ -33,6 +33,7 @@ remote said 200, `detach_upstream()` stops forwarding and returns the copy for t
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -205,6 +206,11 @@ class Relay:
         self._down: _Direction | None = None
         self._result: asyncio.Future[RelayResult] = asyncio.get_running_loop().create_future()
         self._error: StreamError | None = None
+        # Liveness of a framed tunnel (`check_liveness`): what the tunnel had sent and received at
+        # the previous check, and when it last showed life.
+        self._sent_mark = -1
+        self._received_mark = -1
+        self._alive_at = 0.0
 
     # --- wiring ------------------------------------------------------------------------------
 
@@ -325,6 +331,36 @@ class Relay:
             direction.src.set_consumer(None)
             direction.dst.clear_write_pause_hooks()
 
+    def check_liveness(self, timeout: float, now: float | None = None) -> bool:
+        """Called every HEARTBEAT_INTERVAL / 2 or so, on a relay over a framed tunnel: send a
+        heartbeat if we sent nothing since the previous call (while our direction is open), and
+        reset both sides if nothing at all arrived from the other gateway for `timeout` while its
+        direction is open and we are reading (our own backpressure is not its silence). True when
+        the relay was reset. A relay without a framed tunnel, or not started, is left alone."""
+        tunnel = self.tunnel
+        up, down = self._up, self._down
+        if tunnel is None or up is None or down is None or self._result.done():
+            return False
+        outgoing, incoming = (down, up) if self.framed == "client" else (up, down)
+        if outgoing.hold_eof:  # egress before the remote's 200: the attempt has its own timeout
+            return False
+        now = time.monotonic() if now is None else now
+        if outgoing.active and not outgoing.done:
+            if tunnel.bytes_sent == self._sent_mark:
+                tunnel.write(framing.HEARTBEAT_FRAME)
+            self._sent_mark = tunnel.bytes_sent
+        if not incoming.active or incoming.done:
+            return False
+        if tunnel.bytes_received != self._received_mark or tunnel.reading_paused or self._received_mark < 0:
+            self._received_mark = tunnel.bytes_received
+            self._alive_at = now
+            return False
+        if now - self._alive_at < timeout:
+            return False
+        self._fail(StreamError("timeout", f"nothing from the other gateway for {now - self._alive_at:.1f} s"),
+                   from_tunnel=True)
+        return True
+
     def abort(self) -> None:
         """Reset both connections now."""
         self._fail(StreamError("reset", "relay aborted"))
@@ -370,6 +406,11 @@ class RelayMeter:
     def flush(self) -> None:
         for relay, direction in list(self._live.items()):
             self._report(relay, direction)
+
+    def check_liveness(self, timeout: float) -> list[str]:
+        """`Relay.check_liveness` on every live relay; the directions of those that were reset."""
+        now = time.monotonic()
+        return [direction for relay, direction in list(self._live.items()) if relay.check_liveness(timeout, now)]
 
     def _report(self, relay: Relay, direction: str) -> None:
         up, down = relay.take_counts()

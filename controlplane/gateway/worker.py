@@ -25,6 +25,7 @@ import sys
 from controlplane.api import clusterlink_pb2 as pb
 from controlplane.api import eventloop
 from controlplane.api.client import APIError, Endpoint, SnapshotFeed, read_token
+from controlplane.peerwire import framing
 from controlplane.peerwire.stream import Stream, StreamError, TcpStream
 from controlplane.peerwire.tlsstream import TlsStream
 from controlplane.tlsconfig import PeerTLS, TLSConfigError
@@ -118,7 +119,7 @@ class Worker:
 
     def _peer_stream(self) -> Stream:
         return TlsStream(self.tls.server_context(), server_side=True, handshake_timeout=self.limits.handshake_timeout,
-                         on_open=self._on_peer_open)
+                         liveness_timeout=self.limits.liveness_timeout, on_open=self._on_peer_open)
 
     def _on_peer_open(self, stream: Stream) -> None:
         if not self.admission.admit("peer", stream):
@@ -196,6 +197,19 @@ class Worker:
                  self.config.worker_index, self.tls.name, *self.config.peer_listen, *self.config.agent_listen,
                  len(self.listeners.import_ports), eventloop.running_loop_name())
 
+    async def _liveness(self) -> None:
+        """Heartbeats on framed tunnels, and resets where the other gateway went silent
+        (`Relay.check_liveness`), twice per heartbeat interval."""
+        metrics, timeout = self.metrics, self.limits.liveness_timeout
+        while True:
+            await asyncio.sleep(framing.HEARTBEAT_INTERVAL / 2)
+            reset = self.meter.check_liveness(timeout)
+            for direction in reset:
+                metrics.child(metrics.liveness_resets, direction).inc()
+            if reset:
+                log.warning("Reset %d connections: nothing from the other gateway on their tunnel for %g s",
+                            len(reset), timeout)
+
     async def _upkeep(self) -> None:
         while True:
             await asyncio.sleep(UPKEEP_INTERVAL)
@@ -259,7 +273,7 @@ class Worker:
                 feed = group.create_task(self.feed.run(), name="snapshot-feed")
                 watch = group.create_task(self.tls.watch(on_reload=self._certificates_changed), name="tls-reload")
                 await _first(self._ready.wait(), stop.wait())
-                upkeep = None
+                upkeep = liveness = None
                 if self._ready.is_set() and not stop.is_set():
                     await self._open_listeners()
                     # What start-up made (modules, grpc, the first state: ~40,000 objects) lives as
@@ -267,6 +281,7 @@ class Worker:
                     # again (its full passes took ~10 ms, in the middle of connections).
                     gc.freeze()
                     upkeep = group.create_task(self._upkeep(), name="upkeep")
+                    liveness = group.create_task(self._liveness(), name="liveness")
                     await stop.wait()
                 self._stopping = True
                 metrics.serving.set(0)
@@ -279,7 +294,7 @@ class Worker:
                     log.warning("Worker %d reset %d connections still open after %g s", config.worker_index,
                                 cancelled, self.limits.drain_timeout)
                 self.admission.abort_all()
-                for task in (feed, watch, upkeep):
+                for task in (feed, watch, upkeep, liveness):
                     if task is not None:
                         task.cancel()
                 background.cancel_all()

@@ -72,7 +72,7 @@ class PeerConnection:
 
     @classmethod
     async def open(cls, gateway: Gateway, *, peer_name: str, context: ssl.SSLContext,
-                   timeout: float = 3.0) -> PeerConnection:
+                   timeout: float = 3.0, liveness_timeout: float | None = None) -> PeerConnection:
         """Connect and complete the TLS handshake within `timeout`; raises PeerUnreachable."""
         loop = asyncio.get_running_loop()
         host, port = gateway
@@ -80,7 +80,8 @@ class PeerConnection:
 
         def factory() -> TlsStream:
             nonlocal stream
-            stream = TlsStream(context, server_side=False, server_hostname=peer_name, handshake_timeout=timeout)
+            stream = TlsStream(context, server_side=False, server_hostname=peer_name, handshake_timeout=timeout,
+                               liveness_timeout=liveness_timeout)
             return stream
 
         try:

@@ -8,15 +8,22 @@ sides, even resumed and off the critical path). With framing, the end of data is
 instead, so the TLS connection survives and returns to the pool.
 
 Negotiation, compatible with peers that do not know it: a gateway announces support with the
-response header `x-clusterlink-tunnel: framed-1` (on /healthz, /authz and CONNECT answers); a
+response header `x-clusterlink-tunnel: framed-2` (on /healthz, /authz and CONNECT answers); a
 client that saw it may send `CONNECT` with the same header, and the tunnel is framed only if the
 200 carries it too. Anyone else ignores the header and gets a raw tunnel.
 
 Frames, in both directions after the 200: a 4-byte big-endian word; high bit 0: a data frame
 whose payload is the following `word` bytes (1 .. MAX_FRAME); high bit 1: a control frame without
 payload, `word & 0x7fffffff` = 0: end of data (half-close), 1: reset (the application connection
-was reset: the receiver resets its side too and the TLS connection is closed, not reused).
-When both directions ended, the connection speaks HTTP again (a new request/response cycle).
+was reset: the receiver resets its side too and the TLS connection is closed, not reused),
+2: heartbeat (nothing; the deframer drops it). When both directions ended, the connection speaks
+HTTP again (a new request/response cycle).
+
+Heartbeats (framed-2; framed-1, an earlier version of ours, had none, and a peer announcing it
+gets raw tunnels): while its sending direction is open, each side sends a heartbeat whenever it
+sent nothing for HEARTBEAT_INTERVAL, so a receiver whose direction is open and who is reading
+(not holding back for backpressure) knows the other gateway is gone, frozen or cut off when
+nothing at all arrives for a few intervals (see `gateway.relay.Relay.check_liveness`).
 """
 
 from __future__ import annotations
@@ -24,13 +31,15 @@ from __future__ import annotations
 import struct
 
 TUNNEL_HEADER = "x-clusterlink-tunnel"
-FRAMED = "framed-1"
+FRAMED = "framed-2"
+HEARTBEAT_INTERVAL = 2.0  # seconds: the longest a sender stays silent while its direction is open
 MAX_FRAME = (1 << 24) - 1
 
 _WORD = struct.Struct(">I")
 _CONTROL = 0x80000000
 EOF_FRAME = _WORD.pack(_CONTROL | 0)
 RESET_FRAME = _WORD.pack(_CONTROL | 1)
+HEARTBEAT_FRAME = _WORD.pack(_CONTROL | 2)
 
 DATA = "data"
 EOF = "eof"
@@ -97,6 +106,8 @@ class Deframer:
                 self._header.clear()
             if word & _CONTROL:
                 code = word & ~_CONTROL
+                if code == 2:  # a heartbeat: nothing to deliver
+                    continue
                 if code == 0:
                     self.finished = EOF
                 elif code == 1:

@@ -460,6 +460,11 @@ class Stream(asyncio.BufferedProtocol):
         return self._write_paused and not self._lost
 
     @property
+    def reading_paused(self) -> bool:
+        """Whether we hold back reading (backpressure, a full inbox): silence is then ours."""
+        return bool(self._paused)
+
+    @property
     def buffered(self) -> int:
         """How many received bytes wait to be read."""
         return len(self._inbox)

@@ -15,6 +15,7 @@ of data. The handshake starts when the connection is made (`handshake()` waits f
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -32,8 +33,10 @@ class TlsStream(Stream):
     """
 
     def __init__(self, context: ssl.SSLContext, *, server_side: bool, server_hostname: str | None = None,
-                 handshake_timeout: float = 10.0, on_open: Callable[[Stream], None] | None = None) -> None:
+                 handshake_timeout: float = 10.0, liveness_timeout: float | None = None,
+                 on_open: Callable[[Stream], None] | None = None) -> None:
         super().__init__(on_open=on_open)
+        self._liveness_timeout = liveness_timeout
         self._context = context
         self._server_side = server_side
         self._server_hostname = server_hostname
@@ -53,6 +56,8 @@ class TlsStream(Stream):
 
     def _start(self) -> None:
         assert self._loop is not None
+        if self._liveness_timeout is not None:
+            self._set_liveness(self._liveness_timeout)
         self._handshake_done = self._loop.create_future()
         try:
             self._ssl = self._context.wrap_bio(self._incoming, self._outgoing, server_side=self._server_side,
@@ -63,6 +68,25 @@ class TlsStream(Stream):
         self._handshake_timer = self._loop.call_later(self._handshake_timeout, self._handshake_timed_out)
         if not self._server_side:
             self._do_handshake()
+
+    def _set_liveness(self, timeout: float) -> None:
+        """Kernel-side liveness of a tunnel to another gateway: an idle connection is probed
+        after `timeout` (TCP keepalive, 3 probes 1 s apart), so a peer host that is gone or cut
+        off is noticed on an idle tunnel (a plain one included). Not TCP_USER_TIMEOUT: this kernel
+        aborts a connection whose peer keeps its window shut for that long (a slow service) even
+        though it answers every probe. Framed tunnels also carry heartbeats (`framing`), which a
+        frozen or cut-off gateway does not send."""
+        assert self.transport is not None
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(timeout)))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+        except OSError:
+            pass  # closed already: the connection fails on its own
 
     async def handshake(self) -> None:
         """Wait for the handshake; raises StreamError when it failed."""

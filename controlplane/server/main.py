@@ -85,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
               help="host:port of the gateway's agent port, told to agents (where redirected connections go)")
     flags.add(p, "--reserved-ports", default="443:peer listener,4443:agent listener,9090:metrics",
               help="Ports the gateway itself uses, never leased to Imports: port:what,...")
-    flags.add(p, "--metrics-listen", default="0.0.0.0:9091",
-              help="host:port of the Prometheus /metrics endpoint; 'none' disables it")
+    flags.add(p, "--metrics-listen", default="127.0.0.1:9091",
+              help="host:port of the Prometheus /metrics endpoint (loopback by default: name the local "
+                   "network's address to be scraped from it); 'none' disables it")
     flags.add(p, "--credential-lifetime", type=float, default=86400.0,
               help="Seconds an agent credential is valid (agents renew at half-life)")
     flags.add(p, "--probe-timeout", type=float, default=3.0, help="Heartbeat probe timeout, seconds")

@@ -175,7 +175,8 @@ def snapshot(version: int, peer: str, *, key: bytes, labels: Mapping[str, str] |
 class NamedServer:
     """A TCP server that greets each connection with `<name>\\n`, then serves one command line:
     `ECHO` (echo until EOF, then close), `HASH` (read until EOF, answer `<sha256> <size>`, close),
-    `GEN <n>` (send n pattern bytes, then close). `uploads` records how each HASH upload ended."""
+    `SLOWHASH <s>` (HASH after reading nothing for s seconds), `GEN <n>` (send n pattern bytes, then
+    close). `uploads` records how each HASH upload ended."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -220,7 +221,9 @@ class NamedServer:
                     conn.sendall(rest)
                 while data := conn.recv(1 << 20):
                     conn.sendall(data)
-            elif cmd and cmd[0] == "HASH":
+            elif cmd and cmd[0] in ("HASH", "SLOWHASH"):
+                if cmd[0] == "SLOWHASH":  # a slow service: reads nothing for that many seconds first
+                    time.sleep(float(cmd[1]))
                 digest = hashlib.sha256(rest)
                 size = len(rest)
                 buffer = bytearray(1 << 20)

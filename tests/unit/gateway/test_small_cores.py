@@ -75,7 +75,12 @@ def test_config_from_flags_and_environment(tmp_path: Path, monkeypatch: pytest.M
     assert config.pool_size == 7 and config.controlplane == "unix:/run/cp.sock"
     assert config.workers == 3 and config.connections_per_worker == 4
     assert config.metrics_listen is None and config.peer_listen == ("127.0.0.1", 8443)
-    assert config.agent_listen == ("0.0.0.0", 4443) and config.limits.max_body_bytes == 64 * 1024
+    # every listener but the peer port is on loopback unless told otherwise (issue 10, item 4)
+    assert config.agent_listen == ("127.0.0.1", 4443) and config.import_host == "127.0.0.1"
+    assert load_config(["--certs", "c", "--controlplane", "x:1", "--join-token-file", "t"]).metrics_listen == \
+        ("127.0.0.1", 9090)
+    assert config.limits.max_body_bytes == 64 * 1024 and config.limits.liveness_timeout == 6.0
+    assert not config.serve_unconfigured_peers
     assert not config.is_worker and config.event_loop == "auto"
     assert load_config(["--certs", "c", "--controlplane", "x:1", "--join-token-file", "t",
                         "--event-loop", "asyncio"]).event_loop == "asyncio"
@@ -92,6 +97,10 @@ def test_config_from_flags_and_environment(tmp_path: Path, monkeypatch: pytest.M
     (["--certs", "c", "--controlplane", "x:1", "--join-token-file", "t", "--event-loop", "trio"],
      "invalid choice: 'trio'"),
     (["--certs", "c", "--controlplane", "x:1", "--join-token-file", "t", "--workers", "0"], "not a positive"),
+    (["--certs", "c", "--controlplane", "x:1", "--join-token-file", "t", "--tunnel-liveness-timeout", "2"],
+     "--tunnel-liveness-timeout (2 s) must be at least 5"),
+    (["--certs", "c", "--controlplane", "x:1", "--join-token-file", "t", "--unconfigured-peers", "yes"],
+     "invalid choice: 'yes'"),
 ])
 def test_config_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str],
                        monkeypatch: pytest.MonkeyPatch) -> None:
@@ -108,6 +117,7 @@ def test_every_flag_is_documented() -> None:
     text = build_parser().format_help()
     for flag in ("--certs", "--controlplane", "--join-token-file", "--controlplane-ca", "--peer-listen",
                  "--agent-listen", "--import-host", "--workers", "--metrics-listen", "--token-lifetime",
-                 "--pool-size", "--max-connections", "--event-loop", "--log-level", "--log-format"):
+                 "--pool-size", "--max-connections", "--event-loop", "--log-level", "--log-format",
+                 "--unconfigured-peers", "--tunnel-liveness-timeout", "--max-requests-per-connection"):
         assert flag in text
     assert "--worker-index" not in text and "CLUSTERLINK_POOL_SIZE" in text

@@ -100,7 +100,7 @@ def h11_connect_request(token: str, framed: bool) -> bytes:
     conn = h11.Connection(h11.CLIENT)
     headers = [("Host", "west:443"), ("User-Agent", "clusterlink-gateway"), ("Authorization", f"Bearer {token}")]
     if framed:
-        headers.append(("x-clusterlink-tunnel", "framed-1"))
+        headers.append(("x-clusterlink-tunnel", "framed-2"))
     return conn.send(h11.Request(method="CONNECT", target="west:443", headers=headers)) + \
         conn.send(h11.EndOfMessage())
 
@@ -122,11 +122,11 @@ def test_fast_connect_after_an_exchange_on_the_same_connection() -> None:
     serve(server, client.healthz())
     answer(client, server.respond(200))
     req = serve(server, client.connect(TOKEN, framed=True) + b"EARLY")
-    assert req.header("x-clusterlink-tunnel") == "framed-1"
+    assert req.header("x-clusterlink-tunnel") == "framed-2"
     assert not client.reusable  # a CONNECT is outstanding
     with pytest.raises(RuntimeError):
         client.healthz()
-    resp = answer(client, connect_accepted((("x-clusterlink-tunnel", "framed-1"),)) + b"DATA")
+    resp = answer(client, connect_accepted((("x-clusterlink-tunnel", "framed-2"),)) + b"DATA")
     assert (resp.status, resp.reason, resp.framing) == (200, "Connection established", True)
     assert client.switched and client.trailing_data == b"DATA"
 
@@ -164,7 +164,7 @@ def parse(client: ClientConnection, chunks: list[bytes], eof: bool = False) -> o
 
 
 _header = st.tuples(st.sampled_from(["x-clusterlink-tunnel", "Content-Length", "X-A", "Server", "Bad Name"]),
-                    st.sampled_from(["framed-1", "0", "3", "", " padded ", "a\tb", "x" * 40]))
+                    st.sampled_from(["framed-2", "framed-1", "0", "3", "", " padded ", "a\tb", "x" * 40]))
 
 
 @settings(max_examples=300, deadline=None)
@@ -181,3 +181,12 @@ def test_fast_path_parses_like_h11(status: int, reason: str, headers: list[tuple
     slow.connect("tok en")
     chunks = [data[:cut], data[cut:]]
     assert parse(fast, chunks, eof) == parse(slow, chunks, eof)
+
+
+def test_a_peer_announcing_framed_1_gets_raw_tunnels() -> None:
+    """framed-1 (an earlier version of ours, without heartbeats) is not framed-2: a client that
+    sees it answers as to a peer that does not frame."""
+    client, server = ClientConnection("west"), ServerConnection()
+    serve(server, client.healthz())
+    resp = answer(client, server.respond(200, headers=[("x-clusterlink-tunnel", "framed-1")]))
+    assert resp.status == 200 and resp.framing is False

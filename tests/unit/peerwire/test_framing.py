@@ -10,6 +10,7 @@ from controlplane.peerwire.framing import (
     DATA,
     EOF,
     EOF_FRAME,
+    HEARTBEAT_FRAME,
     MAX_FRAME,
     RESET_FRAME,
     Deframer,
@@ -84,3 +85,23 @@ def test_idle_between_frames() -> None:
     assert not deframer.idle
     deframer.feed(memoryview(b"bc"))
     assert deframer.idle
+
+
+@given(st.lists(st.binary(min_size=1, max_size=300), max_size=6), st.lists(st.booleans(), max_size=7),
+       st.lists(st.integers(0, 10_000), max_size=12))
+def test_heartbeats_between_frames_deliver_nothing(messages: list[bytes], beats: list[bool], cuts: list[int]) -> None:
+    """Heartbeats anywhere between frames, under any split, change nothing the receiver sees."""
+    pieces = []
+    for i, message in enumerate(messages):
+        if i < len(beats) and beats[i]:
+            pieces.append(HEARTBEAT_FRAME)
+        pieces.append(frame(message))
+    wire = HEARTBEAT_FRAME + b"".join(pieces) + HEARTBEAT_FRAME + EOF_FRAME + b"next"
+    payload, finished, rest = run(split(wire, cuts))
+    assert payload == b"".join(messages) and finished == EOF
+    assert b"next".startswith(rest) or rest == b"next"
+
+
+def test_only_heartbeats_is_no_event() -> None:
+    deframer = Deframer()
+    assert deframer.feed(memoryview(HEARTBEAT_FRAME * 3)) == [] and deframer.idle and deframer.finished is None

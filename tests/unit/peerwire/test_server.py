@@ -47,7 +47,7 @@ def test_connect_switches_and_keeps_early_bytes() -> None:
         conn.next_request()
 
 
-@pytest.mark.parametrize("headers", [(), (("x-clusterlink-tunnel", "framed-1"),)])
+@pytest.mark.parametrize("headers", [(), (("x-clusterlink-tunnel", "framed-2"),)])
 def test_a_prepared_200_is_the_answer_accept_connect_makes(headers: tuple[tuple[str, str], ...]) -> None:
     made, prepared = ServerConnection(), ServerConnection()
     for conn in (made, prepared):
