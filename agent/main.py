@@ -293,7 +293,8 @@ async def run(config: Config) -> None:
             metrics.serve(config.metrics_listen, table_age=lambda: time.time() - agent.table_received_at
                           if agent.table_received_at else float("nan"))
         feed = SnapshotFeed(endpoint, role="agent", node=config.node, on_snapshot=agent.apply_snapshot,
-                            on_connected=lambda up: metrics.controlplane_connected.set(1 if up else 0))
+                            on_connected=lambda up: metrics.controlplane_connected.set(1 if up else 0),
+                            name=f"agent {config.node} pid {os.getpid()}")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from controlplane import pki
-from controlplane.api.client import ControlPlaneClient, Endpoint
+from controlplane.api.client import ControlPlaneClient, Endpoint, Rollout
 from fabric.process import Proc
 from fabric.topology import NodeNet, PeerNet, PodNet, Topology
 
@@ -35,6 +35,7 @@ GATEWAY_METRICS = 9090
 CONTROLPLANE_METRICS = 9091
 AGENT_METRICS = 9092
 PROXY_PORT = 15001
+APPLY_WAIT = 10.0  # seconds apply/delete wait for the peer's gateways and agents to confirm a change
 BIN = Path(sys.executable).parent
 
 
@@ -100,6 +101,7 @@ class Peer:
         self.controlplane: Proc | None = None
         self.gateway: Proc | None = None
         self.agents: dict[str, Proc] = {}
+        self.last_rollout: Rollout | None = None  # of the last apply/delete
 
     # -- names and places --------------------------------------------------------------------------
     @property
@@ -223,11 +225,16 @@ class Peer:
 
         return asyncio.run(go())
 
-    def apply(self, text: str) -> list[str]:
-        return self._api(lambda c: c.apply(text))
+    def apply(self, text: str, *, wait: float = APPLY_WAIT) -> list[str]:
+        """Store objects; returns once this peer's gateways and agents confirmed the change is in
+        force (or `wait` passed: `last_rollout` says where it stands)."""
+        applied = self._api(lambda c: c.apply(text, wait=wait))
+        self.last_rollout = applied.rollout
+        return applied.results
 
-    def delete(self, kind: str, name: str, namespace: str = "default") -> bool:
-        return self._api(lambda c: c.delete(kind, namespace, name))
+    def delete(self, kind: str, name: str, namespace: str = "default", *, wait: float = APPLY_WAIT) -> bool:
+        self.last_rollout = self._api(lambda c: c.delete(kind, namespace, name, wait=wait))
+        return True
 
     def get(self, kind: str, name: str = "", namespace: str = "") -> list[dict[str, Any]]:
         return json.loads(self._api(lambda c: c.get(kind, namespace, name)))

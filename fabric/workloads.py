@@ -12,6 +12,11 @@ Clients (their exit status says how the connection ended; see EXIT_*):
                                 sends N pseudo-random bytes, half-closes, reads the reply to EOF,
                                 prints JSON {sent, sha256, received, received_sha256, reply}
   getpeername --host H --port P prints JSON {peer, local} of a connected socket
+  http-probe URL --commands FIFO
+                                for every line read from FIFO, one GET on a new connection at once,
+                                printing JSON {line, code, server} (code: an EXIT_* value), so that
+                                a test can time a connection to the millisecond without starting a
+                                process; ends at the FIFO's end of file
 """
 
 from __future__ import annotations
@@ -220,6 +225,33 @@ def http_get(args: argparse.Namespace) -> int:
     return _client("http-get", get)
 
 
+def http_probe(args: argparse.Namespace) -> int:
+    url = urllib.parse.urlsplit(args.url)
+    if url.scheme != "http" or not url.hostname:
+        print(f"http-probe: only http://host[:port]/path URLs, not {args.url!r}", file=sys.stderr)
+        return EXIT_ERROR
+    path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+    print("http-probe ready", flush=True)
+    with open(args.commands, encoding="utf-8") as commands:  # blocks until the test opens it for writing
+        for line in commands:
+            conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=args.timeout)
+            try:
+                conn.request("GET", path)
+                response = conn.getresponse()
+                body = response.read()
+                code = EXIT_OK if 200 <= response.status < 300 else EXIT_HTTP_STATUS
+                try:
+                    server = json.loads(body)["server"]
+                except (ValueError, KeyError, TypeError):
+                    server = body.decode(errors="replace")[:200]
+            except (OSError, http.client.HTTPException) as exc:
+                code, server = exit_code_for(exc), f"{type(exc).__name__}: {exc}"
+            finally:
+                conn.close()
+            print(json.dumps({"line": line.strip(), "code": code, "server": server}), flush=True)
+    return EXIT_OK
+
+
 def tcp_send(args: argparse.Namespace) -> int:
     def send() -> int:
         rng = random.Random(args.seed)
@@ -302,6 +334,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="GET")
     p.add_argument("--data", help="request body")
     p.set_defaults(run=http_get)
+
+    p = sub.add_parser("http-probe")
+    p.add_argument("url")
+    p.add_argument("--commands", required=True, help="a FIFO: one GET per line read")
+    p.add_argument("--timeout", type=float, default=5.0)
+    p.set_defaults(run=http_probe)
 
     for name, run in (("tcp-send", tcp_send), ("getpeername", getpeername)):
         p = sub.add_parser(name)

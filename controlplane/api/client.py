@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,8 @@ from . import clusterlink_pb2 as pb
 from . import clusterlink_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
+
+ACK_TIMEOUT = 5.0  # seconds for one snapshot acknowledgement
 
 
 class APIError(RuntimeError):
@@ -88,6 +92,29 @@ def _translate(exc: grpc.aio.AioRpcError) -> APIError:
     return APIError(exc.code().name, exc.details() or "control plane call failed")
 
 
+@dataclass(frozen=True)
+class Rollout:
+    """Where a management change stands on the control plane's gateways and agents."""
+
+    waited: bool
+    complete: bool
+    confirmed: int = 0
+    pending: tuple[str, ...] = ()
+    silent: int = 0
+    gateway_version: int = 0
+
+    @classmethod
+    def from_pb(cls, msg: pb.Rollout) -> Rollout:
+        return cls(waited=msg.waited, complete=msg.complete, confirmed=msg.confirmed, pending=tuple(msg.pending),
+                   silent=msg.silent, gateway_version=msg.gateway_version)
+
+
+@dataclass(frozen=True)
+class Applied:
+    results: list[str]
+    rollout: Rollout
+
+
 class ControlPlaneClient:
     """Unary calls (Register, management) on one channel. Use as an async context manager."""
 
@@ -110,28 +137,33 @@ class ControlPlaneClient:
             raise RuntimeError("ControlPlaneClient used outside `async with`")
         return cls(self._channel)
 
-    async def _call(self, method: Callable[..., Awaitable], request: object) -> object:
+    async def _call(self, method: Callable[..., Awaitable], request: object, *, extra_time: float = 0.0) -> object:
         try:
-            return await method(request, metadata=_metadata(self.endpoint), timeout=self.timeout)
+            return await method(request, metadata=_metadata(self.endpoint), timeout=self.timeout + extra_time)
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc) from None
 
     async def register(self, node: str) -> pb.RegisterResponse:
         return await self._call(self._stub(pb_grpc.ControlPlaneStub).Register, pb.RegisterRequest(node=node))
 
-    async def apply(self, yaml_text: str) -> list[str]:
-        resp = await self._call(self._stub(pb_grpc.ManagementStub).Apply, pb.ApplyRequest(yaml=yaml_text))
-        return list(resp.results)
+    async def apply(self, yaml_text: str, *, wait: float = 0.0) -> Applied:
+        """Store the objects; with `wait` > 0 the answer comes once the change is in force on the
+        gateways and agents (or `wait` seconds passed: see `Applied.rollout`)."""
+        resp = await self._call(self._stub(pb_grpc.ManagementStub).Apply,
+                                pb.ApplyRequest(yaml=yaml_text, wait_seconds=wait), extra_time=wait)
+        return Applied(list(resp.results), Rollout.from_pb(resp.rollout))
 
     async def get(self, kind: str, namespace: str = "", name: str = "") -> str:
         resp = await self._call(self._stub(pb_grpc.ManagementStub).Get,
                                 pb.GetRequest(kind=kind, namespace=namespace, name=name))
         return resp.objects_json
 
-    async def delete(self, kind: str, namespace: str, name: str) -> bool:
+    async def delete(self, kind: str, namespace: str, name: str, *, wait: float = 0.0) -> Rollout:
+        """Delete one object (APIError NOT_FOUND if it does not exist); `wait` as in `apply`."""
         resp = await self._call(self._stub(pb_grpc.ManagementStub).Delete,
-                                pb.DeleteRequest(kind=kind, namespace=namespace, name=name))
-        return resp.deleted
+                                pb.DeleteRequest(kind=kind, namespace=namespace, name=name, wait_seconds=wait),
+                                extra_time=wait)
+        return Rollout.from_pb(resp.rollout)
 
 
 SnapshotCallback = Callable[[pb.Snapshot], Awaitable[None] | None]
@@ -146,8 +178,8 @@ class SnapshotFeed:
     """
 
     def __init__(self, endpoint: Endpoint, *, role: str, node: str = "", on_snapshot: SnapshotCallback,
-                 on_connected: StateCallback | None = None, min_backoff: float = 0.2, max_backoff: float = 5.0
-                 ) -> None:
+                 on_connected: StateCallback | None = None, min_backoff: float = 0.2, max_backoff: float = 5.0,
+                 name: str = "", acknowledge: bool = True) -> None:
         if role not in ("gateway", "agent"):
             raise ValueError(f"role must be gateway or agent, not {role!r}")
         self.endpoint = endpoint
@@ -160,6 +192,11 @@ class SnapshotFeed:
         self.version = 0
         self.connected = False
         self.last_error: str = ""
+        # Acks: once `on_snapshot` returned, the snapshot is in force; the control plane's Apply and
+        # Delete wait for that. `name` says who we are in their "not yet in force" messages.
+        self.name = name or f"{role} {node or socket.gethostname()} pid {os.getpid()}"
+        self._acknowledge = acknowledge
+        self._streams = 0
 
     def _set_connected(self, value: bool) -> None:
         if value != self.connected:
@@ -172,9 +209,12 @@ class SnapshotFeed:
         backoff = self._min_backoff
         while True:
             channel = _channel(self.endpoint)
+            self._streams += 1
+            instance = f"{self.name} stream {self._streams}" if self._acknowledge else ""
             try:
                 stub = pb_grpc.ControlPlaneStub(channel)
-                call = stub.Watch(pb.WatchRequest(role=self.role, node=self.node, known_version=self.version),
+                call = stub.Watch(pb.WatchRequest(role=self.role, node=self.node, known_version=self.version,
+                                                  instance=instance),
                                   metadata=_metadata(self.endpoint))
                 await call.initial_metadata()  # the server sends it once the stream is accepted
                 self._set_connected(True)
@@ -187,6 +227,8 @@ class SnapshotFeed:
                     result = self._on_snapshot(snap)
                     if asyncio.iscoroutine(result):
                         await result
+                    if instance and self._acknowledge:
+                        await self._ack(stub, instance, snap.version)
                 self.last_error = "stream ended"
             except grpc.aio.AioRpcError as exc:
                 self.last_error = f"{exc.code().name}: {exc.details()}"
@@ -200,4 +242,15 @@ class SnapshotFeed:
                 await channel.close()
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, self._max_backoff)
+
+    async def _ack(self, stub, instance: str, version: int) -> None:  # type: ignore[no-untyped-def]
+        try:
+            await stub.Ack(pb.AckRequest(instance=instance, version=version), metadata=_metadata(self.endpoint),
+                           timeout=ACK_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # an older control plane: it cannot wait for us
+                log.info("the control plane at %s does not take acknowledgements", self.endpoint.address)
+                self._acknowledge = False
+            else:  # the stream is probably breaking too; the next stream starts from what we hold
+                log.debug("acknowledging snapshot %d failed: %s", version, exc.details())
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11\x63lusterlink.proto\x12\x0e\x63lusterlink.v1\"%\n\x07Gateway\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"\xbb\x01\n\x08PeerInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x08gateways\x18\x02 \x03(\x0b\x32\x17.clusterlink.v1.Gateway\x12\x11\n\treachable\x18\x03 \x01(\x08\x12\x34\n\x06labels\x18\x04 \x03(\x0b\x32$.clusterlink.v1.PeerInfo.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc6\x01\n\nExportInfo\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0btarget_host\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\r\x12\x36\n\x06labels\x18\x05 \x03(\x0b\x32&.clusterlink.v1.ExportInfo.LabelsEntry\x12\r\n\x05valid\x18\x06 \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"K\n\x0cImportSource\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\x13\n\x0b\x65xport_name\x18\x02 \x01(\t\x12\x18\n\x10\x65xport_namespace\x18\x03 \x01(\t\"\x86\x02\n\nImportInfo\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\x12\x13\n\x0btarget_port\x18\x04 \x01(\r\x12\x0b\n\x03vip\x18\x05 \x01(\t\x12\x11\n\tlb_scheme\x18\x06 \x01(\t\x12-\n\x07sources\x18\x07 \x03(\x0b\x32\x1c.clusterlink.v1.ImportSource\x12\x36\n\x06labels\x18\x08 \x03(\x0b\x32&.clusterlink.v1.ImportInfo.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"T\n\nPolicyInfo\x12\x12\n\nprivileged\x18\x01 \x01(\x08\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\tspec_json\x18\x04 \x01(\t\"\xcf\x01\n\x0cWorkloadInfo\x12\x0e\n\x06\x63group\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x17\n\x0fservice_account\x18\x04 \x01(\t\x12\x38\n\x06labels\x18\x05 \x03(\x0b\x32(.clusterlink.v1.WorkloadInfo.LabelsEntry\x12\x0c\n\x04node\x18\x06 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xcf\x03\n\x08Snapshot\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x11\n\tpeer_name\x18\x02 \x01(\t\x12=\n\x0bpeer_labels\x18\x03 \x03(\x0b\x32(.clusterlink.v1.Snapshot.PeerLabelsEntry\x12\'\n\x05peers\x18\x04 \x03(\x0b\x32\x18.clusterlink.v1.PeerInfo\x12+\n\x07\x65xports\x18\x05 \x03(\x0b\x32\x1a.clusterlink.v1.ExportInfo\x12+\n\x07imports\x18\x06 \x03(\x0b\x32\x1a.clusterlink.v1.ImportInfo\x12,\n\x08policies\x18\x07 \x03(\x0b\x32\x1a.clusterlink.v1.PolicyInfo\x12/\n\tworkloads\x18\x08 \x03(\x0b\x32\x1c.clusterlink.v1.WorkloadInfo\x12\x11\n\ttoken_key\x18\t \x01(\x0c\x12\x1d\n\x15gateway_agent_address\x18\n \x01(\t\x12\x19\n\x11generated_unix_ms\x18\x0b \x01(\x03\x1a\x31\n\x0fPeerLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"A\n\x0cWatchRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x15\n\rknown_version\x18\x03 \x01(\x04\"\x1f\n\x0fRegisterRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\"<\n\x10RegisterResponse\x12\x12\n\ncredential\x18\x01 \x01(\t\x12\x14\n\x0c\x65xpires_unix\x18\x02 \x01(\x03\"\x1c\n\x0c\x41pplyRequest\x12\x0c\n\x04yaml\x18\x01 \x01(\t\" \n\rApplyResponse\x12\x0f\n\x07results\x18\x01 \x03(\t\";\n\nGetRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"#\n\x0bGetResponse\x12\x14\n\x0cobjects_json\x18\x01 \x01(\t\">\n\rDeleteRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x32\xa0\x01\n\x0c\x43ontrolPlane\x12M\n\x08Register\x12\x1f.clusterlink.v1.RegisterRequest\x1a .clusterlink.v1.RegisterResponse\x12\x41\n\x05Watch\x12\x1c.clusterlink.v1.WatchRequest\x1a\x18.clusterlink.v1.Snapshot0\x01\x32\xdb\x01\n\nManagement\x12\x44\n\x05\x41pply\x12\x1c.clusterlink.v1.ApplyRequest\x1a\x1d.clusterlink.v1.ApplyResponse\x12>\n\x03Get\x12\x1a.clusterlink.v1.GetRequest\x1a\x1b.clusterlink.v1.GetResponse\x12G\n\x06\x44\x65lete\x12\x1d.clusterlink.v1.DeleteRequest\x1a\x1e.clusterlink.v1.DeleteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11\x63lusterlink.proto\x12\x0e\x63lusterlink.v1\"%\n\x07Gateway\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"\xbb\x01\n\x08PeerInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x08gateways\x18\x02 \x03(\x0b\x32\x17.clusterlink.v1.Gateway\x12\x11\n\treachable\x18\x03 \x01(\x08\x12\x34\n\x06labels\x18\x04 \x03(\x0b\x32$.clusterlink.v1.PeerInfo.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc6\x01\n\nExportInfo\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0btarget_host\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\r\x12\x36\n\x06labels\x18\x05 \x03(\x0b\x32&.clusterlink.v1.ExportInfo.LabelsEntry\x12\r\n\x05valid\x18\x06 \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"K\n\x0cImportSource\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\x13\n\x0b\x65xport_name\x18\x02 \x01(\t\x12\x18\n\x10\x65xport_namespace\x18\x03 \x01(\t\"\x86\x02\n\nImportInfo\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\x12\x13\n\x0btarget_port\x18\x04 \x01(\r\x12\x0b\n\x03vip\x18\x05 \x01(\t\x12\x11\n\tlb_scheme\x18\x06 \x01(\t\x12-\n\x07sources\x18\x07 \x03(\x0b\x32\x1c.clusterlink.v1.ImportSource\x12\x36\n\x06labels\x18\x08 \x03(\x0b\x32&.clusterlink.v1.ImportInfo.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"T\n\nPolicyInfo\x12\x12\n\nprivileged\x18\x01 \x01(\x08\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\tspec_json\x18\x04 \x01(\t\"\xcf\x01\n\x0cWorkloadInfo\x12\x0e\n\x06\x63group\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x17\n\x0fservice_account\x18\x04 \x01(\t\x12\x38\n\x06labels\x18\x05 \x03(\x0b\x32(.clusterlink.v1.WorkloadInfo.LabelsEntry\x12\x0c\n\x04node\x18\x06 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xcf\x03\n\x08Snapshot\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x11\n\tpeer_name\x18\x02 \x01(\t\x12=\n\x0bpeer_labels\x18\x03 \x03(\x0b\x32(.clusterlink.v1.Snapshot.PeerLabelsEntry\x12\'\n\x05peers\x18\x04 \x03(\x0b\x32\x18.clusterlink.v1.PeerInfo\x12+\n\x07\x65xports\x18\x05 \x03(\x0b\x32\x1a.clusterlink.v1.ExportInfo\x12+\n\x07imports\x18\x06 \x03(\x0b\x32\x1a.clusterlink.v1.ImportInfo\x12,\n\x08policies\x18\x07 \x03(\x0b\x32\x1a.clusterlink.v1.PolicyInfo\x12/\n\tworkloads\x18\x08 \x03(\x0b\x32\x1c.clusterlink.v1.WorkloadInfo\x12\x11\n\ttoken_key\x18\t \x01(\x0c\x12\x1d\n\x15gateway_agent_address\x18\n \x01(\t\x12\x19\n\x11generated_unix_ms\x18\x0b \x01(\x03\x1a\x31\n\x0fPeerLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"S\n\x0cWatchRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x15\n\rknown_version\x18\x03 \x01(\x04\x12\x10\n\x08instance\x18\x04 \x01(\t\"/\n\nAckRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\"\x1c\n\x0b\x41\x63kResponse\x12\r\n\x05known\x18\x01 \x01(\x08\"x\n\x07Rollout\x12\x0e\n\x06waited\x18\x01 \x01(\x08\x12\x10\n\x08\x63omplete\x18\x02 \x01(\x08\x12\x11\n\tconfirmed\x18\x03 \x01(\r\x12\x0f\n\x07pending\x18\x04 \x03(\t\x12\x17\n\x0fgateway_version\x18\x05 \x01(\x04\x12\x0e\n\x06silent\x18\x06 \x01(\r\"\x1f\n\x0fRegisterRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\"<\n\x10RegisterResponse\x12\x12\n\ncredential\x18\x01 \x01(\t\x12\x14\n\x0c\x65xpires_unix\x18\x02 \x01(\x03\"2\n\x0c\x41pplyRequest\x12\x0c\n\x04yaml\x18\x01 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x01\"J\n\rApplyResponse\x12\x0f\n\x07results\x18\x01 \x03(\t\x12(\n\x07rollout\x18\x02 \x01(\x0b\x32\x17.clusterlink.v1.Rollout\";\n\nGetRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"#\n\x0bGetResponse\x12\x14\n\x0cobjects_json\x18\x01 \x01(\t\"T\n\rDeleteRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x04 \x01(\x01\"K\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x12(\n\x07rollout\x18\x02 \x01(\x0b\x32\x17.clusterlink.v1.Rollout2\xe0\x01\n\x0c\x43ontrolPlane\x12M\n\x08Register\x12\x1f.clusterlink.v1.RegisterRequest\x1a .clusterlink.v1.RegisterResponse\x12\x41\n\x05Watch\x12\x1c.clusterlink.v1.WatchRequest\x1a\x18.clusterlink.v1.Snapshot0\x01\x12>\n\x03\x41\x63k\x12\x1a.clusterlink.v1.AckRequest\x1a\x1b.clusterlink.v1.AckResponse2\xdb\x01\n\nManagement\x12\x44\n\x05\x41pply\x12\x1c.clusterlink.v1.ApplyRequest\x1a\x1d.clusterlink.v1.ApplyResponse\x12>\n\x03Get\x12\x1a.clusterlink.v1.GetRequest\x1a\x1b.clusterlink.v1.GetResponse\x12G\n\x06\x44\x65lete\x12\x1d.clusterlink.v1.DeleteRequest\x1a\x1e.clusterlink.v1.DeleteResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -68,25 +68,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SNAPSHOT_PEERLABELSENTRY']._serialized_start=1520
   _globals['_SNAPSHOT_PEERLABELSENTRY']._serialized_end=1569
   _globals['_WATCHREQUEST']._serialized_start=1571
-  _globals['_WATCHREQUEST']._serialized_end=1636
-  _globals['_REGISTERREQUEST']._serialized_start=1638
-  _globals['_REGISTERREQUEST']._serialized_end=1669
-  _globals['_REGISTERRESPONSE']._serialized_start=1671
-  _globals['_REGISTERRESPONSE']._serialized_end=1731
-  _globals['_APPLYREQUEST']._serialized_start=1733
-  _globals['_APPLYREQUEST']._serialized_end=1761
-  _globals['_APPLYRESPONSE']._serialized_start=1763
-  _globals['_APPLYRESPONSE']._serialized_end=1795
-  _globals['_GETREQUEST']._serialized_start=1797
-  _globals['_GETREQUEST']._serialized_end=1856
-  _globals['_GETRESPONSE']._serialized_start=1858
-  _globals['_GETRESPONSE']._serialized_end=1893
-  _globals['_DELETEREQUEST']._serialized_start=1895
-  _globals['_DELETEREQUEST']._serialized_end=1957
-  _globals['_DELETERESPONSE']._serialized_start=1959
-  _globals['_DELETERESPONSE']._serialized_end=1992
-  _globals['_CONTROLPLANE']._serialized_start=1995
-  _globals['_CONTROLPLANE']._serialized_end=2155
-  _globals['_MANAGEMENT']._serialized_start=2158
-  _globals['_MANAGEMENT']._serialized_end=2377
+  _globals['_WATCHREQUEST']._serialized_end=1654
+  _globals['_ACKREQUEST']._serialized_start=1656
+  _globals['_ACKREQUEST']._serialized_end=1703
+  _globals['_ACKRESPONSE']._serialized_start=1705
+  _globals['_ACKRESPONSE']._serialized_end=1733
+  _globals['_ROLLOUT']._serialized_start=1735
+  _globals['_ROLLOUT']._serialized_end=1855
+  _globals['_REGISTERREQUEST']._serialized_start=1857
+  _globals['_REGISTERREQUEST']._serialized_end=1888
+  _globals['_REGISTERRESPONSE']._serialized_start=1890
+  _globals['_REGISTERRESPONSE']._serialized_end=1950
+  _globals['_APPLYREQUEST']._serialized_start=1952
+  _globals['_APPLYREQUEST']._serialized_end=2002
+  _globals['_APPLYRESPONSE']._serialized_start=2004
+  _globals['_APPLYRESPONSE']._serialized_end=2078
+  _globals['_GETREQUEST']._serialized_start=2080
+  _globals['_GETREQUEST']._serialized_end=2139
+  _globals['_GETRESPONSE']._serialized_start=2141
+  _globals['_GETRESPONSE']._serialized_end=2176
+  _globals['_DELETEREQUEST']._serialized_start=2178
+  _globals['_DELETEREQUEST']._serialized_end=2262
+  _globals['_DELETERESPONSE']._serialized_start=2264
+  _globals['_DELETERESPONSE']._serialized_end=2339
+  _globals['_CONTROLPLANE']._serialized_start=2342
+  _globals['_CONTROLPLANE']._serialized_end=2566
+  _globals['_MANAGEMENT']._serialized_start=2569
+  _globals['_MANAGEMENT']._serialized_end=2788
 # @@protoc_insertion_point(module_scope)

@@ -162,14 +162,46 @@ class Snapshot(_message.Message):
     def __init__(self, version: _Optional[int] = ..., peer_name: _Optional[str] = ..., peer_labels: _Optional[_Mapping[str, str]] = ..., peers: _Optional[_Iterable[_Union[PeerInfo, _Mapping]]] = ..., exports: _Optional[_Iterable[_Union[ExportInfo, _Mapping]]] = ..., imports: _Optional[_Iterable[_Union[ImportInfo, _Mapping]]] = ..., policies: _Optional[_Iterable[_Union[PolicyInfo, _Mapping]]] = ..., workloads: _Optional[_Iterable[_Union[WorkloadInfo, _Mapping]]] = ..., token_key: _Optional[bytes] = ..., gateway_agent_address: _Optional[str] = ..., generated_unix_ms: _Optional[int] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("role", "node", "known_version")
+    __slots__ = ("role", "node", "known_version", "instance")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     KNOWN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
     role: str
     node: str
     known_version: int
-    def __init__(self, role: _Optional[str] = ..., node: _Optional[str] = ..., known_version: _Optional[int] = ...) -> None: ...
+    instance: str
+    def __init__(self, role: _Optional[str] = ..., node: _Optional[str] = ..., known_version: _Optional[int] = ..., instance: _Optional[str] = ...) -> None: ...
+
+class AckRequest(_message.Message):
+    __slots__ = ("instance", "version")
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    instance: str
+    version: int
+    def __init__(self, instance: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class AckResponse(_message.Message):
+    __slots__ = ("known",)
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    known: bool
+    def __init__(self, known: _Optional[bool] = ...) -> None: ...
+
+class Rollout(_message.Message):
+    __slots__ = ("waited", "complete", "confirmed", "pending", "gateway_version", "silent")
+    WAITED_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMED_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SILENT_FIELD_NUMBER: _ClassVar[int]
+    waited: bool
+    complete: bool
+    confirmed: int
+    pending: _containers.RepeatedScalarFieldContainer[str]
+    gateway_version: int
+    silent: int
+    def __init__(self, waited: _Optional[bool] = ..., complete: _Optional[bool] = ..., confirmed: _Optional[int] = ..., pending: _Optional[_Iterable[str]] = ..., gateway_version: _Optional[int] = ..., silent: _Optional[int] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
     __slots__ = ("node",)
@@ -186,16 +218,20 @@ class RegisterResponse(_message.Message):
     def __init__(self, credential: _Optional[str] = ..., expires_unix: _Optional[int] = ...) -> None: ...
 
 class ApplyRequest(_message.Message):
-    __slots__ = ("yaml",)
+    __slots__ = ("yaml", "wait_seconds")
     YAML_FIELD_NUMBER: _ClassVar[int]
+    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     yaml: str
-    def __init__(self, yaml: _Optional[str] = ...) -> None: ...
+    wait_seconds: float
+    def __init__(self, yaml: _Optional[str] = ..., wait_seconds: _Optional[float] = ...) -> None: ...
 
 class ApplyResponse(_message.Message):
-    __slots__ = ("results",)
+    __slots__ = ("results", "rollout")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, results: _Optional[_Iterable[str]] = ...) -> None: ...
+    rollout: Rollout
+    def __init__(self, results: _Optional[_Iterable[str]] = ..., rollout: _Optional[_Union[Rollout, _Mapping]] = ...) -> None: ...
 
 class GetRequest(_message.Message):
     __slots__ = ("kind", "namespace", "name")
@@ -214,17 +250,21 @@ class GetResponse(_message.Message):
     def __init__(self, objects_json: _Optional[str] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
-    __slots__ = ("kind", "namespace", "name")
+    __slots__ = ("kind", "namespace", "name", "wait_seconds")
     KIND_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     kind: str
     namespace: str
     name: str
-    def __init__(self, kind: _Optional[str] = ..., namespace: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+    wait_seconds: float
+    def __init__(self, kind: _Optional[str] = ..., namespace: _Optional[str] = ..., name: _Optional[str] = ..., wait_seconds: _Optional[float] = ...) -> None: ...
 
 class DeleteResponse(_message.Message):
-    __slots__ = ("deleted",)
+    __slots__ = ("deleted", "rollout")
     DELETED_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
     deleted: bool
-    def __init__(self, deleted: _Optional[bool] = ...) -> None: ...
+    rollout: Rollout
+    def __init__(self, deleted: _Optional[bool] = ..., rollout: _Optional[_Union[Rollout, _Mapping]] = ...) -> None: ...

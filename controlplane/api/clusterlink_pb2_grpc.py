@@ -44,6 +44,11 @@ class ControlPlaneStub:
                 request_serializer=clusterlink__pb2.WatchRequest.SerializeToString,
                 response_deserializer=clusterlink__pb2.Snapshot.FromString,
                 _registered_method=True)
+        self.Ack = channel.unary_unary(
+                '/clusterlink.v1.ControlPlane/Ack',
+                request_serializer=clusterlink__pb2.AckRequest.SerializeToString,
+                response_deserializer=clusterlink__pb2.AckResponse.FromString,
+                _registered_method=True)
 
 
 class ControlPlaneServicer:
@@ -61,6 +66,12 @@ class ControlPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Ack(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlPlaneServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +84,11 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=clusterlink__pb2.WatchRequest.FromString,
                     response_serializer=clusterlink__pb2.Snapshot.SerializeToString,
+            ),
+            'Ack': grpc.unary_unary_rpc_method_handler(
+                    servicer.Ack,
+                    request_deserializer=clusterlink__pb2.AckRequest.FromString,
+                    response_serializer=clusterlink__pb2.AckResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +145,33 @@ class ControlPlane:
             '/clusterlink.v1.ControlPlane/Watch',
             clusterlink__pb2.WatchRequest.SerializeToString,
             clusterlink__pb2.Snapshot.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ack(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clusterlink.v1.ControlPlane/Ack',
+            clusterlink__pb2.AckRequest.SerializeToString,
+            clusterlink__pb2.AckResponse.FromString,
             options,
             channel_credentials,
             insecure,

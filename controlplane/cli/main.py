@@ -5,7 +5,8 @@ sub-commands and sets `handler` (a function `handler(args) -> int`) on each of t
 group, import its module and append it to `COMMAND_MODULES`.
 
 Exit codes: 0 success, 1 a `CommandError` (one line on stderr), 2 a usage error (argparse),
-130 interrupted.
+3 `apply`/`delete` stored the change but not every gateway and agent confirmed it in force within
+--wait (they are named on stderr), 130 interrupted.
 """
 
 from __future__ import annotations

@@ -18,13 +18,50 @@ from typing import Any
 
 import yaml
 
-from controlplane.api.client import APIError, ControlPlaneClient, Endpoint, read_token
+from controlplane.api.client import APIError, ControlPlaneClient, Endpoint, Rollout, read_token
 from controlplane.cli.errors import CommandError
 from controlplane.model import schema as S
 from controlplane.model.objects import DEFAULT_NAMESPACE, ModelError, parse_documents
 
 DEFAULT_CONTROLPLANE = "unix:/run/clusterlink/controlplane.sock"
 DEFAULT_TOKEN_FILE = "/var/lib/clusterlink/admin.token"
+DEFAULT_WAIT = 10.0
+EXIT_NOT_IN_FORCE = 3  # stored, but not confirmed in force on every gateway and agent within --wait
+
+
+def _add_wait_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wait", type=_seconds, default=DEFAULT_WAIT, metavar="SECONDS",
+                   help="return once the gateways and agents connected to the control plane confirm the change "
+                        "is in force (the next connection sees it; established connections keep what they were "
+                        f"admitted with), waiting at most SECONDS (default {DEFAULT_WAIT:g}); if some have not "
+                        f"confirmed by then, say which and exit with status {EXIT_NOT_IN_FORCE}; 0 = return once "
+                        "stored")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value <= 300:
+        raise argparse.ArgumentTypeError(f"--wait must be between 0 and 300 seconds, not {text}")
+    return value
+
+
+def _report_rollout(rollout: Rollout) -> bool:
+    """Say on stderr what is not in force yet; True if all is."""
+    if not rollout.waited:
+        return True
+    if rollout.complete:
+        if not rollout.confirmed and not rollout.silent:
+            print("clusterlink: note: no gateway or agent is connected to the control plane; each one gets the "
+                  "change before it serves", file=sys.stderr)
+        return True
+    print(f"clusterlink: warning: stored, but not yet in force on {len(rollout.pending)} of "
+          f"{len(rollout.pending) + rollout.confirmed} gateways and agents:", file=sys.stderr)
+    for line in rollout.pending:
+        print(f"  {line}", file=sys.stderr)
+    return False
 
 
 def _add_connection_flags(p: argparse.ArgumentParser) -> None:
@@ -95,9 +132,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if errors:
         raise CommandError("nothing applied:\n  " + "\n  ".join(errors))
     text = "\n---\n".join(t for _, t in inputs)
-    for line in _call(args, lambda c: c.apply(text)):
+    applied = _call(args, lambda c: c.apply(text, wait=args.wait))
+    for line in applied.results:
         print(line)
-    return 0
+    return 0 if _report_rollout(applied.rollout) else EXIT_NOT_IN_FORCE
 
 
 # -- get -------------------------------------------------------------------------------------------
@@ -204,17 +242,24 @@ def cmd_delete(args: argparse.Namespace) -> int:
             namespace = SYSTEM_NAMESPACE
         targets = [(info.kind, namespace, n) for n in args.names]
     failed = False
+    late: Rollout | None = None  # the first deletion not confirmed in force: later ones do not wait again
     for kind, namespace, name in targets:
         where = f"{namespace}/{name}" if namespace else name
+        wait = args.wait if late is None else 0.0
         try:
-            _call(args, lambda c, k=kind, ns=namespace, n=name: c.delete(k, ns, n))
+            rollout = _call(args, lambda c, k=kind, ns=namespace, n=name, w=wait: c.delete(k, ns, n, wait=w))
             print(f"{kind.lower()}.{S.GROUP} {where} deleted")
         except CommandError as exc:
             if args.ignore_not_found and "not found" in str(exc):
                 continue
             print(f"clusterlink: error: {exc}", file=sys.stderr)
             failed = True
-    return 1 if failed else 0
+            continue
+        if rollout.waited and not rollout.complete:
+            late = rollout
+    if failed:
+        return 1
+    return 0 if late is None or _report_rollout(late) else EXIT_NOT_IN_FORCE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -224,6 +269,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                           "is invalid, nothing is applied.")
     p.add_argument("-f", "--filename", action="append", required=True,
                    help="file, directory of .yaml/.yml/.json files, or - for stdin (repeatable)")
+    _add_wait_flag(p)
     _add_connection_flags(p)
     p.set_defaults(handler=cmd_apply)
 
@@ -246,5 +292,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-f", "--filename", action="append", help="delete the objects these files describe")
     p.add_argument("-n", "--namespace", help=f"namespace (default: {DEFAULT_NAMESPACE})")
     p.add_argument("--ignore-not-found", action="store_true", help="a missing object is not an error")
+    _add_wait_flag(p)
     _add_connection_flags(p)
     p.set_defaults(handler=cmd_delete)

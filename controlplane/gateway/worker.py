@@ -269,7 +269,9 @@ class Worker:
                 self.egress = Egress(state=self.state, pools=self.pools, authorizer=authorizer, counters=counters,
                                      health=health, metrics=metrics, limits=self.limits, meter=self.meter)
                 self.feed = SnapshotFeed(endpoint, role="gateway", on_snapshot=self._on_snapshot,
-                                         on_connected=self._on_connected)
+                                         on_connected=self._on_connected,
+                                         name=f"gateway {self.tls.name} worker {config.worker_index} "
+                                              f"pid {os.getpid()}")
                 feed = group.create_task(self.feed.run(), name="snapshot-feed")
                 watch = group.create_task(self.tls.watch(on_reload=self._certificates_changed), name="tls-reload")
                 await _first(self._ready.wait(), stop.wait())

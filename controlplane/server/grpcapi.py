@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +28,11 @@ from controlplane.store.base import Store, StoreError
 from controlplane.tokens import TokenAuthority
 
 from .reconciler import Reconciler
+from .rollout import RolloutResult, Rollouts
 
 log = logging.getLogger(__name__)
 
+MAX_WAIT = 300.0  # seconds: the longest a management call waits for its change to be in force
 RequestHook = Callable[[str, str], None]  # (method, code)
 WatcherHook = Callable[[str, int], None]  # (role, delta)
 
@@ -66,6 +68,35 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
         self.credential_lifetime = credential_lifetime
         self._on_watcher = on_watcher
         self._on_request = on_request
+        self.rollouts = Rollouts()
+
+    async def rollout(self, timeout: float) -> RolloutResult:
+        """After a store write: wait until the snapshots that carry it are in force on every
+        acknowledging watcher, at most `timeout` seconds."""
+        rec = self.reconciler
+        start = time.monotonic()
+        if not await rec.settled(timeout):
+            return RolloutResult(waited=True, complete=False, confirmed=0, silent=0,
+                                 pending=(f"the control plane has not published the change after {timeout:g} s "
+                                          "(see its log: reconcile failing?)",))
+        gateway = rec.publication.gateway
+        gateway_version = gateway.version if gateway is not None else 0
+        agents: dict[str, int] = {}
+
+        def targets(role: str, node: str) -> int:
+            if role == "gateway":
+                return gateway_version
+            if node not in agents:  # frozen at first sight: later changes are not this call's
+                snap = rec.agent_snapshot(node)
+                agents[node] = snap.version if snap is not None else 0
+            return agents[node]
+
+        return await self.rollouts.wait(targets, timeout - (time.monotonic() - start),
+                                        gateway_version=gateway_version)
+
+    async def Ack(self, request: pb.AckRequest, context: grpc.aio.ServicerContext) -> pb.AckResponse:
+        await _require(context, self.credentials.join_token)
+        return pb.AckResponse(known=self.rollouts.ack(request.instance, request.version))
 
     async def Register(self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext) -> pb.RegisterResponse:
         await _require(context, self.credentials.join_token)
@@ -91,6 +122,7 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
             rec.add_agent(request.node)
         if self._on_watcher:
             self._on_watcher(role, 1)
+        acknowledged = self.rollouts.open(request.instance, role, request.node, request.known_version)
         try:
             sent = request.known_version
             serial = rec.publication.serial
@@ -101,6 +133,7 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
                     sent = snap.version
                 serial = await rec.wait_changed(serial)
         finally:
+            self.rollouts.close(request.instance, acknowledged)
             if role == "agent":
                 rec.remove_agent(request.node)
             if self._on_watcher:
@@ -109,12 +142,13 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
 
 class ManagementService(pb_grpc.ManagementServicer):
     def __init__(self, store: Store, credentials: Credentials, *, system_namespace: str, standalone: bool,
-                 on_applied: Callable[[], None] | None = None, on_request: RequestHook | None = None) -> None:
+                 rollout: Callable[[float], Awaitable[RolloutResult]] | None = None,
+                 on_request: RequestHook | None = None) -> None:
         self.store = store
+        self._rollout = rollout
         self.credentials = credentials
         self.system_namespace = system_namespace
         self.standalone = standalone
-        self._on_applied = on_applied
         self._on_request = on_request
 
     def _count(self, method: str, code: str) -> None:
@@ -144,7 +178,14 @@ class ManagementService(pb_grpc.ManagementServicer):
             self._count("Apply", "INTERNAL")
             await context.abort(grpc.StatusCode.INTERNAL, str(exc))
         self._count("Apply", "OK")
-        return pb.ApplyResponse(results=results)
+        return pb.ApplyResponse(results=results, rollout=await self._wait(request.wait_seconds))
+
+    async def _wait(self, seconds: float) -> pb.Rollout:
+        if self._rollout is None or not seconds > 0:
+            return pb.Rollout(waited=False)
+        result = await self._rollout(min(seconds, MAX_WAIT))
+        return pb.Rollout(waited=True, complete=result.complete, confirmed=result.confirmed,
+                          pending=list(result.pending), gateway_version=result.gateway_version, silent=result.silent)
 
     def _server_checks(self, objects: list[Object]) -> list[str]:
         errors = []
@@ -194,7 +235,7 @@ class ManagementService(pb_grpc.ManagementServicer):
             where = f"{namespace}/{request.name}" if namespace else request.name
             await context.abort(grpc.StatusCode.NOT_FOUND, f"{info.kind} {where} not found")
         self._count("Delete", "OK")
-        return pb.DeleteResponse(deleted=True)
+        return pb.DeleteResponse(deleted=True, rollout=await self._wait(request.wait_seconds))
 
 
 def _name(obj: Object) -> str:

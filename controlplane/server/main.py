@@ -219,7 +219,7 @@ async def run(config: Config) -> None:
     control = ControlPlaneService(reconciler, credentials, authority, credential_lifetime=config.credential_lifetime,
                                   on_watcher=on_watcher, on_request=on_request)
     management = ManagementService(store, credentials, system_namespace=config.namespace, standalone=kube is None,
-                                   on_request=on_request)
+                                   rollout=control.rollout, on_request=on_request)
     tls_pair = None
     if not config.api_listen.startswith("unix:"):
         ident = tls.identity

@@ -87,6 +87,8 @@ class Reconciler:
         self._changed = asyncio.Condition()
         self._versioner = Versioner()
         self._agent_nodes: dict[str, int] = {}  # node -> number of watchers
+        self._dirty_gen = 0  # counts changes; a pass publishes the count it started from
+        self._published_gen = 0
         self.publication = Publication()
         self.leader = True
         self.reconcile_seconds: Callable[[float], None] | None = None
@@ -105,12 +107,25 @@ class Reconciler:
             self._handle_event(event)
 
     def _handle_event(self, event: Event) -> None:
-        self._dirty.set()
+        self.mark_dirty()
         if event.obj.kind == S.PEER.kind and self._on_peers_changed:
             self._on_peers_changed()
 
     def mark_dirty(self) -> None:
+        self._dirty_gen += 1
         self._dirty.set()
+
+    async def settled(self, timeout: float) -> bool:
+        """Wait until a pass that started after this call (so after every store write made before
+        it) has published its snapshots; False if that took longer than `timeout`."""
+        self.mark_dirty()
+        target = self._dirty_gen
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(lambda: self._published_gen >= target), timeout)
+            except TimeoutError:
+                return False
+        return True
 
     # -- the loop ----------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -126,6 +141,7 @@ class Reconciler:
                 await self._dirty.wait()
                 await asyncio.sleep(self.config.debounce)
                 self._dirty.clear()
+                generation = self._dirty_gen
                 start = time.perf_counter()
                 try:
                     if getattr(self.store, "thread_safe", False):
@@ -139,7 +155,7 @@ class Reconciler:
                     continue
                 if self.reconcile_seconds:
                     self.reconcile_seconds(time.perf_counter() - start)
-                await self._publish()
+                await self._publish(generation)
         finally:
             self._unsubscribe()
 
@@ -217,7 +233,7 @@ class Reconciler:
                 log.warning("export %s/%s: %s", obj.namespace, obj.name, target.message)
 
     # -- publication -------------------------------------------------------------------------------
-    async def _publish(self) -> None:
+    async def _publish(self, generation: int) -> None:
         state = self._state
         if state is None:
             return
@@ -227,6 +243,7 @@ class Reconciler:
                           serial=self.publication.serial + 1)
         async with self._changed:
             self.publication = pub
+            self._published_gen = max(self._published_gen, generation)
             self._changed.notify_all()
 
     def agent_snapshot(self, node: str) -> pb.Snapshot | None:

@@ -6,7 +6,10 @@ asynchronously); so do we, bounded, and a failure reports the last outcome and e
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
+import sys
 import time
 from collections.abc import Iterable, Mapping
 
@@ -106,3 +109,46 @@ class Access:
             assert code == EXIT_OK, f"access failed: {server}\n{self.fab.logs()}"
             out.append(server)
         return out
+
+
+class Prober:
+    """One GET on a new connection the moment `once()` is called: a long-running `http-probe` in
+    the pod, fed through a FIFO (starting a process per connection takes longer than the window a
+    test of "in force on return" must see). Use as a context manager."""
+
+    def __init__(self, access: Access) -> None:
+        self.access = access
+        self._seq = itertools.count(1)
+        self.fifo = access.peer.dir / f"clprobe-{access.pod.name}.fifo"
+        if self.fifo.exists():
+            self.fifo.unlink()
+        os.mkfifo(self.fifo)
+        self.proc = access.pod.spawn([sys.executable, "-m", "fabric.workloads", "http-probe", access.url(),
+                                      "--commands", str(self.fifo)], name="http-probe")
+        self.proc.wait_log("^http-probe ready$", timeout=20)
+        self._writer = open(self.fifo, "w", encoding="utf-8")  # returns once the probe opened it
+
+    def once(self, timeout: float = 15.0) -> tuple[int, str]:
+        n = str(next(self._seq))
+        self._writer.write(n + "\n")
+        self._writer.flush()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.proc.log_text().splitlines():
+                if line.startswith("{"):
+                    result = json.loads(line)
+                    if result["line"] == n:
+                        return result["code"], result["server"]
+            time.sleep(0.01)
+        raise AssertionError(f"http-probe gave no result for probe {n} in {timeout:g}s:\n{self.proc.log_tail()}")
+
+    def __enter__(self) -> Prober:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._writer.close()  # end of file: the probe exits
+        try:
+            self.proc.wait(5.0)
+        except Exception:  # noqa: BLE001 - whatever it is, stop it
+            self.proc.stop()
+        self.fifo.unlink(missing_ok=True)

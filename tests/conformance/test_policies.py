@@ -3,7 +3,7 @@ TestPeerLabels."""
 
 from __future__ import annotations
 
-from .fabricutil import Access, allow_all, import_doc, policy
+from .fabricutil import Access, Prober, allow_all, import_doc, policy
 
 SVC = "export.clusterlink.net/name"
 PEER = "peer.clusterlink.net/name"
@@ -102,3 +102,28 @@ def test_peer_labels_learned_by_heartbeat(clean):
     access.expect("cl0")
     cl1.apply(policy("deny-cl0", "deny", dst={"peer.clusterlink.net/labels.cluster": "cl0"}))
     access.expect(None)
+
+
+def test_a_policy_change_is_in_force_when_apply_and_delete_return(clean):
+    """The very next connection after `apply`/`delete` returned sees the change, on the exporting
+    peer (ingress) and on the importing one (egress); each returned because the peer's gateway
+    workers and agents confirmed it (before, connections started 5-14 ms after a delete returned
+    still succeeded)."""
+    cl0, cl1, access = setup(clean)
+    cl0.apply(allow_all())
+    cl1.apply(allow_all())
+    access.expect("cl0")
+    outcomes = []
+    with Prober(access) as probe:
+        for side, name, text in [(cl0, "deny-src", policy("deny-src", "deny", src={PEER: "cl1"})),
+                                 (cl1, "deny-svc", policy("deny-svc", "deny", dst={SVC: "echo"}))]:
+            for _ in range(4):
+                side.apply(text)
+                assert side.last_rollout.complete and side.last_rollout.confirmed >= 2, side.last_rollout
+                outcomes.append((side.name, "denied", probe.once()))
+                side.delete("AccessPolicy", name)
+                assert side.last_rollout.complete, side.last_rollout
+                outcomes.append((side.name, "allowed", probe.once()))
+    wrong = [(peer, want, got) for peer, want, got in outcomes
+             if (want == "allowed") != (got == (0, "cl0"))]
+    assert not wrong, f"{wrong}\n{clean.fab.logs()}"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -53,10 +55,18 @@ class RunningControlPlane:
         return asyncio.run(go())
 
     def apply(self, text: str) -> list[str]:
-        return self.call(lambda c: c.apply(text))
+        return self.call(lambda c: c.apply(text)).results
 
     def get(self, kind: str, name: str = "", namespace: str = "") -> list[dict]:
         return json.loads(self.call(lambda c: c.get(kind, namespace, name)))
+
+    def cli(self, *args: str, input: str | None = None, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """Run the `clusterlink` command against this control plane."""
+        env = dict(os.environ, CLUSTERLINK_CONTROLPLANE=f"unix:{self.socket}",
+                   CLUSTERLINK_TOKEN_FILE=str(self.tmp / "admin.token"))
+        env.pop("CLUSTERLINK_TOKEN", None)
+        return subprocess.run([str(BIN / "clusterlink"), *args], env=env, input=input, capture_output=True,
+                              text=True, timeout=timeout)
 
 
 @pytest.fixture

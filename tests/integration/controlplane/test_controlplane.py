@@ -183,3 +183,91 @@ def test_a_resumed_watch_at_the_current_version_reports_connected(controlplane):
 
     connected, messages = asyncio.run(watch())
     assert connected and messages == 0
+
+
+POLICY = """
+apiVersion: clusterlink.net/v1alpha1
+kind: AccessPolicy
+metadata: {{name: {name}, namespace: default}}
+spec: {{action: deny, from: [{{workloadSelector: {{}}}}], to: [{{workloadSelector: {{}}}}]}}
+"""
+
+
+def test_apply_and_delete_return_once_the_watchers_put_the_change_in_force(controlplane):
+    """A gateway that has not yet applied the snapshot holds the answer back; one that is stuck
+    makes the answer say so, by name; a watcher of an older version (no instance) is not waited for."""
+    gate = asyncio.Event()
+    applied: list[int] = []
+
+    async def slow(snap) -> None:  # type: ignore[no-untyped-def]
+        if applied:  # the first snapshot goes through; every later one waits for the gate
+            await gate.wait()
+        applied.append(snap.version)
+
+    async def go():  # type: ignore[no-untyped-def]
+        join = controlplane.endpoint(controlplane.join_token)
+        feed = SnapshotFeed(join, role="gateway", on_snapshot=slow, name="gateway slow")
+        old = SnapshotFeed(join, role="gateway", on_snapshot=lambda s: None, acknowledge=False)
+        tasks = [asyncio.create_task(feed.run()), asyncio.create_task(old.run())]
+        try:
+            await asyncio.wait_for(_until(lambda: applied and old.version), 10)
+            stuck = await controlplane_call(lambda c: c.apply(POLICY.format(name="deny-1"), wait=1.0))
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.3, gate.set)
+            started = time.monotonic()
+            released = await controlplane_call(lambda c: c.delete("AccessPolicy", "default", "deny-1", wait=10.0))
+            took = time.monotonic() - started
+            quick = await controlplane_call(lambda c: c.apply(POLICY.format(name="deny-2"), wait=10.0))
+            unwaited = await controlplane_call(lambda c: c.apply(POLICY.format(name="deny-3")))
+            return stuck, released, took, quick, unwaited, feed.version
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def controlplane_call(fn):  # type: ignore[no-untyped-def]
+        return await asyncio.to_thread(controlplane.call, fn)
+
+    stuck, released, took, quick, unwaited, last = asyncio.run(go())
+    assert stuck.results == ["accesspolicy.clusterlink.net default/deny-1 created"]
+    r = stuck.rollout
+    assert r.waited and not r.complete and r.confirmed == 0 and r.silent == 1, r
+    assert len(r.pending) == 1 and r.pending[0].startswith("gateway slow stream 1: holds snapshot "), r.pending
+    # the delete waited for the slow gateway to apply both changes (released after 0.3 s)
+    assert released.complete and released.confirmed == 1 and 0.25 < took < 5, (released, took)
+    assert quick.rollout.complete and quick.rollout.gateway_version == last
+    assert not unwaited.rollout.waited
+    # the CLI: the same stuck case exits 3 and names the gateway (here none is stuck: exit 0)
+    out = controlplane.cli("apply", "--wait", "5", "-f", "-", input=POLICY.format(name="deny-4"))
+    assert out.returncode == 0, out.stderr
+    assert "no gateway or agent is connected" in out.stderr  # the feeds have stopped
+
+
+def test_cli_apply_says_which_gateway_has_not_put_the_change_in_force(controlplane):
+    hold = asyncio.Event()
+    count = [0]
+
+    async def stuck(snap) -> None:  # type: ignore[no-untyped-def]
+        count[0] += 1
+        if count[0] > 1:
+            await hold.wait()  # never set: this gateway never applies the change
+
+    async def go():  # type: ignore[no-untyped-def]
+        feed = SnapshotFeed(controlplane.endpoint(controlplane.join_token), role="gateway", on_snapshot=stuck,
+                            name="gateway frozen")
+        task = asyncio.create_task(feed.run())
+        try:
+            await asyncio.wait_for(_until(lambda: count[0] >= 1), 10)
+            return await asyncio.to_thread(controlplane.cli, "apply", "--wait", "1", "-f", "-",
+                                           input=POLICY.format(name="deny-x"))
+        finally:
+            task.cancel()
+
+    out = asyncio.run(go())
+    assert out.returncode == 3, (out.returncode, out.stdout, out.stderr)
+    assert out.stdout.strip() == "accesspolicy.clusterlink.net default/deny-x created"
+    assert "not yet in force on 1 of 1 gateways and agents" in out.stderr
+    assert "gateway frozen stream 1: holds snapshot" in out.stderr
+    # stored all the same
+    assert [p["metadata"]["name"] for p in controlplane.get("AccessPolicy")] == ["deny-x"]
+    bad = controlplane.cli("apply", "--wait", "-1", "-f", "-", input=POLICY.format(name="deny-y"))
+    assert bad.returncode == 2 and "--wait must be between 0 and 300" in bad.stderr

@@ -235,6 +235,7 @@ def test_agent_daemonset_has_what_the_datapath_needs(default_docs):
     args = args_of(ds)
     assert args["--node"] == "$(NODE_NAME)" and args["--workloads"] == "kubernetes"
     assert args["--cgroup"] == "/sys/fs/cgroup/kubepods.slice" and args["--proxy-address"] == "$(HOST_IP)"
+    assert args["--metrics-listen"] == "$(HOST_IP):9092"  # the host network: not on every interface
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
     assert env == {"NODE_NAME": "spec.nodeName", "HOST_IP": "status.hostIP"}
     assert pod["tolerations"] == [{"operator": "Exists"}]
