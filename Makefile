@@ -4,7 +4,7 @@ PYTEST_ARGS ?=
 BENCH_QUICK ?=
 BENCH_ARGS ?=
 
-.PHONY: install demo test lint protos crds bench clean-leftovers
+.PHONY: install demo test soak lint protos crds bench clean-leftovers
 
 install:            ## set up everything (apt packages, kernel header links, .venv, BCC shim); idempotent
 	bash scripts/install.sh
@@ -15,6 +15,11 @@ demo: install       ## two simulated peers, an export, an import, policies, a re
 test: install       ## all tests (unit, integration as root, conformance), import contracts, leftover check
 	$(PY) -m pytest $(PYTEST_ARGS)
 	.venv/bin/lint-imports --no-cache
+	bash scripts/check-leftovers.sh
+
+soak: install       ## the long hostile run (~30 min): 10-minute mixed soak, report in soak-report.json; 100 rounds of each hostile kind; fuzzing at 10,000 examples per property
+	CLUSTERLINK_SOAK_SECONDS=600 CLUSTERLINK_SOAK_REPORT=$(CURDIR)/soak-report.json CLUSTERLINK_HOSTILE_ROUNDS=100 \
+	CLUSTERLINK_FUZZ_EXAMPLES=10000 $(PY) -m pytest tests/integration/gateway/test_hostile.py tests/unit/security/test_fuzz_codecs.py
 	bash scripts/check-leftovers.sh
 
 lint:

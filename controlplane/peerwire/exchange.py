@@ -42,7 +42,8 @@ USER_AGENT = "clusterlink-gateway"
 
 # The fast path of CONNECT (see the module docstring): what it formats and parses itself.
 _PLAIN_VALUE = re.compile(r"[!-~]+")  # a token or peer name that is safe in a header as it is
-_HEAD_END = b"\r\n\r\n"
+_HEAD_END = re.compile(rb"\n\r?\n")  # where h11 sees the end of a head (it also takes bare LFs)
+_SUCCESS_START = b"HTTP/1.1 2"
 _SUCCESS_LINE = re.compile(rb"HTTP/1\.1 (2[0-9][0-9])(?: ([ -~]*))?")
 _H11_CHECKS = (b"content-length", b"transfer-encoding")  # h11 validates these even on a 2xx to CONNECT
 _HEADER_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[!-~](?:[ \t!-~]*[!-~])?)?)[ \t]*")
@@ -153,11 +154,15 @@ class ClientConnection:
     def _fast_response(self) -> Response | _Sentinel:
         """The answer to a CONNECT sent on the fast path (see the module docstring)."""
         data = self._fast_in
-        end = data.find(_HEAD_END, 0, self._max_header + 4)
-        if end < 0:
-            if len(data) <= self._max_header and not self._closed:
+        found = _HEAD_END.search(data, 0, self._max_header + 4)
+        if found is None:
+            start = min(len(data), len(_SUCCESS_START))
+            if len(data) <= self._max_header and not self._closed and data[:start] == _SUCCESS_START[:start]:
                 return NEED_DATA
-            return self._to_h11()
+            return self._to_h11()  # h11 may know already that this is not a 2xx (or is malformed)
+        end = found.start() - 1  # where "\r\n\r\n" starts, if that is how the head ends
+        if found.end() - found.start() != 3 or end < 0 or data[end] != 0x0D:
+            return self._to_h11()  # a head ended by bare LFs: h11 decides
         lines = bytes(data[:end]).split(b"\r\n")
         status = _SUCCESS_LINE.fullmatch(lines[0])
         if status is None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,25 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import TEST_LIMITS, Fabric
-from .support import GatewayProcess, client_context, http_exchange, tls_connect
+from controlplane import pki
 
-HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: west\r\n\r\n"
+from .conftest import TEST_LIMITS, Fabric
+from .hostile import HEALTHZ, KINDS, SLOW_KINDS, Kind, Probe, SoakLoad, Target, children, run_kind, run_soak
+from .support import GatewayProcess, client_context, http_exchange, open_import, tls_connect
+
+ROUNDS = int(os.environ.get("CLUSTERLINK_HOSTILE_ROUNDS", "8"))  # per kind (make soak: more)
 REQUEST_TIMEOUT = 2.0  # TEST_LIMITS' --request-timeout
 ATTACK_LIMIT = 20.0  # the longest an attack runs (they end long before when the gateway holds)
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        found.append(int(entry))
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-    return found
 
 
 @dataclass
@@ -81,11 +70,12 @@ class Worker:
 class Solo:
     gateway: GatewayProcess
     certs: Path  # east's: the attacker holds a valid fabric certificate
+    target: Target
     worker: Worker = field(init=False)
 
     def __post_init__(self) -> None:
         assert self.gateway.proc is not None
-        (pid,) = _children(self.gateway.proc.pid)
+        (pid,) = children(self.gateway.proc.pid)
         self.worker = Worker(pid)
 
     def baseline_fds(self) -> int:
@@ -109,44 +99,10 @@ def solo(fabric: Fabric, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     gateway.start()
     try:
         gateway.wait_ready(fabric.version["west"])
-        yield Solo(gateway, fabric.certs.east)
+        eve = pki.create_peer_cert(fabric.certs.root, "eve")  # signed by the fabric CA; no Peer object
+        yield Solo(gateway, fabric.certs.east, hostile_target(fabric, gateway, eve))
     finally:
         gateway.stop()
-
-
-class Probe:
-    """A legitimate client in a thread: a new connection and one GET /healthz, over and over,
-    until stopped; records each exchange's latency and failures."""
-
-    def __init__(self, port: int, certs: Path) -> None:
-        self.port, self.certs = port, certs
-        self.latencies: list[float] = []
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Probe:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        for _ in range(10_000):  # bounded; stopped long before
-            if self._stop.is_set():
-                return
-            started = time.monotonic()
-            try:
-                with tls_connect(self.port, self.certs, "west", timeout=10) as sock:
-                    status, _, _ = http_exchange(sock, HEALTHZ)
-                if status != 200:
-                    self.failures.append(f"status {status}")
-            except (OSError, ConnectionError) as exc:
-                self.failures.append(repr(exc))
-            self.latencies.append(time.monotonic() - started)
-            self._stop.wait(0.02)
 
 
 async def _open(port: int, certs: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -268,3 +224,67 @@ def test_pipelining_without_reading_is_dropped_and_memory_stays_bounded(solo: So
     assert peak - rss_before < 20, f"the worker grew from {rss_before:.0f} to {peak:.0f} MB"
     assert "its answers were not read" in solo.gateway.log_tail()
     solo.assert_recovered(baseline)
+
+
+# -- every hostile kind, with a legitimate client measured at the same time -------------------------
+
+def hostile_target(fabric: Fabric, gateway: GatewayProcess, unconfigured: Path) -> Target:
+    return Target(peer_port=gateway.peer_port, agent_port=gateway.agent_port, valid=fabric.certs.east,
+                  unconfigured=unconfigured, other_fabric=fabric.certs.other_fabric_east,
+                  expired=fabric.certs.expired_east, token_key=fabric.west_key)
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.name)
+def test_a_hostile_kind_is_refused_while_a_legitimate_client_is_served(solo: Solo, kind: Kind) -> None:
+    """ROUNDS connections of one hostile kind, four at a time, against a one-worker gateway:
+    each observes the refusal it should (status, reset or close, within its bound), a
+    legitimate client making new connections throughout is always served (p99 under 1 s), the
+    worker lives, its descriptors come back to the baseline and its memory grows by little."""
+    baseline = solo.baseline_fds()
+    rss_before = solo.worker.rss_mb()
+    rounds = max(4, ROUNDS // 2) if kind.name in SLOW_KINDS else ROUNDS
+    with Probe(solo.gateway.peer_port, solo.certs) as probe:
+        report = run_kind(kind, solo.target, rounds)
+    assert report.runs == rounds
+    assert not report.unexpected, f"{kind.name}: {report.unexpected[:5]} (expected {sorted(kind.expected)})"
+    assert probe.latencies and not probe.failures, probe.failures[:3]
+    assert probe.p99() < 1.0, f"a legitimate client waited {probe.p99():.2f} s (p99) during {kind.name}"
+    assert solo.worker.rss_mb() - rss_before < 15, f"the worker grew from {rss_before:.0f} MB"
+    solo.assert_recovered(baseline)
+
+
+SOAK_SECONDS = float(os.environ.get("CLUSTERLINK_SOAK_SECONDS", "20"))  # make soak: 600
+
+
+def test_a_mixed_soak_keeps_everything_served_and_bounded(net: Fabric, tmp_path: Path) -> None:
+    """Echo connections, 8 MiB uploads and a healthz prober served while every hostile kind runs
+    in turn and west's snapshot changes every 2 s, for CLUSTERLINK_SOAK_SECONDS (20 s here, 600
+    in `make soak`, whose report is CLUSTERLINK_SOAK_REPORT): nothing legitimate fails, no
+    attack gets anything but its refusal, no process dies, descriptors come back and memory
+    stays bounded (and, in a long soak, stops growing)."""
+    eve = net.certs.root / "default_fabric" / "eve-soak"
+    if not eve.exists():
+        eve = pki.create_peer_cert(net.certs.root, "eve-soak")
+    target = hostile_target(net, net.west, eve)
+    assert net.west.proc is not None and net.east.proc is not None
+    processes = {"west": net.west.proc.pid, "east": net.east.proc.pid}
+    workers_before = {name: children(pid) for name, pid in processes.items()}
+    report_path = Path(os.environ.get("CLUSTERLINK_SOAK_REPORT") or tmp_path / "soak-report.json")
+    report = run_soak(target, SoakLoad(net.echo_port, open_import), processes, seconds=SOAK_SECONDS,
+                      churn=lambda: net.publish_west(wait=False), report_path=report_path)
+    summary = {k: report[k] for k in ("echo", "uploads", "prober", "hostile_connections")}
+    assert report["echo"]["failed"] == 0 and report["echo"]["ok"] > 0, summary
+    assert report["uploads"]["failed"] == 0 and report["uploads"]["ok"] > 0, summary
+    assert report["prober"]["failed"] == 0, summary
+    assert report["hostile_connections"] > 0
+    unexpected = {k: v["unexpected"] for k, v in report["hostile"].items() if v["unexpected"]}
+    assert not unexpected, unexpected
+    if SOAK_SECONDS >= 300:
+        assert all(v["runs"] > 0 for v in report["hostile"].values()), report["hostile"]
+    assert {name: children(pid) for name, pid in processes.items()} == workers_before, "a worker was restarted"
+    for key, proc in report["processes"].items():
+        assert proc["alive_at_end"], key
+        assert proc["fds_end"] <= proc["fds_start"] + 24, (key, proc)
+        assert proc["rss_end_mb"] - proc["rss_start_mb"] < 40, (key, proc)
+        if SOAK_SECONDS >= 300:
+            assert proc["rss_slope_second_half_mb_per_min"] < 1.0, (key, proc)
