@@ -76,12 +76,27 @@ _OPTIONS = [
 def _channel(endpoint: Endpoint) -> grpc.aio.Channel:
     if endpoint.is_unix:
         return grpc.aio.insecure_channel(endpoint.address, options=_OPTIONS)
-    root = endpoint.ca_file.read_bytes() if endpoint.ca_file else None
+    root = _read_ca(endpoint.ca_file) if endpoint.ca_file else None
     creds = grpc.ssl_channel_credentials(root_certificates=root)
     options = list(_OPTIONS)
     if endpoint.server_name:
         options.append(("grpc.ssl_target_name_override", endpoint.server_name))
     return grpc.aio.secure_channel(endpoint.address, creds, options=options)
+
+
+def _read_ca(path: Path) -> bytes:
+    """The CA bundle, checked here: grpc would only log that it could not load it, then fail later."""
+    from cryptography import x509
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise APIError("INVALID_ARGUMENT", f"cannot read the CA file {path}: {exc.strerror or exc}") from None
+    try:
+        x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise APIError("INVALID_ARGUMENT", f"the CA file {path} holds no PEM certificate") from None
+    return data
 
 
 def _metadata(endpoint: Endpoint) -> tuple[tuple[str, str], ...]:
@@ -208,7 +223,15 @@ class SnapshotFeed:
         """Run until cancelled."""
         backoff = self._min_backoff
         while True:
-            channel = _channel(self.endpoint)
+            try:
+                channel = _channel(self.endpoint)
+            except APIError as exc:  # e.g. the CA file: it may be mounted or fixed later
+                if exc.message != self.last_error:
+                    log.error("cannot connect to the control plane at %s: %s", self.endpoint.address, exc.message)
+                self.last_error = exc.message
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, self._max_backoff)
+                continue
             self._streams += 1
             instance = f"{self.name} stream {self._streams}" if self._acknowledge else ""
             try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import base64
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,24 @@ def _key_value(text: str) -> tuple[str, str]:
     return key, value
 
 
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # the OCI distribution spec's tag grammar
+_REGISTRY = re.compile(r"[a-z0-9]([a-z0-9._-]*[a-z0-9])?(:[0-9]+)?(/[a-z0-9]([a-z0-9._-]*[a-z0-9])?)*/?")
+
+
+def _tag(text: str) -> str:
+    if text and not _TAG.fullmatch(text):  # "" (the default): the chart's appVersion
+        raise argparse.ArgumentTypeError(f"{text!r} is not an image tag (1-128 of [A-Za-z0-9_.-], not starting "
+                                         "with . or -)")
+    return text
+
+
+def _registry(text: str) -> str:
+    if not _REGISTRY.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a registry/repository prefix (e.g. ghcr.io/org or "
+                                         "registry.local:5000/team)")
+    return text
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `deploy` command group."""
     deploy = subparsers.add_parser("deploy", help="prepare a peer's deployment in Kubernetes",
@@ -75,16 +94,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="annotation of the gateway Service (repeatable)")
     peer.add_argument("--label", type=_key_value, action="append", default=[], metavar="K=V",
                       help="label of this peer (repeatable); policies select on peer.clusterlink.net/labels.<k>")
-    peer.add_argument("--container-registry", default=DEFAULT_REGISTRY,
+    peer.add_argument("--container-registry", type=_registry, default=DEFAULT_REGISTRY,
                       help="registry of the clusterlink image (default: %(default)s)")
-    peer.add_argument("--tag", default="", help="image tag (default: the chart's appVersion)")
+    peer.add_argument("--tag", type=_tag, default="", help="image tag (default: the chart's appVersion)")
     peer.add_argument("--controlplane-replicas", type=int, default=1, help="control-plane replicas (default: 1)")
     peer.add_argument("--gateway-replicas", "--dataplane-replicas", dest="gateway_replicas", type=int, default=1,
                       help="gateway replicas (default: 1)")
     peer.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
                       help="log level of every component (default: %(default)s)")
     peer.add_argument("--output", type=Path,
-                      help="also write every manifest, rendered, to this file (for kubectl apply -f)")
+                      help="also write every manifest, rendered, to this file (for kubectl apply -f); an "
+                           "existing directory gets clusterlink-<name>.yaml")
     chart_env = os.environ.get("CLUSTERLINK_CHART")
     peer.add_argument("--chart", type=Path, default=Path(chart_env) if chart_env else None,
                       help="the chart directory for --output (env CLUSTERLINK_CHART; default: charts/clusterlink "
@@ -157,12 +177,22 @@ def _dump(docs: list[dict[str, Any]], header: str) -> str:
 
 
 def _write_private(path: Path, text: str) -> None:
-    """Atomically, mode 0600: these files hold the peer's private key and tokens."""
+    """Atomically, mode 0600: these files hold the peer's private key and tokens. On any failure
+    the temporary file is removed (nothing secret is left behind) and the error says what failed."""
+    if path.is_dir():
+        raise CommandError(f"{path} is a directory: name a file")
+    if not path.parent.is_dir():
+        raise CommandError(f"cannot write {path}: the directory {path.parent} does not exist")
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise CommandError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _existing_tokens(path: Path) -> dict[str, str]:
@@ -214,11 +244,14 @@ def deploy_peer(args: argparse.Namespace) -> int:
     except pki.PKIError as exc:
         raise CommandError(str(exc)) from exc
     values = chart_values(args)
+    output = _output_path(args.output, args.name) if args.output else None
     secrets_path = directory / SECRETS_FILE
     tokens = _existing_tokens(secrets_path)
     for name in ("join.token", "admin.token"):
         tokens.setdefault(name, secrets.token_urlsafe(32))
     secret_docs = secrets_documents(args.namespace, files, tokens)
+    # Render before writing anything: a chart problem must not leave half of the files written.
+    rendered = render_all(args.chart or _default_chart(), values, args.namespace) if output else []
     header = (f"# ClusterLink peer {args.name} (fabric {args.fabric}): Namespace, certificate and token Secrets.\n"
               "# Holds a private key and tokens: keep it private. kubectl apply -f this file.\n")
     _write_private(secrets_path, _dump(secret_docs, header))
@@ -228,9 +261,18 @@ def deploy_peer(args: argparse.Namespace) -> int:
                    + yaml.safe_dump(values, sort_keys=False))
     print(f"Wrote {secrets_path} and {values_path} for peer {args.name!r} "
           f"(certificate valid until {identity.not_after:%Y-%m-%d}).")
-    if args.output:
-        docs = secret_docs + render_all(args.chart or _default_chart(), values, args.namespace)
-        _write_private(args.output, _dump(docs, f"# Every manifest of ClusterLink peer {args.name}: "
-                                                f"kubectl apply -f {args.output.name}\n"))
-        print(f"Wrote {args.output} ({len(docs)} objects).")
+    if output:
+        docs = secret_docs + rendered
+        _write_private(output, _dump(docs, f"# Every manifest of ClusterLink peer {args.name}: "
+                                           f"kubectl apply -f {output.name}\n"))
+        print(f"Wrote {output} ({len(docs)} objects).")
     return 0
+
+
+def _output_path(path: Path, peer: str) -> Path:
+    """--output: a file, or an existing directory to write `clusterlink-<peer>.yaml` into."""
+    if path.is_dir():
+        return path / f"clusterlink-{peer}.yaml"
+    if not path.parent.is_dir():
+        raise CommandError(f"--output {path}: the directory {path.parent} does not exist")
+    return path

@@ -12,6 +12,7 @@ Exit codes: 0 success, 1 a `CommandError` (one line on stderr), 2 a usage error 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from importlib import metadata
@@ -62,6 +63,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug of ours: one line for the user, the traceback on request
+        if os.environ.get("CLUSTERLINK_DEBUG"):
+            raise
+        print(f"{PROG}: internal error: {type(exc).__name__}: {exc} (set CLUSTERLINK_DEBUG=1 to see where; "
+              "please report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

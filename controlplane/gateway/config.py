@@ -8,13 +8,14 @@ The supervisor and its workers parse the same command line; workers get two more
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from controlplane.api import eventloop, flags
 from controlplane.peerwire import framing
+
+from .cpus import available_cpus
 
 # Only the peer port faces other peers (the WAN); every other listener serves local clients
 # (agents, the Imports' clients, a Prometheus), so by default it is bound to loopback, where a
@@ -135,8 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add(p, "--import-host", default=DEFAULT_LOCAL_HOST,
               help="Bind address of the Imports' target ports (one listener per Import; they take no credential): "
                    "the local network's address, never the WAN side")
-    flags.add(p, "--workers", default=os.cpu_count() or 1, type=_positive_int,
-              help="Worker processes; each serves every port (SO_REUSEPORT) on its own core")
+    flags.add(p, "--workers", default=available_cpus(), type=_positive_int,
+              help="Worker processes; each serves every port (SO_REUSEPORT) on its own core (default: the CPUs "
+                   "this process may use: its affinity and its cgroup's CPU quota, rounded up)")
     flags.add(p, "--metrics-listen", default=DEFAULT_METRICS_LISTEN, type=_optional_host_port,
               help="Address of the Prometheus /metrics endpoint (all workers aggregated); 'off' disables it")
     flags.add(p, "--token-lifetime", default=30.0, type=_positive_float,

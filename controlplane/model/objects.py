@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import yaml
 
 from . import schema as S
-from .validate import FieldError, check
+from .validate import FieldError, FieldErrors, check, raise_all
 
 DEFAULT_NAMESPACE = "default"
 SYSTEM_NAMESPACE = "clusterlink-system"
@@ -123,28 +123,33 @@ def _label_key_ok(key: str) -> bool:
     return 0 < len(name) <= 63 and bool(_LABEL_NAME.match(name))
 
 
-def _check_labels(labels: Any, path: str) -> dict[str, str]:
+def _check_labels(labels: Any, path: str, errors: list[FieldError]) -> dict[str, str]:
     if labels is None:
         return {}
     if not isinstance(labels, dict):
-        raise FieldError(path, "must be a map of strings")
+        errors.append(FieldError(path, "must be a map of strings"))
+        return {}
     out = {}
     for k, v in labels.items():
         if not isinstance(k, str) or not _label_key_ok(k):
-            raise FieldError(f"{path}[{k!r}]", "invalid label key (a qualified name: [prefix/]name, name at "
-                                               "most 63 of [-_.A-Za-z0-9], alphanumeric at both ends)")
+            errors.append(FieldError(f"{path}[{k!r}]", "invalid label key (a qualified name: [prefix/]name, name "
+                                                       "at most 63 of [-_.A-Za-z0-9], alphanumeric at both ends)"))
+            continue
         if isinstance(v, bool) or not isinstance(v, (str, int, float)):
-            raise FieldError(f"{path}[{k!r}]", f"label value must be a string, not {v!r}")
+            errors.append(FieldError(f"{path}[{k!r}]", f"label value must be a string, not {v!r}"))
+            continue
         v = str(v) if not isinstance(v, str) else v
         if v and (len(v) > 63 or not _LABEL_NAME.match(v)):
-            raise FieldError(f"{path}[{k!r}]", f"invalid label value {v!r} (at most 63 of [-_.A-Za-z0-9], "
-                                               "alphanumeric at both ends)")
+            errors.append(FieldError(f"{path}[{k!r}]", f"invalid label value {v!r} (at most 63 of [-_.A-Za-z0-9], "
+                                                       "alphanumeric at both ends)"))
+            continue
         out[k] = v
     return out
 
 
 def from_dict(doc: Any, *, default_namespace: str = DEFAULT_NAMESPACE, keep_status: bool = False) -> Object:
-    """Validate one document (a dict from YAML/JSON) and build the Object. Raises FieldError."""
+    """Validate one document (a dict from YAML/JSON) and build the Object. Raises FieldError, or
+    FieldErrors listing every problem when there are several."""
     if not isinstance(doc, dict):
         raise FieldError("", f"a document must be a mapping, not {type(doc).__name__}")
     api_version = doc.get("apiVersion")
@@ -155,49 +160,75 @@ def from_dict(doc: Any, *, default_namespace: str = DEFAULT_NAMESPACE, keep_stat
     if info is None:
         known = ", ".join(k.kind for k in S.ALL_KINDS)
         raise FieldError("kind", f"unknown kind {kind!r} (known kinds: {known})")
+    errors: list[FieldError] = []
+
+    def problem(path: str, message: str) -> None:
+        errors.append(FieldError(path, message))
+
     if api_version != S.API_VERSION:
-        raise FieldError("apiVersion", f"must be {S.API_VERSION!r}, not {api_version!r}")
+        problem("apiVersion", f"must be {S.API_VERSION!r}, not {api_version!r}")
     for key in doc:
         if key not in ("apiVersion", "kind", "metadata", "spec", "status"):
-            raise FieldError(str(key), "unknown top-level field (known: apiVersion, kind, metadata, spec, status)")
+            problem(str(key), "unknown top-level field (known: apiVersion, kind, metadata, spec, status)")
     meta = doc.get("metadata")
     if not isinstance(meta, dict):
-        raise FieldError("metadata", "required field is missing" if meta is None else "must be a mapping")
+        problem("metadata", "required field is missing" if meta is None else "must be a mapping")
+        meta = {}
     for key in meta:
         if key not in ("name", "namespace", "labels", "annotations") and key not in _IGNORED_METADATA:
-            raise FieldError(f"metadata.{key}", "unknown field")
+            problem(f"metadata.{key}", "unknown field")
     name = meta.get("name")
     if not isinstance(name, str) or not name:
-        raise FieldError("metadata.name", "required field is missing")
-    if not is_dns_subdomain(name):
-        raise FieldError("metadata.name", f"{name!r} is not a valid name (lowercase RFC 1123: [a-z0-9-.], "
-                                          "alphanumeric at both ends, at most 253 characters)")
+        problem("metadata.name", "required field is missing")
+        name = ""
+    elif not is_dns_subdomain(name):
+        problem("metadata.name", f"{name!r} is not a valid name (lowercase RFC 1123: [a-z0-9-.], "
+                                 "alphanumeric at both ends, at most 253 characters)")
+    elif kind == S.IMPORT.kind and len(name) > S.IMPORT_NAME_MAX:
+        problem("metadata.name", f"Import name must be at most {S.IMPORT_NAME_MAX} characters "
+                                 f"(it becomes a Service name), got {len(name)}")
     namespace = meta.get("namespace") or ""
     if not isinstance(namespace, str):
-        raise FieldError("metadata.namespace", "must be a string")
+        problem("metadata.namespace", "must be a string")
+        namespace = ""
     if info.namespaced:
         namespace = namespace or default_namespace
         if len(namespace) > 63 or not _DNS_LABEL_RE.match(namespace):
-            raise FieldError("metadata.namespace", f"{namespace!r} is not a valid namespace (RFC 1123 label)")
+            problem("metadata.namespace", f"{namespace!r} is not a valid namespace (RFC 1123 label)")
     else:
         namespace = ""  # cluster-scoped: a namespace in the document is ignored, as the API server does
-    if kind == S.IMPORT.kind and len(name) > S.IMPORT_NAME_MAX:
-        raise FieldError("metadata.name", f"Import name must be at most {S.IMPORT_NAME_MAX} characters "
-                                          f"(it becomes a Service name), got {len(name)}")
-    labels = _check_labels(meta.get("labels"), "metadata.labels")
+    labels = _check_labels(meta.get("labels"), "metadata.labels", errors)
     annotations = meta.get("annotations") or {}
     if not isinstance(annotations, dict) or not all(isinstance(v, str) for v in annotations.values()):
-        raise FieldError("metadata.annotations", "must be a map of strings")
+        problem("metadata.annotations", "must be a map of strings")
+        annotations = {}
     raw_spec = doc.get("spec")
+    spec: dict[str, Any] = {}
     if raw_spec is None:
-        raise FieldError("spec", "required field is missing")
-    spec = check(raw_spec, info.spec, "spec")
-    _check_semantics(kind, name, namespace, spec)
+        problem("spec", "required field is missing")
+    else:
+        try:
+            spec = check(raw_spec, info.spec, "spec")
+        except FieldError as exc:
+            errors += _problems(exc)
+        else:
+            try:
+                _check_semantics(kind, name, namespace, spec)
+            except FieldError as exc:
+                errors += _problems(exc)
     status: dict[str, Any] = {}
     if keep_status and isinstance(doc.get("status"), dict) and info.status is not None:
-        status = check(doc["status"], info.status, "status")
+        try:
+            status = check(doc["status"], info.status, "status")
+        except FieldError as exc:
+            errors += _problems(exc)
+    raise_all(errors)
     return Object(kind=kind, name=name, namespace=namespace, spec=spec, labels=labels,
                   annotations=dict(annotations), status=status)
+
+
+def _problems(exc: FieldError) -> list[FieldError]:
+    return list(exc.errors) if isinstance(exc, FieldErrors) else [exc]
 
 
 def _check_semantics(kind: str, name: str, namespace: str, spec: dict[str, Any]) -> None:
@@ -262,7 +293,7 @@ def parse_documents(text: str, *, source: str = "<input>", default_namespace: st
             try:
                 objects.append(from_dict(doc_item, default_namespace=default_namespace))
             except FieldError as exc:
-                errors.append(f"{source}: document {i} ({_describe(doc_item)}): {exc}")
+                errors += [f"{source}: document {i} ({_describe(doc_item)}): {e}" for e in _problems(exc)]
     seen: dict[ObjectKey, int] = {}
     for obj in objects:
         seen[obj.key] = seen.get(obj.key, 0) + 1

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -140,3 +144,31 @@ def _all_actions(parser: argparse.ArgumentParser):
 def test_version(capsys):
     code, out, _ = run(capsys, "--version")
     assert code == 0 and out.startswith("clusterlink ")
+
+
+def test_a_bad_ca_file_is_one_clear_line_without_grpc_noise(tmp_path):
+    """grpc's C core used to print four lines of its own about root certificates before our error."""
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GRPC_", "CLUSTERLINK_"))}
+    env["CLUSTERLINK_TOKEN"] = "x"
+    out = subprocess.run([str(Path(sys.executable).parent / "clusterlink"), "get", "imports", "--controlplane",
+                          "127.0.0.1:1", "--ca", str(bad)], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [f"clusterlink: error: the CA file {bad} holds no PEM certificate"]
+
+
+def test_an_internal_error_is_one_line_not_a_traceback(capsys, monkeypatch):
+    from controlplane.cli import objects
+
+    def broken(args):  # type: ignore[no-untyped-def]
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(objects, "cmd_get", broken)
+    monkeypatch.delenv("CLUSTERLINK_DEBUG", raising=False)
+    assert main(["get", "imports"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("clusterlink: internal error: KeyError: 'surprise'") and "Traceback" not in err
+    monkeypatch.setenv("CLUSTERLINK_DEBUG", "1")
+    with pytest.raises(KeyError):
+        main(["get", "imports"])

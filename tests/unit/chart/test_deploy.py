@@ -100,6 +100,7 @@ def test_output_renders_every_manifest(workdir):
     (["--name", "peer1", "--ingress", "NodePort", "--ingress-port", "443"], "30000-32767"),
     (["--name", "peer1", "--gateway-replicas", "0"], "at least 1"),
     (["--name", "peer1", "--output", "x.yaml", "--chart", "/nonexistent"], "no Helm chart"),
+    (["--name", "peer1", "--output", "/missing/dir/x.yaml"], "the directory /missing/dir does not exist"),
 ])
 def test_clear_errors(workdir, capsys, argv, message):
     assert main(["deploy", "peer", *argv]) == 1
@@ -109,3 +110,36 @@ def test_clear_errors(workdir, capsys, argv, message):
 def test_dataplane_replicas_alias(workdir):
     assert main(["deploy", "peer", "--name", "peer1", "--dataplane-replicas", "3"]) == 0
     assert yaml.safe_load((peer_dir(workdir) / "clusterlink-values.yaml").read_text())["gateway"]["replicas"] == 3
+
+
+def _leftovers(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob(".*.tmp"))
+
+
+def test_output_into_a_directory_writes_a_named_file(workdir):
+    """--output <dir> used to crash with IsADirectoryError, leaving a temporary file with the
+    private key and tokens behind."""
+    out = workdir / "manifests"
+    out.mkdir()
+    assert main(["deploy", "peer", "--name", "peer1", "--output", str(out)]) == 0
+    written = out / "clusterlink-peer1.yaml"
+    assert load(written)[0]["kind"] == "Namespace" and stat.S_IMODE(written.stat().st_mode) == 0o600
+    assert _leftovers(workdir) == []
+
+
+def test_a_failed_output_writes_nothing_and_leaves_no_secret_behind(workdir, capsys):
+    """A chart that cannot render: no Secrets manifest is written half-way, no temporary file stays."""
+    assert main(["deploy", "peer", "--name", "peer1", "--output", str(workdir / "x.yaml"),
+                 "--chart", str(workdir)]) == 1
+    assert "no Helm chart" in capsys.readouterr().err
+    assert not (peer_dir(workdir) / "k8s-secrets.yaml").exists()
+    assert _leftovers(workdir) == [] and not (workdir / "x.yaml").exists()
+
+
+@pytest.mark.parametrize("argv", [["--tag", "x y"], ["--tag=-dash"], ["--tag", "a" * 129],
+                                  ["--container-registry", "Bad Registry"], ["--container-registry", "x//y"]])
+def test_image_flags_are_validated(workdir, capsys, argv):
+    assert main(["deploy", "peer", "--name", "peer1", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "is not an image tag" in err or "is not a registry" in err
+    assert "Traceback" not in err

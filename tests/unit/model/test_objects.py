@@ -127,3 +127,26 @@ def test_kind_names_resolve_like_kubectl():
     assert S.resolve_kind("imports.clusterlink.net").kind == "Import"
     assert S.resolve_kind("clpap").kind == "PrivilegedAccessPolicy"
     assert S.resolve_kind("pods") is None
+
+
+def test_every_problem_of_one_document_is_reported():
+    """Not only the first: metadata, labels and several spec fields, each with its path."""
+    text = """
+apiVersion: clusterlink.net/v1alpha1
+kind: Import
+metadata: {name: Bad_Name, labels: {"-x": y}, colour: red}
+spec:
+  port: 0
+  targetPort: "x"
+  lbScheme: sideways
+  sources: [{peer: west, exportName: reviews, exportNamespace: default, extra: 1}]
+  bogus: true
+"""
+    with pytest.raises(ModelError) as err:
+        parse_documents(text, source="f.yaml")
+    found = err.value.errors
+    for path in ("metadata.colour", "metadata.name", "metadata.labels['-x']", "spec.port", "spec.targetPort",
+                 "spec.lbScheme", "spec.sources[0].extra", "spec.bogus"):
+        assert any(f": {path}: " in e for e in found), (path, found)
+    assert all(e.startswith("f.yaml: document 1 (Import Bad_Name): ") for e in found), found
+    assert len(found) == 8, found
