@@ -37,6 +37,7 @@ class Config:
     api_listen: str
     admin_token_file: Path
     join_token_file: Path
+    tokens_from_store: bool
     namespace: str
     peer_labels: Mapping[str, str]
     vip_range: str | None
@@ -69,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add(p, "--api-listen", default=DEFAULT_API,
               help="gRPC API address for gateways, agents and the CLI: unix:/<path> or host:port (TLS with the "
                    "peer certificate)")
+    flags.add(p, "--tokens", choices=("files", "store"), default="files",
+              help="Where the admin and join tokens are: files (--admin-token-file, --join-token-file; created "
+                   "if missing) or store (created at the first start; in Kubernetes the Secrets "
+                   "clusterlink-admin-token and clusterlink-join-token, key `token`, which gateways and agents "
+                   "mount: the chart does this, so that its manifests hold no token and render the same every "
+                   "time)")
     flags.add(p, "--admin-token-file", type=Path,
               help="Bearer token of the management API (the CLI); created with a random token if missing "
                    "(default: admin.token next to the sqlite store)")
@@ -129,6 +136,7 @@ def load_config(argv: Sequence[str] | None = None) -> Config:
         certs=a.certs, name=a.name, store=a.store, api_listen=a.api_listen,
         admin_token_file=a.admin_token_file or state_dir / "admin.token",
         join_token_file=a.join_token_file or state_dir / "join.token",
+        tokens_from_store=a.tokens == "store",
         namespace=a.namespace, peer_labels=dict(a.peer_label),
         vip_range=None if a.vip_range in ("", "none") or a.store == "kubernetes" else a.vip_range,
         gateway_agent_address=a.gateway_agent_address, reserved_ports=reserved, metrics_listen=metrics,
@@ -186,8 +194,11 @@ async def run(config: Config) -> None:
     else:
         store = open_store(config.store)
     metrics = ControlPlaneMetrics()
-    credentials = Credentials(admin_token=ensure_token(config.admin_token_file),
-                              join_token=ensure_token(config.join_token_file))
+    if config.tokens_from_store:
+        credentials = Credentials(admin_token=store.token("admin-token"), join_token=store.token("join-token"))
+    else:
+        credentials = Credentials(admin_token=ensure_token(config.admin_token_file),
+                                  join_token=ensure_token(config.join_token_file))
     token_key = store.secret("token-key")
     authority = TokenAuthority(token_key, peer_name)
 

@@ -56,6 +56,10 @@ class Store(Protocol):
     def secret(self, name: str, size: int = 32) -> bytes:
         """Get, or create once, a random secret that survives restarts."""
 
+    def token(self, name: str) -> str:
+        """Get, or create once, a random text token that survives restarts (Kubernetes: a Secret
+        that pods can mount)."""
+
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call `listener(event)` after every change; returns a function that unsubscribes."""
 

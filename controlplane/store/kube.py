@@ -495,24 +495,32 @@ class KubeStore:
 
     def secret(self, name: str, size: int = 32) -> bytes:
         """Get, or create once, Secret `clusterlink-<name>` (key `value`) in the ClusterLink namespace."""
+        return self._get_or_create(name, "value", lambda: _secrets.token_bytes(size))
+
+    def token(self, name: str) -> str:
+        """Get, or create once, Secret `clusterlink-<name>` holding a random token as text (key
+        `token`), so that pods can mount it as a file."""
+        return self._get_or_create(name, "token", lambda: _secrets.token_urlsafe(32).encode()).decode()
+
+    def _get_or_create(self, name: str, key: str, make: Callable[[], bytes]) -> bytes:
         secret_name = SECRET_PREFIX + name
         what = f"Secret {self.namespace}/{secret_name}"
         for _attempt in range(3):
             try:
                 raw = self._api.get(SECRETS, self.namespace, secret_name)
-                data = (raw.get("data") or {}).get("value")
+                data = (raw.get("data") or {}).get(key)
                 if not data:
-                    raise StoreError(f"{what} has no 'value' key")
+                    raise StoreError(f"{what} has no {key!r} key")
                 return base64.b64decode(data)
             except NotFound:
                 pass
             except KubeError as exc:
                 raise StoreError(f"cannot read {what}: {exc}") from exc
-            value = _secrets.token_bytes(size)
+            value = make()
             body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                     "metadata": {"name": secret_name, "namespace": self.namespace,
                                  "labels": {LABEL_MANAGED_BY: MANAGER}},
-                    "data": {"value": base64.b64encode(value).decode()}}
+                    "data": {key: base64.b64encode(value).decode()}}
             try:
                 self._api.create(SECRETS, self.namespace, body)
                 log.info("created %s", what)

@@ -187,6 +187,16 @@ class SQLiteStore:
             self._db.execute("INSERT INTO secrets (name, value) VALUES (?, ?)", (name, value))
             return value
 
+    def token(self, name: str) -> str:
+        with self._lock:
+            key = f"token:{name}"
+            row = self._db.execute("SELECT value FROM secrets WHERE name=?", (key,)).fetchone()
+            if row:
+                return bytes(row[0]).decode()
+            value = _secrets.token_urlsafe(32)
+            self._db.execute("INSERT INTO secrets (name, value) VALUES (?, ?)", (key, value.encode()))
+            return value
+
     # -- events ----------------------------------------------------------------------------------
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         self._listeners.append(listener)

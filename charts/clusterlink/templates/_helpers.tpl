@@ -54,3 +54,19 @@ app.kubernetes.io/component: {{ .component }}
 - --log-level={{ .Values.logLevel }}
 - --log-format={{ .Values.logFormat }}
 {{- end -}}
+
+{{- /* The secret volume source of the join token, as the file join.token: the Secret the control
+       plane creates (tokens.create) or the one made elsewhere (clusterlink deploy peer). */}}
+{{- define "clusterlink.joinTokenSecret" -}}
+{{- if .Values.tokens.create -}}
+secretName: clusterlink-join-token
+items:
+  - key: token
+    path: join.token
+{{- else -}}
+secretName: {{ .Values.tokens.secretName }}
+items:
+  - key: join.token
+    path: join.token
+{{- end }}
+{{- end }}

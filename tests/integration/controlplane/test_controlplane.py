@@ -271,3 +271,28 @@ def test_cli_apply_says_which_gateway_has_not_put_the_change_in_force(controlpla
     assert [p["metadata"]["name"] for p in controlplane.get("AccessPolicy")] == ["deny-x"]
     bad = controlplane.cli("apply", "--wait", "-1", "-f", "-", input=POLICY.format(name="deny-y"))
     assert bad.returncode == 2 and "--wait must be between 0 and 300" in bad.stderr
+
+
+def test_tokens_from_the_store_are_made_once_and_checked(tmp_path):
+    """--tokens store (what the chart runs): no token files; the tokens live in the store, are
+    made at the first start and kept across restarts, and the API checks them."""
+    from controlplane.store.sqlite import SQLiteStore
+
+    from .conftest import RunningControlPlane
+
+    cp = RunningControlPlane(tmp_path)
+    cp.start("--tokens", "store")
+    try:
+        assert not (tmp_path / "admin.token").exists() and not (tmp_path / "join.token").exists()
+        store = SQLiteStore(tmp_path / "state.db")
+        admin, join = store.token("admin-token"), store.token("join-token")
+        store.close()
+        assert cp.call(lambda c: c.get("Import"), token=admin) == "[]"
+        with pytest.raises(APIError) as err:
+            cp.call(lambda c: c.get("Import"), token=join)
+        assert err.value.code == "PERMISSION_DENIED"
+        cp.stop()
+        cp.start("--tokens", "store")
+        assert cp.call(lambda c: c.get("Import"), token=admin) == "[]"  # the same token after a restart
+    finally:
+        cp.stop()

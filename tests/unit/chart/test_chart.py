@@ -156,7 +156,7 @@ def test_what_the_defaults_install(default_docs):
         ("ClusterRole", "clusterlink-controlplane"), ("ClusterRoleBinding", "clusterlink-controlplane"),
         ("Role", "clusterlink-controlplane"), ("RoleBinding", "clusterlink-controlplane"),
         ("ClusterRole", "clusterlink-agent"), ("ClusterRoleBinding", "clusterlink-agent"),
-        ("Secret", "clusterlink-tokens"), ("ConfigMap", "clusterlink-dashboard")])
+        ("ConfigMap", "clusterlink-dashboard")])
 
 
 def test_release_names_prefix_everything():
@@ -328,16 +328,33 @@ def test_rbac_covers_every_call_the_control_plane_makes(default_docs):
 # -- Secrets -------------------------------------------------------------------------------------------
 
 
-def test_tokens_secret_is_generated_and_certificates_are_mounted(default_docs):
-    import base64
-
-    tokens = by(default_docs, "Secret", "-tokens")
-    assert set(tokens["data"]) == {"join.token", "admin.token"}
-    assert all(len(base64.b64decode(v)) >= 32 for v in tokens["data"].values())
-    for kind, suffix in (("Deployment", "-controlplane"), ("Deployment", "-gateway")):
+def test_tokens_come_from_the_control_plane_and_renders_are_the_same_every_time(default_docs):
+    """tokens.create: the control plane creates the token Secrets at its first start (--tokens
+    store); the chart renders no token, so two renders are identical (GitOps) and an upgrade never
+    changes a token (a random token in the render did, locking components out)."""
+    assert not [d for d in default_docs if d["kind"] == "Secret"]
+    assert render() == default_docs
+    cp = by(default_docs, "Deployment", "-controlplane")
+    assert "--tokens=store" in cp["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "tokens" not in {v["name"] for v in cp["spec"]["template"]["spec"]["volumes"]}
+    for kind, suffix in (("Deployment", "-gateway"), ("DaemonSet", "-agent")):
         volumes = {v["name"]: v for v in by(default_docs, kind, suffix)["spec"]["template"]["spec"]["volumes"]}
-        assert volumes["certs"]["secret"]["secretName"] == "cl-peer"
-        assert volumes["tokens"]["secret"]["secretName"] == "clusterlink-tokens"
+        assert volumes["tokens"]["secret"]["secretName"] == "clusterlink-join-token"
+        assert volumes["tokens"]["secret"]["items"] == [{"key": "token", "path": "join.token"}]
+    role = by(default_docs, "Role", "-controlplane")
+    readable = {n for rule in role["rules"] for n in rule.get("resourceNames", []) if "get" in rule["verbs"]}
+    assert {"clusterlink-join-token", "clusterlink-admin-token", "clusterlink-token-key"} <= readable
+
+
+def test_tokens_made_elsewhere_are_mounted_from_their_secret():
+    docs = render({"tokens": {"create": False, "secretName": "my-tokens"}})
+    cp = by(docs, "Deployment", "-controlplane")["spec"]["template"]["spec"]
+    assert "--join-token-file=/etc/clusterlink/tokens/join.token" in cp["containers"][0]["args"]
+    assert {v["name"]: v for v in cp["volumes"]}["tokens"]["secret"]["secretName"] == "my-tokens"
+    for kind, suffix in (("Deployment", "-gateway"), ("DaemonSet", "-agent")):
+        volumes = {v["name"]: v for v in by(docs, kind, suffix)["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["tokens"]["secret"]["secretName"] == "my-tokens"
+        assert volumes["tokens"]["secret"]["items"] == [{"key": "join.token", "path": "join.token"}]
 
 
 def test_inline_certificates_make_the_secret_and_tokens_can_come_from_elsewhere():

@@ -238,6 +238,24 @@ def test_secret_created_concurrently_by_another_replica_is_read(api, store):
     assert racing.secret("token-key") == theirs
 
 
+def test_tokens_are_text_secrets_that_pods_can_mount(api, store):
+    """--tokens store: Secret clusterlink-join-token, key `token`, the token as text (a gateway
+    mounting it reads exactly the token the control plane checks); made once."""
+    token = store.token("join-token")
+    raw = api.find(K.SECRETS, "clusterlink-system", "clusterlink-join-token")
+    assert base64.b64decode(raw["data"]["token"]).decode() == token and len(token) >= 40
+    assert token.isascii() and token.strip() == token
+    assert store.token("join-token") == token and store.token("admin-token") != token
+    assert len(api.writes_of("create")) == 2
+
+
+def test_a_token_secret_without_its_key_is_a_clear_error(api, store):
+    api.put(K.SECRETS, {"metadata": {"name": "clusterlink-admin-token", "namespace": "clusterlink-system"},
+                        "data": {"value": "eA=="}})
+    with pytest.raises(StoreError, match="clusterlink-admin-token has no 'token' key"):
+        store.token("admin-token")
+
+
 def test_secret_read_failure_is_a_store_error(api, store):
     api.errors[("get", "secrets")].append(K.PermanentError("secrets is forbidden (403)", status=403))
     with pytest.raises(StoreError, match="forbidden"):

@@ -51,10 +51,12 @@ def test_state_survives_reopen(tmp_path):
     (obj,) = parse_documents(DOC)
     s.apply(obj)
     key = s.secret("token-key")
+    token = s.token("join-token")
     s.close()
     s = SQLiteStore(tmp_path / "state.db")
     assert s.get("Export", "default", "reviews").labels == {"a": "b"}
     assert s.secret("token-key") == key and len(key) == 32
+    assert s.token("join-token") == token and s.token("admin-token") != token and token.isascii()
     s.close()
 
 
