@@ -51,6 +51,23 @@ LISTENER = "peer"
 _FRAMING = (framing.TUNNEL_HEADER, framing.FRAMED)  # we support framed tunnels (peerwire.framing)
 
 
+LINGER_SECONDS = 1.0  # after a refusal: how long what the client still sends is read and dropped
+LINGER_BYTES = 4 << 20
+
+
+async def _linger_close(stream: TlsStream) -> None:
+    """After an answer with `Connection: close`: end our side (TLS close_notify), then drop what
+    the client is still sending (undecrypted) until it closes, for LINGER_SECONDS or LINGER_BYTES
+    at most, and close. Closing with unread bytes makes the kernel reset the connection, and the
+    reset can overtake the answer: a client sending a 1 MiB header saw a reset instead of its 431."""
+    stream.write_eof()
+    ended = await stream.discard_input(LINGER_BYTES, LINGER_SECONDS)
+    if ended:
+        stream.close()
+    else:
+        stream.abort()
+
+
 class _Close(Exception):
     """End this connection (the reason was already counted and logged)."""
 
@@ -136,7 +153,7 @@ class Ingress:
                               "of that name is configured here", presenting[:100], _peer(stream))
                     stream.write(http.respond(403, body=f"peer {presenting[:100]} is not configured on this "
                                               f"gateway (no Peer object of that name)\n".encode(), close=True))
-                    stream.close()
+                    await _linger_close(stream)
                     return
                 if request.method == "CONNECT":
                     if not await self._connect(stream, http, request, presenting):
@@ -206,6 +223,7 @@ class Ingress:
                 self._bad(reason, "Peer-port request from %s (%s) refused with %d: %s", presenting, _peer(stream),
                           exc.status, exc)
                 stream.write(http.respond(exc.status, body=f"{exc}\n".encode(), close=True))
+                await _linger_close(stream)
                 raise _Close() from None
             if request is CLOSED:
                 return None
@@ -289,9 +307,9 @@ class Ingress:
 
     # --- CONNECT -----------------------------------------------------------------------------
 
-    def _refuse(self, stream: Stream, http: ServerConnection, status: int, message: str) -> bool:
+    async def _refuse(self, stream: TlsStream, http: ServerConnection, status: int, message: str) -> bool:
         stream.write(http.respond(status, body=f"{message}\n".encode(), close=True))
-        stream.close()
+        await _linger_close(stream)
         return False
 
     async def _connect(self, stream: TlsStream, http: ServerConnection, request: Request, presenting: str) -> bool:
@@ -303,25 +321,25 @@ class Ingress:
         if token is None:
             self._count("", presenting, "unauthorized")
             self._bad("no-token", "CONNECT from peer %s refused: no bearer token", presenting)
-            return self._refuse(stream, http, 401, "a bearer token is required")
+            return await self._refuse(stream, http, 401, "a bearer token is required")
         if state.authority is None:
-            return self._refuse(stream, http, 503, "this gateway has no token key yet")
+            return await self._refuse(stream, http, 503, "this gateway has no token key yet")
         try:
             grant = self._grants.verify(state.authority, token, presenting)
         except TokenError as exc:
             self._count("", presenting, "unauthorized")
             self._bad(f"token-{exc.reason}", "CONNECT from peer %s refused: %s", presenting, exc)
-            return self._refuse(stream, http, 401, f"access token refused: {exc.reason}")
+            return await self._refuse(stream, http, 401, f"access token refused: {exc.reason}")
         export = _valid_export(state, grant.export_namespace, grant.export_name)
         ref = f"{grant.export_namespace}/{grant.export_name}"
         if export is None:
             self._count(UNKNOWN_LABEL, presenting, "not-found")
-            return self._refuse(stream, http, 404, f"no valid export {ref}")
+            return await self._refuse(stream, http, 404, f"no valid export {ref}")
         check = ingress_check(state, export, grant.src_attributes, presenting)
         self._count_decision(check.decision)
         if not check.decision.allowed:
             self._count(ref, presenting, "denied")
-            return self._refuse(stream, http, 403, f"access to {ref} denied by policy {check.decision.policy}")
+            return await self._refuse(stream, http, 403, f"access to {ref} denied by policy {check.decision.policy}")
 
         try:
             service = await self._open_service(export)
@@ -329,12 +347,12 @@ class Ingress:
             self._count(ref, presenting, "service-timeout")
             self._throttle.warning(f"service:{ref}", "Export %s: no connection to %s:%d within %g s", ref,
                                    export.host, export.port, self._limits.connect_timeout)
-            return self._refuse(stream, http, 503, f"export {ref} did not accept a connection in time")
+            return await self._refuse(stream, http, 503, f"export {ref} did not accept a connection in time")
         except OSError as exc:
             self._count(ref, presenting, "service-error")
             self._throttle.warning(f"service:{ref}", "Export %s: cannot connect to %s:%d: %s", ref, export.host,
                                    export.port, exc.strerror or exc)
-            return self._refuse(stream, http, 502, f"export {ref} refused the connection")
+            return await self._refuse(stream, http, 502, f"export {ref} refused the connection")
 
         framed = bool(self._framing_header) and request.header(framing.TUNNEL_HEADER) == framing.FRAMED
         http.switch_to_tunnel()

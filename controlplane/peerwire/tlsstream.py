@@ -50,6 +50,8 @@ class TlsStream(Stream):
         self._handshake_done: asyncio.Future[None] | None = None
         self._handshaked = False
         self._raw_received = 0
+        self._discard: int | None = None  # discarding what arrives: bytes still allowed (see `discard_input`)
+        self._discard_done: asyncio.Future[None] | None = None
         self.handshake_seconds: float | None = None
 
     # --- handshake ---------------------------------------------------------------------------
@@ -136,6 +138,12 @@ class TlsStream(Stream):
     # --- reading -----------------------------------------------------------------------------
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self._discard is not None:  # neither decrypted nor kept
+            self._raw_received += nbytes
+            self._discard -= nbytes
+            if self._discard <= 0:
+                self._end_discard()
+            return
         view = self._view
         if nbytes == len(view) and nbytes < READ_SIZE:
             self._grow_read_buffer()
@@ -211,6 +219,9 @@ class TlsStream(Stream):
             self._pview = memoryview(self._plain)
 
     def eof_received(self) -> bool:
+        if self._discard is not None:
+            self._end_discard()
+            return True
         if not self._handshaked:
             if self._raw_received == 0:
                 self._handshake_failed(StreamError("closed", "the other side closed the connection without a byte"))
@@ -289,7 +300,29 @@ class TlsStream(Stream):
             self.write_eof()
         super().close()
 
+    async def discard_input(self, limit: int, timeout: float) -> bool:
+        """After our last answer: drop whatever else arrives, undecrypted and unkept, until the
+        other side ends the connection, `limit` bytes or `timeout` seconds (so that closing does not
+        reset a connection whose client is still sending before it read the answer). True if the
+        other side ended it in time."""
+        if self._lost or self.transport is None:
+            return True
+        assert self._loop is not None
+        self._discard = limit
+        self._discard_done = self._loop.create_future()
+        self._incoming = ssl.MemoryBIO()  # what was buffered but not decrypted: dropped as well
+        try:
+            await asyncio.wait_for(asyncio.shield(self._discard_done), timeout)
+        except TimeoutError:
+            return False
+        return self._discard > 0
+
+    def _end_discard(self) -> None:
+        if self._discard_done is not None and not self._discard_done.done():
+            self._discard_done.set_result(None)
+
     def connection_lost(self, exc: BaseException | None) -> None:
+        self._end_discard()
         self._cancel_handshake_timer()
         super().connection_lost(exc)
         if self._handshake_done is not None and not self._handshake_done.done():

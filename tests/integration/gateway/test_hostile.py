@@ -256,6 +256,7 @@ def test_a_hostile_kind_is_refused_while_a_legitimate_client_is_served(solo: Sol
 SOAK_SECONDS = float(os.environ.get("CLUSTERLINK_SOAK_SECONDS", "20"))  # make soak: 600
 
 
+@pytest.mark.timeout(SOAK_SECONDS + 300)
 def test_a_mixed_soak_keeps_everything_served_and_bounded(net: Fabric, tmp_path: Path) -> None:
     """Echo connections, 8 MiB uploads and a healthz prober served while every hostile kind runs
     in turn and west's snapshot changes every 2 s, for CLUSTERLINK_SOAK_SECONDS (20 s here, 600
