@@ -4,7 +4,7 @@ PYTEST_ARGS ?=
 BENCH_QUICK ?=
 BENCH_ARGS ?=
 
-.PHONY: install demo test soak lint protos crds bench clean-leftovers
+.PHONY: install demo test soak image lint protos crds bench clean-leftovers
 
 install:            ## set up everything (apt packages, kernel header links, .venv, BCC shim); idempotent
 	bash scripts/install.sh
@@ -21,6 +21,12 @@ soak: install       ## the long hostile run (~30 min): 10-minute mixed soak, rep
 	CLUSTERLINK_SOAK_SECONDS=600 CLUSTERLINK_SOAK_REPORT=$(CURDIR)/soak-report.json CLUSTERLINK_HOSTILE_ROUNDS=100 \
 	CLUSTERLINK_FUZZ_EXAMPLES=10000 $(PY) -m pytest tests/integration/gateway/test_hostile.py tests/unit/security/test_fuzz_codecs.py
 	bash scripts/check-leftovers.sh
+
+IMAGE ?= ghcr.io/clusterlink-py/clusterlink
+TAG   ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}/\1/p' charts/clusterlink/Chart.yaml)
+image:              ## build the container image $(IMAGE):$(TAG) from Containerfile with buildah (needs its base image)
+	@command -v buildah >/dev/null || { echo "make image needs buildah (apt-get install buildah)"; exit 1; }
+	buildah build --layers -f Containerfile -t $(IMAGE):$(TAG) .
 
 lint:
 	.venv/bin/lint-imports --no-cache

@@ -61,6 +61,8 @@ site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purel
 mkdir -p .venv/bccshim
 [ -L .venv/bccshim/bcc ] || ln -sfn /usr/lib/python3/dist-packages/bcc .venv/bccshim/bcc
 echo "$ROOT/.venv/bccshim" > "$site/clusterlink_bcc.pth"
+# The simulated fabric (tests, demo, bench) is not part of the package: the venv sees the source tree.
+echo "$ROOT" > "$site/clusterlink_source_tree.pth"
 
 .venv/bin/python - <<'PY'
 import bcc, grpc, h11, jwt, pyroute2, cryptography, prometheus_client  # noqa: F401

@@ -5,6 +5,7 @@ compiles and loads); it imports nothing heavy, BCC least of all.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,5 +42,9 @@ PROGRAMS: tuple[ProgramSpec, ...] = (
 
 
 def default_bpf_dir() -> Path:
-    """bpf/ at the root of the source tree (agent/datapath/programs.py -> ../../bpf)."""
-    return Path(__file__).resolve().parents[2] / "bpf"
+    """bpf/ at the root of the source tree (agent/datapath/programs.py -> ../../bpf), or, for an
+    installed wheel, <prefix>/share/clusterlink/bpf (its data files)."""
+    tree = Path(__file__).resolve().parents[2] / "bpf"
+    if (tree / "clusterlink.h").exists():
+        return tree
+    return Path(sys.prefix) / "share" / "clusterlink" / "bpf"

@@ -21,6 +21,7 @@ import base64
 import os
 import re
 import secrets
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     chart_env = os.environ.get("CLUSTERLINK_CHART")
     peer.add_argument("--chart", type=Path, default=Path(chart_env) if chart_env else None,
                       help="the chart directory for --output (env CLUSTERLINK_CHART; default: charts/clusterlink "
-                           "of this source tree)")
+                           "of this source tree, or the one installed with the package)")
     peer.set_defaults(handler=deploy_peer)
 
 
@@ -210,7 +211,11 @@ def _existing_tokens(path: Path) -> dict[str, str]:
 
 
 def _default_chart() -> Path:
-    return Path(__file__).resolve().parents[2] / "charts" / "clusterlink"
+    """charts/clusterlink of the source tree, or, for an installed wheel, its data files."""
+    tree = Path(__file__).resolve().parents[2] / "charts" / "clusterlink"
+    if (tree / "Chart.yaml").exists():
+        return tree
+    return Path(sys.prefix) / "share" / "clusterlink" / "charts" / "clusterlink"
 
 
 def render_all(chart: Path, values: dict[str, Any], namespace: str) -> list[dict[str, Any]]:

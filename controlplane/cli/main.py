@@ -45,7 +45,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for module in COMMAND_MODULES:
         module.register(subparsers)
+    version = subparsers.add_parser("version", help="print the version of clusterlink and of what it runs on",
+                                    description="Print the clusterlink version, Python's, and the versions of "
+                                                "the libraries that matter (grpcio, cryptography, protobuf).")
+    version.add_argument("-o", "--output", choices=("text", "json"), default="text", help="text (default) or json")
+    version.set_defaults(handler=_print_version)
     return parser
+
+
+def _print_version(args: argparse.Namespace) -> int:
+    import json
+    import platform
+
+    info = {"clusterlink": _version(), "python": platform.python_version()}
+    for dist in ("grpcio", "cryptography", "protobuf", "PyJWT", "h11"):
+        try:
+            info[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            info[dist] = "not installed"
+    if args.output == "json":
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"clusterlink {info.pop('clusterlink')}")
+        for name, value in info.items():
+            print(f"  {name} {value}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
