@@ -44,6 +44,8 @@ from agent.sync.table import NodeTable
 
 log = logging.getLogger(__name__)
 
+DATAPATH_RETRY = 30.0  # seconds between starts of a datapath that failed (--on-datapath-failure retry)
+
 
 @dataclass(frozen=True)
 class Config:
@@ -63,6 +65,7 @@ class Config:
     upstream_pool_size: int = DEFAULT_POOL_SIZE
     upstream_pool_max_age: float = DEFAULT_POOL_MAX_AGE
     event_loop: str = "auto"
+    on_datapath_failure: str = "exit"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "with the client's identity taken from its cgroup.")
     add_flag(p, "--node", default=os.uname().nodename, help="This node's name (Kubernetes: spec.nodeName)")
     add_flag(p, "--cgroup", help="cgroup v2 directory whose processes (the pods) are redirected; programs apply to "
-                                 "it and every cgroup below it")
+                                 "it and every cgroup below it; `auto`: the kubelet's pods cgroup under the cgroup "
+                                 "v2 mount (kubepods.slice with the systemd cgroup driver, kubepods with cgroupfs)")
+    add_flag(p, "--on-datapath-failure", choices=("exit", "retry"), default="exit",
+             help="When the BPF datapath cannot start (no kernel headers on the node, no BCC, no cgroup v2): exit "
+                  "with the reason, or retry: keep running, report it (clusterlink_agent_datapath_ready 0, "
+                  f"clusterlink_agent_datapath_start_failures_total) and try again every {DATAPATH_RETRY:g} s; "
+                  "meanwhile Imports work through the gateway's Import Services, without the agent's shortcut "
+                  "(the chart uses retry)")
     add_flag(p, "--controlplane", default="unix:/run/clusterlink/controlplane.sock",
              help="Control-plane API address: unix:/<path> or host:port (TLS)")
     add_flag(p, "--join-token-file", type=Path, default=Path("/var/lib/clusterlink/join.token"),
@@ -126,7 +136,7 @@ def load_config(argv: Sequence[str] | None = None) -> Config:
                   proxy_port=a.proxy_port, proxy_interface=a.proxy_interface, metrics_listen=metrics,
                   workloads=a.workloads, log_level=a.log_level, log_format=a.log_format,
                   upstream_pool_size=a.upstream_pool_size, upstream_pool_max_age=a.upstream_pool_max_age,
-                  event_loop=a.event_loop)
+                  event_loop=a.event_loop, on_datapath_failure=a.on_datapath_failure)
 
 
 @dataclass(frozen=True)
@@ -267,13 +277,27 @@ async def run(config: Config) -> None:
     token = read_token(config.join_token_file)
     endpoint = Endpoint(address=config.controlplane, token=token, ca_file=config.controlplane_ca,
                         server_name=config.server_name)
-    datapath = Datapath(config.cgroup, owner=f"clusterlink-agent:{config.node}")
+    from agent.datapath.cgroups import resolve_cgroup
+
+    cgroup = resolve_cgroup(config.cgroup)
+    if cgroup != config.cgroup:
+        log.info("--cgroup %s: using %s", config.cgroup, cgroup)
+    datapath = Datapath(cgroup, owner=f"clusterlink-agent:{config.node}")
     metrics = AgentMetrics()
     agent = Agent(config, datapath, metrics)
     addresses = None
     proxy = None
-    datapath.start()
+    metrics_server = None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if config.metrics_listen:  # first: a datapath that cannot start is reported there
+        metrics_server = metrics.serve(config.metrics_listen, table_age=lambda: time.time() - agent.table_received_at
+                                       if agent.table_received_at else float("nan"))
     try:
+        if not await _start_datapath(datapath, config, metrics, stop):
+            return  # stopped while waiting for the datapath
         metrics.attached.set(len(datapath.attached()))
         if config.proxy_interface:
             from agent.netlink import AddressManager
@@ -289,22 +313,15 @@ async def run(config: Config) -> None:
                           metrics=metrics.proxy, upstream_pool_size=config.upstream_pool_size,
                           upstream_max_age=config.upstream_pool_max_age)
         await proxy.start()
-        if config.metrics_listen:
-            metrics.serve(config.metrics_listen, table_age=lambda: time.time() - agent.table_received_at
-                          if agent.table_received_at else float("nan"))
         feed = SnapshotFeed(endpoint, role="agent", node=config.node, on_snapshot=agent.apply_snapshot,
                             on_connected=lambda up: metrics.controlplane_connected.set(1 if up else 0),
                             name=f"agent {config.node} pid {os.getpid()}")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         # Everything made so far (modules, grpc, the datapath, the proxy) lives as long as the
         # process: out of the collector's sight, a full collection no longer stalls the proxy's
         # connections for ~3 ms (about 30,000 objects), it walks only what came later.
         gc.freeze()
         log.info("agent of node %s started: redirecting cgroup %s to %s:%d (event loop: %s)", config.node,
-                 config.cgroup, config.proxy_address, config.proxy_port, eventloop.running_loop_name())
+                 cgroup, config.proxy_address, config.proxy_port, eventloop.running_loop_name())
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(feed.run(), name="snapshot-feed"),
                      tg.create_task(agent.keep_registered(endpoint), name="registration")]
@@ -319,7 +336,50 @@ async def run(config: Config) -> None:
         datapath.stop()
         if addresses is not None:
             addresses.stop()
+        if metrics_server is not None:
+            metrics_server.stop()
         log.info("agent of node %s stopped; attachments removed", config.node)
+
+
+def _failure_reason(message: str) -> str:
+    text = message.lower()
+    for reason, words in (("kernel-headers", ("kernel headers",)), ("bcc", ("bcc",)),
+                          ("cgroup", ("cgroup",)), ("privileges", ("privilege", "capabilit", "permission"))):
+        if any(w in text for w in words):
+            return reason
+    return "other"
+
+
+async def _start_datapath(datapath, config: Config, metrics, stop: asyncio.Event) -> bool:  # type: ignore[no-untyped-def]
+    """Start the datapath; with --on-datapath-failure retry, keep trying every DATAPATH_RETRY
+    seconds (reporting each failure) until it starts (True) or the agent is stopped (False)."""
+    from agent.datapath.errors import DatapathError
+
+    failures = 0
+    last = ""
+    while True:
+        try:
+            datapath.start()
+        except DatapathError as exc:
+            if config.on_datapath_failure == "exit":
+                raise
+            failures += 1
+            reason = _failure_reason(str(exc))
+            metrics.datapath_ready.set(0)
+            metrics.datapath_failures.labels(reason=reason).inc()
+            if str(exc) != last:
+                log.error("The datapath cannot start (%s): %s. Retrying every %g s; meanwhile Imports work through "
+                          "the gateway's Import Services, without this node's shortcut.", reason, exc, DATAPATH_RETRY)
+                last = str(exc)
+            try:
+                await asyncio.wait_for(stop.wait(), DATAPATH_RETRY)
+                return False
+            except TimeoutError:
+                continue
+        metrics.datapath_ready.set(1)
+        if failures:
+            log.info("The datapath started after %d failed attempt%s.", failures, "s" if failures > 1 else "")
+        return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -55,6 +55,13 @@ class AgentMetrics:
         self.imports = Gauge("clusterlink_agent_imports", "Imported VIP:ports redirected on this node", registry=r)
         self.attached = Gauge("clusterlink_agent_attached_programs", "BPF programs attached by this agent",
                               registry=r)
+        self.datapath_ready = Gauge("clusterlink_agent_datapath_ready",
+                                    "1 once the BPF programs are attached; 0 while the datapath cannot start "
+                                    "(--on-datapath-failure retry: Imports still work through the gateway)",
+                                    registry=r)
+        self.datapath_failures = Counter("clusterlink_agent_datapath_start_failures_total",
+                                         "Failed starts of the datapath, by reason (kernel-headers, bcc, cgroup, "
+                                         "privileges, other)", ["reason"], registry=r)
         self.controlplane_connected = Gauge("clusterlink_agent_controlplane_connected",
                                             "1 while the snapshot stream is connected", registry=r)
         self.registered = Gauge("clusterlink_agent_registered", "1 while the agent holds a credential", registry=r)

@@ -79,6 +79,29 @@ def validate_cgroup_dir(cgroup_path: str) -> tuple[str, str]:
     return real, mount.mount_point
 
 
+AUTO = "auto"
+KUBELET_PARENTS = ("kubepods.slice", "kubepods")  # the systemd cgroup driver's, then cgroupfs'
+
+
+def resolve_cgroup(value: str, all_mounts: list[Mount] | None = None) -> str:
+    """--cgroup: a directory as it is, or `auto`: the kubelet's pods cgroup under the cgroup v2
+    mount (kubepods.slice with the systemd cgroup driver, kubepods with cgroupfs)."""
+    if value != AUTO:
+        return value
+    points = sorted({m.mount_point for m in (all_mounts if all_mounts is not None else mounts())
+                     if m.fstype == "cgroup2"})
+    if not points:
+        raise DatapathError("--cgroup auto: no cgroup v2 hierarchy is mounted")
+    for point in points:
+        for name in KUBELET_PARENTS:
+            candidate = os.path.join(point, name)
+            if os.path.isdir(candidate):
+                return candidate
+    tried = ", ".join(os.path.join(p, n) for p in points for n in KUBELET_PARENTS)
+    raise DatapathError(f"--cgroup auto: no kubelet pods cgroup found (tried {tried}); pass --cgroup with the "
+                        "directory that holds the pods' cgroups")
+
+
 def cgroup_id(path: str) -> int:
     """The cgroup v2 id of a cgroup directory: the inode number (kernfs id) of the directory."""
     return os.stat(path).st_ino

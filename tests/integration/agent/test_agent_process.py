@@ -47,27 +47,38 @@ def scrape(port: int) -> dict[str, float]:
     return samples
 
 
+NO_HEADERS = ("unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+              'mount -t tmpfs clnoheaders /lib/modules && exec "$@"', "sh")  # a node without kernel headers
+
+
+def agent_argv(cgroup: str, tmp_path: Path, metrics_port: int, *extra: str) -> list[str]:
+    token = tmp_path / "join.token"
+    token.write_text("not-checked-without-a-control-plane\n")
+    return [str(AGENT), "--node", "test-node", "--cgroup", cgroup,
+            "--controlplane", f"unix:{tmp_path / 'no-controlplane.sock'}", "--join-token-file", str(token),
+            "--proxy-address", "127.0.0.1", "--proxy-port", str(free_port()),
+            "--metrics-listen", f"127.0.0.1:{metrics_port}", "--log-format", "text", *extra]
+
+
 @pytest.fixture
 def agent(cgroups: kit.Cgroups, processes: kit.Processes, tmp_path: Path):
     if not AGENT.exists():
         pytest.skip(f"{AGENT} is not installed: run make install")
     cgroup = cgroups.make(kit.new_id() + "ag")
-    token = tmp_path / "join.token"
-    token.write_text("not-checked-without-a-control-plane\n")
     metrics_port = free_port()
     log_path = tmp_path / "agent.log"
-    argv = [str(AGENT), "--node", "test-node", "--cgroup", cgroup,
-            "--controlplane", f"unix:{tmp_path / 'no-controlplane.sock'}", "--join-token-file", str(token),
-            "--proxy-address", "127.0.0.1", "--proxy-port", str(free_port()),
-            "--metrics-listen", f"127.0.0.1:{metrics_port}", "--log-format", "text"]
+    argv = agent_argv(cgroup, tmp_path, metrics_port)
     with open(log_path, "w") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     processes.register(proc.pid)
     deadline = time.monotonic() + 30
     while True:
-        try:
-            scrape(metrics_port)
-            break
+        try:  # /metrics is served first; the datapath is ready once its programs are attached
+            if scrape(metrics_port).get("clusterlink_agent_datapath_ready") == 1:
+                break
+            if time.monotonic() > deadline:
+                raise OSError("the datapath did not become ready")
+            time.sleep(0.1)
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
@@ -98,6 +109,7 @@ def test_a_running_agent_holds_no_bcc_and_reports_its_own_memory(agent) -> None:
     assert actual < 60 * 2**20, f"agent VmRSS {actual / 2**20:.1f} MB"
     assert samples["clusterlink_agent_process_open_fds"] > 0
     assert samples["clusterlink_agent_attached_programs"] == 4
+    assert samples["clusterlink_agent_datapath_ready"] == 1
     assert "(event loop: uvloop)" in log_path.read_text()  # the default when uvloop is installed
 
 
@@ -108,3 +120,49 @@ def test_sigterm_stops_the_agent_and_removes_its_attachments(agent) -> None:
     assert kit.cgroup_attachments(cgroup) == []
     assert "attachments removed" in log_path.read_text()
     assert os.path.exists(cgroup)
+
+
+def test_without_kernel_headers_the_agent_exits_with_the_reason(cgroups: kit.Cgroups, tmp_path: Path) -> None:
+    cgroup = cgroups.make(kit.new_id() + "nh")
+    out = subprocess.run([*NO_HEADERS, *agent_argv(cgroup, tmp_path, free_port())], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 1
+    assert f"kernel headers missing: /lib/modules/{os.uname().release}/build" in out.stderr
+    assert "Traceback" not in out.stderr and kit.cgroup_attachments(cgroup) == []
+
+
+def test_without_kernel_headers_retry_keeps_the_agent_up_and_reporting(cgroups: kit.Cgroups,
+                                                                        processes: kit.Processes,
+                                                                        tmp_path: Path) -> None:
+    """--on-datapath-failure retry (the chart's): the agent stays up, says why once, reports
+    datapath_ready 0 and the failure by reason on /metrics, and stops cleanly on SIGTERM."""
+    cgroup = cgroups.make(kit.new_id() + "nr")
+    port = free_port()
+    log_path = tmp_path / "agent.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([*NO_HEADERS, *agent_argv(cgroup, tmp_path, port, "--on-datapath-failure", "retry")],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    processes.register(proc.pid)
+    try:
+        deadline = time.monotonic() + 60
+        samples: dict[str, float] = {}
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log_path.read_text()
+            try:
+                samples = scrape(port)
+            except OSError:
+                samples = {}
+            if samples.get('clusterlink_agent_datapath_start_failures_total{reason="kernel-headers"}', 0) >= 1:
+                break
+            time.sleep(0.2)
+        assert samples.get('clusterlink_agent_datapath_start_failures_total{reason="kernel-headers"}') == 1, samples
+        assert samples["clusterlink_agent_datapath_ready"] == 0
+        text = log_path.read_text()
+        assert "The datapath cannot start (kernel-headers)" in text and "Retrying every 30 s" in text
+        assert kit.cgroup_attachments(cgroup) == []
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -50,8 +50,8 @@ VARIANTS = {
     "no-agent": {"agent": {"enabled": False}},
     "privileged-agent-cgroupfs": {"agent": {"privileged": True, "cgroup": "/sys/fs/cgroup/kubepods",
                                             "priorityClassName": "system-node-critical"}},
-    "monitors": {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
-                             "podMonitor": {"enabled": True, "interval": "15s"}}},
+    "service-monitor": {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}}},
+    "pod-monitor": {"metrics": {"podMonitor": {"enabled": True, "interval": "15s"}}},
     "inline-certificates": {"certificates": {"create": True, "cert": "CERT", "key": "KEY", "ca": "CA"},
                             "tokens": {"create": False}},
     "labels-and-pull-secrets": {"peer": {"labels": {"cluster": "east", "ip": "10.1.2.3"}},
@@ -234,8 +234,11 @@ def test_agent_daemonset_has_what_the_datapath_needs(default_docs):
     assert mounts["/lib/modules"]["readOnly"] and mounts["/usr/src"]["readOnly"]
     args = args_of(ds)
     assert args["--node"] == "$(NODE_NAME)" and args["--workloads"] == "kubernetes"
-    assert args["--cgroup"] == "/sys/fs/cgroup/kubepods.slice" and args["--proxy-address"] == "$(HOST_IP)"
+    assert args["--cgroup"] == "auto" and args["--proxy-address"] == "$(HOST_IP)"
     assert args["--metrics-listen"] == "$(HOST_IP):9092"  # the host network: not on every interface
+    assert args["--on-datapath-failure"] == "retry"  # a node without kernel headers: up, and reporting it
+    types = {v["name"]: v["hostPath"].get("type") for v in pod["volumes"] if "hostPath" in v}
+    assert types["modules"] == types["kernel-sources"] == ""  # not checked: the pod starts without headers
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
     assert env == {"NODE_NAME": "spec.nodeName", "HOST_IP": "status.hostIP"}
     assert pod["tolerations"] == [{"operator": "Exists"}]
@@ -373,7 +376,8 @@ def test_inline_certificates_must_be_complete():
 
 
 def test_monitors_select_the_metrics_services_and_pods():
-    docs = render(VARIANTS["monitors"])
+    docs = render(VARIANTS["service-monitor"])
+    assert not [d for d in docs if d["kind"] == "PodMonitor"]
     sm = by(docs, "ServiceMonitor")
     assert sm["metadata"]["labels"]["release"] == "prom"
     metric_services = [d for d in docs if d["kind"] == "Service"
@@ -381,11 +385,65 @@ def test_monitors_select_the_metrics_services_and_pods():
     assert sorted(s["metadata"]["name"] for s in metric_services) == [
         "clusterlink-agent-metrics", "clusterlink-controlplane", "clusterlink-gateway-internal"]
     assert all(any(p["name"] == "metrics" for p in s["spec"]["ports"]) for s in metric_services)
+    docs = render(VARIANTS["pod-monitor"])
+    assert not [d for d in docs if d["kind"] == "ServiceMonitor"]
     pm = by(docs, "PodMonitor")
     workloads = [d for d in docs if d["kind"] in ("Deployment", "DaemonSet")]
     assert len(workloads) == 3 and all(pm["spec"]["selector"]["matchLabels"].items()
                                        <= w["spec"]["template"]["metadata"]["labels"].items() for w in workloads)
     assert pm["spec"]["podMetricsEndpoints"][0]["interval"] == "15s"
+
+
+def test_both_monitors_at_once_are_refused():
+    """Each scrapes every component: both would count everything twice."""
+    with helm.Chart.load(str(CHART)) as chart, pytest.raises(helm.HelmError, match="enable one"):
+        chart.render(merge(BASE, {"metrics": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}}}),
+                     name="c", namespace=NS)
+
+
+# -- availability and hygiene ---------------------------------------------------------------------------
+
+
+def test_replicated_components_get_a_disruption_budget_and_spread_over_nodes(default_docs):
+    assert not [d for d in default_docs if d["kind"] == "PodDisruptionBudget"]  # one replica: none (drains)
+    docs = render(VARIANTS["ha"])
+    for component in ("controlplane", "gateway"):
+        pdb = by(docs, "PodDisruptionBudget", f"-{component}")
+        deployment = by(docs, "Deployment", f"-{component}")
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert pdb["spec"]["maxUnavailable"] == 1
+        assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+        (spread,) = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+        assert spread["topologyKey"] == "kubernetes.io/hostname" and spread["whenUnsatisfiable"] == "ScheduleAnyway"
+        assert spread["labelSelector"]["matchLabels"].items() <= pod_labels.items()
+    custom = [{"maxSkew": 2, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule",
+               "labelSelector": {"matchLabels": {"x": "y"}}}]
+    docs = render({"gateway": {"topologySpreadConstraints": custom}})
+    assert by(docs, "Deployment", "-gateway")["spec"]["template"]["spec"]["topologySpreadConstraints"] == custom
+
+
+def test_the_agent_is_node_critical_and_confined(default_docs):
+    ds = by(default_docs, "DaemonSet", "-agent")
+    pod = ds["spec"]["template"]["spec"]
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    ctx = pod["containers"][0]["securityContext"]
+    assert ctx["allowPrivilegeEscalation"] is False and ctx["capabilities"]["drop"] == ["ALL"]
+    assert sorted(ctx["capabilities"]["add"]) == ["BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN", "SYS_RESOURCE"]
+    for kind, suffix in (("Deployment", "-controlplane"), ("Deployment", "-gateway")):
+        spec = by(default_docs, kind, suffix)["spec"]["template"]["spec"]
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert spec["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_an_image_digest_pins_every_container():
+    digest = "sha256:" + "ab" * 32
+    docs = render({"image": {"digest": digest, "tag": "ignored"}})
+    images = {c["image"] for d in docs if d["kind"] in ("Deployment", "DaemonSet")
+              for c in d["spec"]["template"]["spec"]["containers"]}
+    assert images == {f"ghcr.io/clusterlink-py/clusterlink@{digest}"}
+    with helm.Chart.load(str(CHART)) as chart, pytest.raises(helm.HelmError):
+        chart.validate_schema(chart.merge_values(merge(BASE, {"image": {"digest": "latest"}})))
 
 
 def dashboard_metrics(docs):
