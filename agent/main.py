@@ -24,7 +24,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -292,11 +292,15 @@ async def run(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # /readyz: not ready while starting; ready once serving, or once the datapath is known not to
+    # start (--on-datapath-failure retry: a steady, reported state, in which Imports still work).
+    starting: list[str] = ["starting: compiling and attaching the BPF programs"]
     if config.metrics_listen:  # first: a datapath that cannot start is reported there
         metrics_server = metrics.serve(config.metrics_listen, table_age=lambda: time.time() - agent.table_received_at
-                                       if agent.table_received_at else float("nan"))
+                                       if agent.table_received_at else float("nan"),
+                                       ready=lambda: starting[0] if starting else None)
     try:
-        if not await _start_datapath(datapath, config, metrics, stop):
+        if not await _start_datapath(datapath, config, metrics, stop, on_failure=starting.clear):
             return  # stopped while waiting for the datapath
         metrics.attached.set(len(datapath.attached()))
         if config.proxy_interface:
@@ -313,6 +317,7 @@ async def run(config: Config) -> None:
                           metrics=metrics.proxy, upstream_pool_size=config.upstream_pool_size,
                           upstream_max_age=config.upstream_pool_max_age)
         await proxy.start()
+        starting.clear()
         feed = SnapshotFeed(endpoint, role="agent", node=config.node, on_snapshot=agent.apply_snapshot,
                             on_connected=lambda up: metrics.controlplane_connected.set(1 if up else 0),
                             name=f"agent {config.node} pid {os.getpid()}")
@@ -350,7 +355,8 @@ def _failure_reason(message: str) -> str:
     return "other"
 
 
-async def _start_datapath(datapath, config: Config, metrics, stop: asyncio.Event) -> bool:  # type: ignore[no-untyped-def]
+async def _start_datapath(datapath, config: Config, metrics, stop: asyncio.Event,  # type: ignore[no-untyped-def]
+                          on_failure: Callable[[], None] = lambda: None) -> bool:
     """Start the datapath; with --on-datapath-failure retry, keep trying every DATAPATH_RETRY
     seconds (reporting each failure) until it starts (True) or the agent is stopped (False)."""
     from agent.datapath.errors import DatapathError
@@ -364,6 +370,7 @@ async def _start_datapath(datapath, config: Config, metrics, stop: asyncio.Event
             if config.on_datapath_failure == "exit":
                 raise
             failures += 1
+            on_failure()
             reason = _failure_reason(str(exc))
             metrics.datapath_ready.set(0)
             metrics.datapath_failures.labels(reason=reason).inc()

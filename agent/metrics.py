@@ -70,9 +70,11 @@ class AgentMetrics:
                                   "Seconds since the applied snapshot arrived", registry=r)
         self.snapshot_age.set_function(lambda: self._age())
 
-    def serve(self, listen: tuple[str, int], *, table_age: Callable[[], float]) -> MetricsServer:
-        """Serve /metrics on `listen` from a daemon thread (controlplane.api.metricsserver) until the
-        returned server is stopped or the process ends; OSError if the address cannot be bound."""
+    def serve(self, listen: tuple[str, int], *, table_age: Callable[[], float],
+              ready: Callable[[], str | None] | None = None) -> MetricsServer:
+        """Serve /metrics (and /healthz, /readyz: `ready` says why not) on `listen` from a daemon
+        thread (controlplane.api.metricsserver) until the returned server is stopped or the process
+        ends; OSError if the address cannot be bound."""
         self._age = table_age
         host, port = listen
-        return start_metrics_server(self.registry, host, port)
+        return start_metrics_server(self.registry, host, port, ready=ready)

@@ -8,7 +8,9 @@ stayed open) and prints a traceback to stderr for every malformed request. Here:
   descriptor and a few hundred bytes each, never a thread.
 - `GET /metrics` and `GET /` (prometheus_client answered any path) get
   `generate_latest(registry)` as `CONTENT_TYPE_LATEST`, rendered at request time; HEAD gets the
-  same headers without the body. Another well-formed request gets 404 (unknown path) or 405 (another
+  same headers without the body. `GET /healthz` answers 200 `ok` while the process serves (the
+  probes' liveness); `GET /readyz` 200 `ready` when the component's `ready()` callback returns None,
+  else 503 with the reason it returned (a component without a callback is ready when it serves). Another well-formed request gets 404 (unknown path) or 405 (another
   method, with `Allow: GET, HEAD`); a request with a body (Content-Length > 0, Transfer-Encoding)
   413; a malformed one 400 (431 for a head over `max_head_bytes`, default 8 KiB; 505 for an HTTP
   version other than 1.0/1.1). Bytes that cannot start a request (a TLS ClientHello, random data)
@@ -53,6 +55,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 log = logging.getLogger(__name__)
 
 METRICS_PATHS = frozenset({"/", "/metrics"})
+HEALTH_PATH = "/healthz"
+READY_PATH = "/readyz"
+ReadyCheck = Callable[[], "str | None"]  # None: ready; else why not
 ALLOWED_METHODS = ("GET", "HEAD")
 DEFAULT_HEAD_TIMEOUT = 10.0
 DEFAULT_MAX_CONNECTIONS = 64
@@ -69,7 +74,7 @@ _TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefgh
 _VERSION = re.compile(rb"HTTP/(\d)\.(\d)")
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
             413: "Content Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
-            505: "HTTP Version Not Supported"}
+            503: "Service Unavailable", 505: "HTTP Version Not Supported"}
 
 
 # --- protocol: bytes in, decisions out -------------------------------------------------------------
@@ -172,12 +177,20 @@ def parse_head(head: bytes) -> Request:
     return Request(method=method, path=target.partition("?")[0], version=version, headers=tuple(headers))
 
 
-def route(request: Request, render: Callable[[], bytes]) -> Response:
-    """What this server answers to a well-formed request; `render` makes the metrics text."""
+def route(request: Request, render: Callable[[], bytes], ready: ReadyCheck | None = None) -> Response:
+    """What this server answers to a well-formed request; `render` makes the metrics text, `ready`
+    says why the component is not ready (None: it is)."""
     if request.method not in ALLOWED_METHODS:
         return error_response(405, "only GET and HEAD are served", allow=", ".join(ALLOWED_METHODS))
+    if request.path == HEALTH_PATH:
+        return Response(200, "text/plain; charset=utf-8", b"ok\n")
+    if request.path == READY_PATH:
+        why = ready() if ready is not None else None
+        if why is None:
+            return Response(200, "text/plain; charset=utf-8", b"ready\n")
+        return Response(503, "text/plain; charset=utf-8", f"not ready: {why}\n".encode())
     if request.path not in METRICS_PATHS:
-        return error_response(404, "metrics are served at /metrics")
+        return error_response(404, "metrics are served at /metrics (probes: /healthz, /readyz)")
     return Response(200, CONTENT_TYPE_LATEST, render())
 
 
@@ -249,13 +262,15 @@ class MetricsServer:
 
     def __init__(self, registry: CollectorRegistry, host: str = "0.0.0.0", port: int = 0, *,
                  head_timeout: float = DEFAULT_HEAD_TIMEOUT, max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                 max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES, log_interval: float = DEFAULT_LOG_INTERVAL) -> None:
+                 max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES, log_interval: float = DEFAULT_LOG_INTERVAL,
+                 ready: ReadyCheck | None = None) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"metrics port {port} is out of range")
         if head_timeout <= 0 or max_connections < 1 or max_head_bytes < 64 or log_interval < 0:
             raise ValueError("head_timeout must be > 0, max_connections >= 1, max_head_bytes >= 64, "
                              "log_interval >= 0")
         self.registry = registry
+        self.ready = ready  # called from the server's thread: it must only read
         self.host = host
         self.head_timeout = head_timeout
         self.max_connections = max_connections
@@ -466,7 +481,7 @@ class MetricsServer:
 
     def _answer(self, request: Request) -> Response:
         try:
-            return route(request, lambda: generate_latest(self.registry))
+            return route(request, lambda: generate_latest(self.registry), self.ready)
         except Exception:  # a collector that raises: our bug, with its traceback
             self.stats.failed += 1
             log.exception("The metrics server on %s could not collect the metrics", self._where)
@@ -537,11 +552,11 @@ class MetricsServer:
 def start_metrics_server(registry: CollectorRegistry, host: str = "0.0.0.0", port: int = 0, *,
                          head_timeout: float = DEFAULT_HEAD_TIMEOUT, max_connections: int = DEFAULT_MAX_CONNECTIONS,
                          max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
-                         log_interval: float = DEFAULT_LOG_INTERVAL) -> MetricsServer:
+                         log_interval: float = DEFAULT_LOG_INTERVAL, ready: ReadyCheck | None = None) -> MetricsServer:
     """Serve `registry` on host:port (port 0: any free one, see `.port`) until `.stop()`; OSError if the
     address cannot be bound."""
     return MetricsServer(registry, host, port, head_timeout=head_timeout, max_connections=max_connections,
-                         max_head_bytes=max_head_bytes, log_interval=log_interval).start()
+                         max_head_bytes=max_head_bytes, log_interval=log_interval, ready=ready).start()
 
 
 def _format_peer(address: object) -> str:

@@ -79,7 +79,7 @@ class Supervisor:
             multiprocess.MultiProcessCollector(registry)
             host, port = self.config.metrics_listen
             try:
-                server = start_metrics_server(registry, host, port)
+                server = start_metrics_server(registry, host, port, ready=self._not_ready)
             except OSError as exc:
                 log.error("Cannot serve metrics on %s:%d: %s", host, port, exc.strerror or exc)
                 return 1
@@ -101,6 +101,13 @@ class Supervisor:
                 server.stop()
         log.info("Gateway stopped")
         return self._exit_code
+
+    def _not_ready(self) -> str | None:
+        """/readyz (from the metrics thread: reads only): every worker process is running."""
+        running = sum(1 for p in list(self._procs.values()) if p.returncode is None)
+        if self._stopping:
+            return "stopping"
+        return None if running == self.config.workers else f"{running} of {self.config.workers} workers running"
 
     async def _keep(self, index: int, runtime: Path, stop: asyncio.Event,  # type: ignore[no-untyped-def]
                     metrics, multiprocess) -> None:

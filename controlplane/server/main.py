@@ -239,7 +239,10 @@ async def run(config: Config) -> None:
     metrics_server = None
     if config.metrics_listen:
         host, port = config.metrics_listen
-        metrics_server = start_metrics_server(metrics.registry, host, port)
+        metrics_server = start_metrics_server(
+            metrics.registry, host, port,
+            ready=lambda: None if reconciler.publication.gateway is not None
+            else "no snapshot yet: the first reconcile has not finished")
         log.info("metrics on http://%s:%d/metrics", host, port)
     if kube is None:
         metrics.leader.set(1)

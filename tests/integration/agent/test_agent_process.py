@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -26,6 +27,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def probe(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def status_kb(pid: int, field: str) -> int:
@@ -110,6 +119,7 @@ def test_a_running_agent_holds_no_bcc_and_reports_its_own_memory(agent) -> None:
     assert samples["clusterlink_agent_process_open_fds"] > 0
     assert samples["clusterlink_agent_attached_programs"] == 4
     assert samples["clusterlink_agent_datapath_ready"] == 1
+    assert probe(metrics_port, "/healthz") == 200 and probe(metrics_port, "/readyz") == 200
     assert "(event loop: uvloop)" in log_path.read_text()  # the default when uvloop is installed
 
 
@@ -157,6 +167,8 @@ def test_without_kernel_headers_retry_keeps_the_agent_up_and_reporting(cgroups: 
             time.sleep(0.2)
         assert samples.get('clusterlink_agent_datapath_start_failures_total{reason="kernel-headers"}') == 1, samples
         assert samples["clusterlink_agent_datapath_ready"] == 0
+        # a steady, reported state: alive and ready (its DaemonSet's rollout is not held up)
+        assert probe(port, "/healthz") == 200 and probe(port, "/readyz") == 200
         text = log_path.read_text()
         assert "The datapath cannot start (kernel-headers)" in text and "Retrying every 30 s" in text
         assert kit.cgroup_attachments(cgroup) == []

@@ -143,6 +143,19 @@ def test_http_1_0_and_head(serve, registry: CollectorRegistry) -> None:
     assert headers["content-length"] == str(len(generate_latest(registry)))
 
 
+def test_probes_healthz_and_readyz_follow_the_components_check(serve) -> None:
+    why: list[str | None] = ["no snapshot yet"]
+    server = serve(ready=lambda: why[0])
+    assert exchange(server.port, b"GET /healthz HTTP/1.1\r\n\r\n")[::2] == (200, b"ok\n")
+    status, headers, body = exchange(server.port, b"GET /readyz HTTP/1.1\r\n\r\n")
+    assert (status, body) == (503, b"not ready: no snapshot yet\n") and headers["connection"] == "close"
+    why[0] = None
+    assert exchange(server.port, b"GET /readyz HTTP/1.1\r\n\r\n")[::2] == (200, b"ready\n")
+    assert exchange(server.port, b"HEAD /healthz HTTP/1.1\r\n\r\n")[::2] == (200, b"")
+    unchecked = serve()  # no check: ready whenever it serves
+    assert exchange(unchecked.port, b"GET /readyz HTTP/1.1\r\n\r\n")[0] == 200
+
+
 def test_metrics_are_rendered_at_request_time(serve, registry: CollectorRegistry) -> None:
     server = serve()
     gauge = Gauge("clusterlink_test_late", "Registered after start", registry=registry)
