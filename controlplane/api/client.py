@@ -168,6 +168,13 @@ class ControlPlaneClient:
                                 pb.ApplyRequest(yaml=yaml_text, wait_seconds=wait), extra_time=wait)
         return Applied(list(resp.results), Rollout.from_pb(resp.rollout))
 
+    async def status(self) -> dict:
+        """This peer as its control plane sees it (see controlplane.server.status)."""
+        import json
+
+        resp = await self._call(self._stub(pb_grpc.ManagementStub).Status, pb.StatusRequest())
+        return json.loads(resp.status_json)
+
     async def get(self, kind: str, namespace: str = "", name: str = "") -> str:
         resp = await self._call(self._stub(pb_grpc.ManagementStub).Get,
                                 pb.GetRequest(kind=kind, namespace=namespace, name=name))

@@ -268,3 +268,13 @@ class DeleteResponse(_message.Message):
     deleted: bool
     rollout: Rollout
     def __init__(self, deleted: _Optional[bool] = ..., rollout: _Optional[_Union[Rollout, _Mapping]] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatusResponse(_message.Message):
+    __slots__ = ("status_json",)
+    STATUS_JSON_FIELD_NUMBER: _ClassVar[int]
+    status_json: str
+    def __init__(self, status_json: _Optional[str] = ...) -> None: ...

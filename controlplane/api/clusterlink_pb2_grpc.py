@@ -192,6 +192,11 @@ class ManagementStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.Status = channel.unary_unary(
+                '/clusterlink.v1.Management/Status',
+                request_serializer=clusterlink__pb2.StatusRequest.SerializeToString,
+                response_deserializer=clusterlink__pb2.StatusResponse.FromString,
+                _registered_method=True)
         self.Apply = channel.unary_unary(
                 '/clusterlink.v1.Management/Apply',
                 request_serializer=clusterlink__pb2.ApplyRequest.SerializeToString,
@@ -211,6 +216,12 @@ class ManagementStub:
 
 class ManagementServicer:
     """Missing associated documentation comment in .proto file."""
+
+    def Status(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def Apply(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -233,6 +244,11 @@ class ManagementServicer:
 
 def add_ManagementServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=clusterlink__pb2.StatusRequest.FromString,
+                    response_serializer=clusterlink__pb2.StatusResponse.SerializeToString,
+            ),
             'Apply': grpc.unary_unary_rpc_method_handler(
                     servicer.Apply,
                     request_deserializer=clusterlink__pb2.ApplyRequest.FromString,
@@ -258,6 +274,33 @@ def add_ManagementServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Management:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clusterlink.v1.Management/Status',
+            clusterlink__pb2.StatusRequest.SerializeToString,
+            clusterlink__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def Apply(request,

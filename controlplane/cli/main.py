@@ -17,10 +17,10 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 
-from controlplane.cli import create, deploy, objects
+from controlplane.cli import create, deploy, inspect, objects
 from controlplane.cli.errors import CommandError
 
-COMMAND_MODULES = (create, deploy, objects)
+COMMAND_MODULES = (create, deploy, objects, inspect)
 
 PROG = "clusterlink"
 

@@ -143,9 +143,10 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
 class ManagementService(pb_grpc.ManagementServicer):
     def __init__(self, store: Store, credentials: Credentials, *, system_namespace: str, standalone: bool,
                  rollout: Callable[[float], Awaitable[RolloutResult]] | None = None,
-                 on_request: RequestHook | None = None) -> None:
+                 status: Callable[[], dict] | None = None, on_request: RequestHook | None = None) -> None:
         self.store = store
         self._rollout = rollout
+        self._status = status
         self.credentials = credentials
         self.system_namespace = system_namespace
         self.standalone = standalone
@@ -154,6 +155,13 @@ class ManagementService(pb_grpc.ManagementServicer):
     def _count(self, method: str, code: str) -> None:
         if self._on_request:
             self._on_request(method, code)
+
+    async def Status(self, request: pb.StatusRequest, context: grpc.aio.ServicerContext) -> pb.StatusResponse:
+        await _require(context, self.credentials.admin_token)
+        if self._status is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this control plane reports no status")
+        self._count("Status", "OK")
+        return pb.StatusResponse(status_json=json.dumps(self._status()))
 
     async def Apply(self, request: pb.ApplyRequest, context: grpc.aio.ServicerContext) -> pb.ApplyResponse:
         await _require(context, self.credentials.admin_token)

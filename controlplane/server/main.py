@@ -229,8 +229,23 @@ async def run(config: Config) -> None:
 
     control = ControlPlaneService(reconciler, credentials, authority, credential_lifetime=config.credential_lifetime,
                                   on_watcher=on_watcher, on_request=on_request)
+    def status() -> dict:
+        from .status import build_status
+
+        pub = reconciler.publication
+        gateway = pub.gateway
+        return build_status(
+            peer=peer_name, labels=config.peer_labels, certificate_not_after=tls.identity.not_after,
+            store_kind="kubernetes" if kube is not None else "sqlite", leader=reconciler.leader,
+            gateway_version=gateway.version if gateway is not None else 0,
+            generated_unix_ms=gateway.generated_unix_ms if gateway is not None else 0,
+            watchers=control.rollouts.watchers(), silent_watchers=control.rollouts.silent,
+            agent_versions={node: snap.version for node, snap in pub.agents.items()},
+            peers=store.list(S.PEER.kind), exports=store.list(S.EXPORT.kind), imports=store.list(S.IMPORT.kind),
+            policies=store.list(S.ACCESS_POLICY.kind) + store.list(S.PRIVILEGED_ACCESS_POLICY.kind))
+
     management = ManagementService(store, credentials, system_namespace=config.namespace, standalone=kube is None,
-                                   rollout=control.rollout, on_request=on_request)
+                                   rollout=control.rollout, status=status, on_request=on_request)
     tls_pair = None
     if not config.api_listen.startswith("unix:"):
         ident = tls.identity

@@ -109,3 +109,11 @@ class Rollouts:
 
     def __len__(self) -> int:
         return len(self._watchers)
+
+    def watchers(self) -> list[Watcher]:
+        """The acknowledging watchers now (copies)."""
+        return [Watcher(w.instance, w.role, w.node, w.acked) for w in self._watchers.values()]
+
+    @property
+    def silent(self) -> int:
+        return self._silent

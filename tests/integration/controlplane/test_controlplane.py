@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from pathlib import Path
@@ -296,3 +297,58 @@ def test_tokens_from_the_store_are_made_once_and_checked(tmp_path):
         assert cp.call(lambda c: c.get("Import"), token=admin) == "[]"  # the same token after a restart
     finally:
         cp.stop()
+
+
+def test_status_and_diagnose_show_what_is_connected_and_what_is_wrong(controlplane):
+    """`clusterlink status` lists the gateway worker connected (current), the peers, imports and
+    policies; `diagnose` says fail for what is broken (a peer never reached, no agent is only a
+    warning) and exits 1."""
+    controlplane.apply("apiVersion: clusterlink.net/v1alpha1\nkind: Peer\n"
+                       "metadata: {name: west, namespace: clusterlink-system}\n"
+                       "spec: {gateways: [{host: 127.0.0.1, port: 1}]}\n")
+    controlplane.apply(IMPORT.format(name="reviews", target=""))
+    ready: list[int] = []
+
+    async def go():  # type: ignore[no-untyped-def]
+        feed = SnapshotFeed(controlplane.endpoint(controlplane.join_token), role="gateway",
+                            on_snapshot=lambda s: ready.append(s.version), name="gateway east worker 0")
+        task = asyncio.create_task(feed.run())
+        try:
+            await asyncio.wait_for(_until(lambda: ready), 10)
+            await asyncio.sleep(0.3)  # its ack
+            # the heartbeat (1 s probe timeout) marks west unreachable
+            for _ in range(150):
+                if '"False"' in json.dumps(await asyncio.to_thread(controlplane.get, "Peer")):
+                    break
+                await asyncio.sleep(0.1)
+            status = await asyncio.to_thread(controlplane.cli, "status", "-o", "json")
+            text = await asyncio.to_thread(controlplane.cli, "status")
+            diag = await asyncio.to_thread(controlplane.cli, "diagnose", "-o", "json")
+            return status, text, diag
+        finally:
+            task.cancel()
+
+    status, text, diag = asyncio.run(go())
+    assert status.returncode == 0, status.stderr
+    st = json.loads(status.stdout)
+    assert st["peer"] == "east" and st["store"] == "sqlite" and st["certificate"]["days_left"] > 300
+    (gw,) = st["watchers"]
+    assert gw["role"] == "gateway" and gw["current"] and gw["instance"].startswith("gateway east worker 0")
+    assert [p["name"] for p in st["peers"]] == ["west"] and st["peers"][0]["reachable"] == "False"
+    assert [i["name"] for i in st["imports"]] == ["reviews"]
+    assert "Gateways (1):" in text.stdout and "Agents (0): none connected" in text.stdout
+    assert diag.returncode == 1
+    verdicts = {c["name"]: c["verdict"] for c in json.loads(diag.stdout)}
+    assert verdicts["control-plane"] == verdicts["gateways"] == verdicts["certificate"] == "ok"
+    assert verdicts["peer west"] == "fail" and verdicts["agents"] == "warn" and verdicts["policies"] == "warn"
+
+
+def test_diagnose_without_a_control_plane_is_a_failed_check(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, CLUSTERLINK_CONTROLPLANE=f"unix:{tmp_path / 'none.sock'}", CLUSTERLINK_TOKEN="x")
+    out = subprocess.run([str(Path(sys.executable).parent / "clusterlink"), "diagnose"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and out.stdout.startswith("FAIL  control-plane  cannot reach the control plane")

@@ -172,3 +172,59 @@ def test_an_internal_error_is_one_line_not_a_traceback(capsys, monkeypatch):
     monkeypatch.setenv("CLUSTERLINK_DEBUG", "1")
     with pytest.raises(KeyError):
         main(["get", "imports"])
+
+
+def test_link_writes_the_peer_the_other_side_applies(tmp_path, capsys, monkeypatch):
+    from controlplane.model.objects import parse_documents
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["create", "fabric"]) == 0
+    assert main(["create", "peer-cert", "--name", "east"]) == 0
+    capsys.readouterr()
+    assert main(["link", "--name", "east", "--gateway", "203.0.113.7", "--gateway", "east.example.com:30443"]) == 0
+    (peer,) = parse_documents(capsys.readouterr().out)
+    assert (peer.kind, peer.name, peer.namespace) == ("Peer", "east", "clusterlink-system")
+    assert peer.spec["gateways"] == [{"host": "203.0.113.7", "port": 443}, {"host": "east.example.com", "port": 30443}]
+    # from a deployment: the name and the NodePort from the values file of `deploy peer`
+    values = tmp_path / "values.yaml"
+    values.write_text("peer: {name: east}\ngateway: {service: {type: NodePort, nodePort: 31443}}\n")
+    assert main(["link", "--values", str(values), "--gateway", "10.0.0.5", "-o", "peer.yaml"]) == 0
+    (peer,) = parse_documents((tmp_path / "peer.yaml").read_text())
+    assert peer.spec["gateways"] == [{"host": "10.0.0.5", "port": 31443}]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["link", "--name", "east", "--gateway", "h"], "does not exist"),  # no certificate directory
+    (["link", "--name", "east"], "at least one --gateway"),
+    (["link", "--gateway", "h"], "link needs --name"),
+])
+def test_link_errors_are_clear(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_link_refuses_a_bad_gateway(capsys):
+    assert main(["link", "--name", "east", "--gateway", "h:99999"]) == 2
+    assert "is not HOST[:PORT]" in capsys.readouterr().err
+
+
+def test_bash_completion_completes_commands_and_flags(capsys):
+    assert main(["completion", "bash"]) == 0
+    script = capsys.readouterr().out
+    check = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr
+
+    def complete(*words: str) -> list[str]:
+        line = " ".join(["clusterlink", *words])
+        driver = (script + f'\nCOMP_WORDS=(clusterlink {" ".join(words)}); COMP_CWORD={len(words)}\n'
+                  '_clusterlink; printf "%s\\n" "${COMPREPLY[@]}"\n')
+        out = subprocess.run(["bash", "-c", driver], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, (line, out.stderr)
+        return out.stdout.split()
+
+    assert {"apply", "delete", "deploy", "diagnose", "link", "status", "completion"} <= set(complete(""))
+    assert complete("de") == ["delete", "deploy"]
+    assert "--wait" in complete("apply", "--") and "--filename" in complete("apply", "--")
+    assert [w for w in complete("create", "") if not w.startswith("-")] == ["fabric", "peer-cert"]
+    assert "--force" in complete("create", "fabric", "--f")
