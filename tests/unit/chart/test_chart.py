@@ -60,6 +60,7 @@ VARIANTS = {
                                 "controlplane": {"nodeSelector": {"role": "infra"},
                                                  "tolerations": [{"key": "infra", "operator": "Exists"}]}},
     "no-rbac-no-dashboard": {"rbac": {"create": False}, "dashboard": {"enabled": False}},
+    "network-policy": {"networkPolicy": {"enabled": True, "nodeCIDRs": ["10.0.0.0/24", "10.0.1.0/24"]}},
 }
 
 
@@ -434,6 +435,23 @@ def test_the_agent_is_node_critical_and_confined(default_docs):
         spec = by(default_docs, kind, suffix)["spec"]["template"]["spec"]
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert spec["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_the_network_policy_keeps_the_agent_port_to_the_nodes(default_docs):
+    assert not [d for d in default_docs if d["kind"] == "NetworkPolicy"]
+    docs = render(VARIANTS["network-policy"])
+    policy = by(docs, "NetworkPolicy", "-gateway")
+    gateway_pods = by(docs, "Deployment", "-gateway")["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= gateway_pods.items()
+    peer, agent, imports = policy["spec"]["ingress"]
+    assert "from" not in peer and peer["ports"] == [{"port": 8443, "protocol": "TCP"}]
+    assert agent["from"] == [{"ipBlock": {"cidr": "10.0.0.0/24"}}, {"ipBlock": {"cidr": "10.0.1.0/24"}}]
+    assert agent["ports"] == [{"port": 4443, "protocol": "TCP"}]
+    ranges = [(p["port"], p["endPort"]) for p in imports["ports"]]
+    assert ranges == [(1024, 4442), (4444, 49151)]  # every leasable target port but the agent port
+    assert {"namespaceSelector": {}} in imports["from"]
+    with helm.Chart.load(str(CHART)) as chart, pytest.raises(helm.HelmError, match="nodeCIDRs is required"):
+        chart.render(merge(BASE, {"networkPolicy": {"enabled": True}}), name="c", namespace=NS)
 
 
 def test_an_image_digest_pins_every_container():
