@@ -349,7 +349,7 @@ async def run(config: Config) -> None:
 def _failure_reason(message: str) -> str:
     text = message.lower()
     for reason, words in (("kernel-headers", ("kernel headers",)), ("bcc", ("bcc",)),
-                          ("cgroup", ("cgroup",)), ("privileges", ("privilege", "capabilit", "permission"))):
+                          ("cgroup", ("cgroup",)), ("privileges", ("not root", "privilege", "capabilit", "permission"))):
         if any(w in text for w in words):
             return reason
     return "other"

@@ -202,15 +202,23 @@ def sink(args: argparse.Namespace) -> int:
 
 
 # --- clients -------------------------------------------------------------------------------------
-def http_get(args: argparse.Namespace) -> int:
-    url = urllib.parse.urlsplit(args.url)
+def _http_target(name: str, text: str) -> tuple[str, int, str] | None:
+    """(host, port, path) of an http:// URL; None (after saying why) for anything else."""
+    url = urllib.parse.urlsplit(text)
     if url.scheme != "http" or not url.hostname:
-        print(f"http-get: only http://host[:port]/path URLs, not {args.url!r}", file=sys.stderr)
+        print(f"{name}: only http://host[:port]/path URLs, not {text!r}", file=sys.stderr)
+        return None
+    return url.hostname, url.port or 80, (url.path or "/") + (f"?{url.query}" if url.query else "")
+
+
+def http_get(args: argparse.Namespace) -> int:
+    target = _http_target("http-get", args.url)
+    if target is None:
         return EXIT_ERROR
-    path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+    host, port, path = target
 
     def get() -> int:
-        conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=args.timeout)
+        conn = http.client.HTTPConnection(host, port, timeout=args.timeout)
         try:
             conn.request(args.method, path, body=args.data.encode() if args.data is not None else None)
             response = conn.getresponse()
@@ -226,15 +234,14 @@ def http_get(args: argparse.Namespace) -> int:
 
 
 def http_probe(args: argparse.Namespace) -> int:
-    url = urllib.parse.urlsplit(args.url)
-    if url.scheme != "http" or not url.hostname:
-        print(f"http-probe: only http://host[:port]/path URLs, not {args.url!r}", file=sys.stderr)
+    target = _http_target("http-probe", args.url)
+    if target is None:
         return EXIT_ERROR
-    path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+    host, port, path = target
     print("http-probe ready", flush=True)
     with open(args.commands, encoding="utf-8") as commands:  # blocks until the test opens it for writing
         for line in commands:
-            conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=args.timeout)
+            conn = http.client.HTTPConnection(host, port, timeout=args.timeout)
             try:
                 conn.request("GET", path)
                 response = conn.getresponse()

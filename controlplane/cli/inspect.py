@@ -275,6 +275,11 @@ def cmd_completion(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_report_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text", help="text (default) or json")
+    _add_connection_flags(p)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "link", help="write (or apply) the Peer object another peer needs to reach this one",
@@ -303,8 +308,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Show this peer as its control plane sees it: the certificate's expiry, the latest "
                     "snapshot, each connected gateway worker and agent (and whether it holds the latest snapshot), "
                     "the peers (reachable?), exports and imports with their conditions, the policies.")
-    p.add_argument("-o", "--output", choices=("text", "json"), default="text", help="text (default) or json")
-    _add_connection_flags(p)
+    _add_report_flags(p)
     p.set_defaults(handler=cmd_status)
 
     p = subparsers.add_parser(
@@ -312,8 +316,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Check this peer: control plane, certificate expiry, snapshot, gateways and agents "
                     "connected and current, every peer reachable, every export and import valid, policies. "
                     "Exit status 1 when a check fails.")
-    p.add_argument("-o", "--output", choices=("text", "json"), default="text", help="text (default) or json")
-    _add_connection_flags(p)
+    _add_report_flags(p)
     p.set_defaults(handler=cmd_diagnose)
 
     p = subparsers.add_parser("completion", help="print a shell completion script (bash, zsh)",

@@ -179,22 +179,18 @@ class SQLiteStore:
             raise StoreError(f"cannot write the status of {kind} {namespace}/{name}: {exc}") from exc
 
     def secret(self, name: str, size: int = 32) -> bytes:
-        with self._lock:
-            row = self._db.execute("SELECT value FROM secrets WHERE name=?", (name,)).fetchone()
-            if row:
-                return bytes(row[0])
-            value = _secrets.token_bytes(size)
-            self._db.execute("INSERT INTO secrets (name, value) VALUES (?, ?)", (name, value))
-            return value
+        return self._get_or_create(name, lambda: _secrets.token_bytes(size))
 
     def token(self, name: str) -> str:
+        return self._get_or_create(f"token:{name}", lambda: _secrets.token_urlsafe(32).encode()).decode()
+
+    def _get_or_create(self, key: str, make: Callable[[], bytes]) -> bytes:
         with self._lock:
-            key = f"token:{name}"
             row = self._db.execute("SELECT value FROM secrets WHERE name=?", (key,)).fetchone()
             if row:
-                return bytes(row[0]).decode()
-            value = _secrets.token_urlsafe(32)
-            self._db.execute("INSERT INTO secrets (name, value) VALUES (?, ?)", (key, value.encode()))
+                return bytes(row[0])
+            value = make()
+            self._db.execute("INSERT INTO secrets (name, value) VALUES (?, ?)", (key, value))
             return value
 
     # -- events ----------------------------------------------------------------------------------

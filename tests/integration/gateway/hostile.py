@@ -150,6 +150,23 @@ def huge_header(t: Target) -> str:
     return _status(t, b"GET /healthz HTTP/1.1\r\nHost: west\r\nX-Big: " + b"a" * (3 << 20) + b"\r\n\r\n")
 
 
+def refused_and_still_sending(t: Target) -> str:
+    """A 431, then more and more header bytes: the gateway reads and drops them for a moment after
+    its answer (so that a client sees it), then cuts the connection, within seconds."""
+    started = time.monotonic()
+    try:
+        with tls_connect(t.peer_port, t.valid, "west", timeout=10) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: west\r\nX-Big: " + b"a" * (64 << 10))
+            for _ in range(2000):  # ~6 s of 64 KiB writes at most
+                sock.sendall(b"a" * (64 << 10))
+                if time.monotonic() - started > 8:
+                    return "not cut"
+                time.sleep(0.003)
+    except (ssl.SSLError, ConnectionError, OSError):
+        return "cut" if time.monotonic() - started < 5 else "cut late"
+    return "not cut"
+
+
 def huge_body(t: Target) -> str:
     return _status(t, b"POST /authz HTTP/1.1\r\nHost: west\r\nContent-Length: 100000000\r\n\r\n")
 
@@ -266,6 +283,7 @@ KINDS: tuple[Kind, ...] = tuple(Kind(fn.__name__.replace("_", "-"), fn, frozense
     (missing_token, {"401"}),
     (garbage_token, {"401"}),
     (huge_header, {"431"}),
+    (refused_and_still_sending, {"cut"}),
     (huge_body, {"413"}),
     (bad_json_authz, {"400"}),
     (unknown_export, {"404"}),
@@ -281,7 +299,7 @@ KINDS: tuple[Kind, ...] = tuple(Kind(fn.__name__.replace("_", "-"), fn, frozense
     (agent_port_forged_credential, REFUSED_CONN),
     (agent_port_silent, REFUSED_CONN),
 ])
-SLOW_KINDS = {"slowloris", "silent-tls", "silent-tcp", "agent-port-silent"}  # seconds each, by design
+SLOW_KINDS = {"slowloris", "silent-tls", "silent-tcp", "agent-port-silent", "refused-and-still-sending"}  # seconds each, by design
 
 
 # -- the process and the legitimate client ---------------------------------------------------------
@@ -396,6 +414,22 @@ class SoakLoad:
     open_import: Callable[[int], socket.socket]
 
 
+def _round_trip(load: SoakLoad, *parts: bytes, timeout: float) -> bytes:
+    """One connection through the Import: send `parts`, half-close, read the answer to its end."""
+    with load.open_import(load.import_port) as sock:
+        sock.settimeout(timeout)
+        for part in parts:
+            sock.sendall(part)
+        sock.shutdown(socket.SHUT_WR)
+        data = bytearray()
+        for _ in range(100_000):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return bytes(data)
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else float("nan")
@@ -429,16 +463,7 @@ def run_soak(target: Target, load: SoakLoad, processes: dict[str, int], *, secon
             payload = f"soak {i} ".encode() * 20
             started = time.monotonic()
             try:
-                with load.open_import(load.import_port) as sock:
-                    sock.settimeout(10)
-                    sock.sendall(b"ECHO\n" + payload)
-                    sock.shutdown(socket.SHUT_WR)
-                    data = b""
-                    for _ in range(10_000):
-                        chunk = sock.recv(65536)
-                        if not chunk:
-                            break
-                        data += chunk
+                data = _round_trip(load, b"ECHO\n" + payload, timeout=10)
                 ok = data.split(b"\n", 1)[-1] == payload
                 with lock:
                     if ok:
@@ -459,17 +484,7 @@ def run_soak(target: Target, load: SoakLoad, processes: dict[str, int], *, secon
             if stop.is_set():
                 return
             try:
-                with load.open_import(load.import_port) as sock:
-                    sock.settimeout(30)
-                    sock.sendall(b"HASH\n")
-                    sock.sendall(body)
-                    sock.shutdown(socket.SHUT_WR)
-                    data = b""
-                    for _ in range(10_000):
-                        chunk = sock.recv(65536)
-                        if not chunk:
-                            break
-                        data += chunk
+                data = _round_trip(load, b"HASH\n", body, timeout=30)
                 with lock:
                     if want in data:
                         bulk["ok"] += 1
