@@ -68,6 +68,8 @@ class GatewayConfig:
     token_lifetime: float
     pool_size: int
     pool_keepalive: float
+    pool_max_size: int
+    pool_demand_window: float
     framed_tunnels: bool
     limits: Limits
     log_level: str
@@ -145,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
               help="Lifetime in seconds of the access tokens this gateway issues to remote peers")
     flags.add(p, "--pool-size", default=4, type=_non_negative_int,
               help="Established mTLS tunnels kept ready per remote peer and worker (0: connect on demand)")
+    flags.add(p, "--pool-max-size", default=64, type=_positive_int,
+              help="Most idle tunnels kept per remote peer and worker: after a burst of N concurrent connections "
+                   "the pool keeps up to N (at least --pool-size) for one to two --pool-demand-window, so the "
+                   "next burst pays no handshakes")
+    flags.add(p, "--pool-demand-window", default=30.0, type=_positive_float,
+              help="Seconds a peak of concurrent tunnels keeps the pool that large; idle tunnels above the "
+                   "recent peak are closed after it")
     flags.add(p, "--pool-keepalive", default=10.0, type=_positive_float,
               help="Seconds between health checks (GET /healthz) on each idle pooled tunnel")
     flags.add(p, "--framed-tunnels", default="on", choices=["on", "off"],
@@ -198,6 +207,8 @@ def load_config(argv: Sequence[str] | None = None) -> GatewayConfig:
             f"--{m.replace('_', '-')} (or ${flags.env_name(m.replace('_', '-'))})" for m in missing))
     if a.controlplane.startswith("unix:") and a.controlplane_ca is not None:
         parser.error("--controlplane-ca is for a host:port control plane, not unix:")
+    if a.pool_max_size < a.pool_size:
+        parser.error(f"--pool-max-size ({a.pool_max_size}) must be at least --pool-size ({a.pool_size})")
     if a.idle_timeout <= a.pool_keepalive:
         parser.error(f"--idle-timeout ({a.idle_timeout:g} s) must be longer than --pool-keepalive "
                      f"({a.pool_keepalive:g} s), or pooled tunnels are cut while idle")
@@ -218,6 +229,7 @@ def load_config(argv: Sequence[str] | None = None) -> GatewayConfig:
         controlplane_ca=a.controlplane_ca, peer_listen=a.peer_listen, agent_listen=a.agent_listen,
         import_host=a.import_host, workers=a.workers, metrics_listen=a.metrics_listen,
         token_lifetime=a.token_lifetime, pool_size=a.pool_size, pool_keepalive=a.pool_keepalive,
+        pool_max_size=a.pool_max_size, pool_demand_window=a.pool_demand_window,
         framed_tunnels=a.framed_tunnels == "on", serve_unconfigured_peers=a.unconfigured_peers == "serve",
         limits=limits, log_level=a.log_level, log_format=a.log_format, event_loop=a.event_loop,
         worker_index=a.worker_index, runtime_dir=a.runtime_dir, supervisor_pid=a.supervisor_pid)

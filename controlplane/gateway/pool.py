@@ -9,6 +9,12 @@ connection resumes). Egress takes one (`acquire`), sends `/authz` on it and give
 and checks every idle connection with `GET /healthz` every `keepalive` seconds; a connection that
 fails its check, or whose other side goes away, is dropped at once.
 
+The pool follows demand: it keeps at least `size` idle tunnels, and as many as were in use at once
+in the last one to two demand windows (`--pool-demand-window`, up to `max_size`), so that a burst of N concurrent connections
+finds N tunnels the next time instead of closing all but `size` of them on the way back and paying
+a handshake per connection. Idle tunnels above what the recent demand needs are closed by the
+upkeep loop once the demand has been lower for a whole window.
+
 A framed tunnel comes back to the pool when its application connection ends, usually within
 milliseconds: the pool counts a tunnel lent that way as *returning* for `RETURN_GRACE` seconds and
 refills only what is missing beyond the returning ones. So a steady flow of short connections
@@ -53,15 +59,50 @@ SESSION_REFRESH = 60.0
 REFILL_DELAY = 0.005
 # How long a tunnel lent to a framed connection counts as coming back (see the module docstring).
 RETURN_GRACE = 1.0
+# How long a peak of concurrent tunnels keeps the pool that large (see the module docstring).
+DEMAND_WINDOW = 30.0
+
+
+class Demand:
+    """The most tunnels in use at once over the last one to two windows (two buckets, no per-event
+    history: O(1) per observation)."""
+
+    __slots__ = ("window", "_start", "_current", "_previous")
+
+    def __init__(self, window: float = DEMAND_WINDOW) -> None:
+        self.window = window
+        self._start = -window
+        self._current = 0
+        self._previous = 0
+
+    def _roll(self, now: float) -> None:
+        if now - self._start >= self.window:
+            # One window passed: the current bucket becomes the previous; two or more: both empty.
+            self._previous = self._current if now - self._start < 2 * self.window else 0
+            self._current = 0
+            self._start = now
+
+    def observe(self, in_use: int, now: float) -> None:
+        self._roll(now)
+        if in_use > self._current:
+            self._current = in_use
+
+    def peak(self, now: float) -> int:
+        self._roll(now)
+        return max(self._current, self._previous)
 
 
 class TunnelPool:
     """The ready connections of one worker to one remote peer."""
 
     def __init__(self, peer: PeerView, *, tls: PeerTLS, size: int, keepalive: float, limits: Limits,
-                 metrics: GatewayMetrics, health: PeerHealth, throttle: LogThrottle, framing: bool = True) -> None:
+                 metrics: GatewayMetrics, health: PeerHealth, throttle: LogThrottle, framing: bool = True,
+                 max_size: int | None = None, demand_window: float = DEMAND_WINDOW) -> None:
         self.peer = peer
         self.size = size
+        # size 0 means no pooling at all (connect on demand), whatever the demand
+        self.max_size = 0 if size == 0 else max(size, max_size if max_size is not None else size)
+        self._demand = Demand(demand_window)
         self._tls = tls
         self._keepalive = keepalive
         self._limits = limits
@@ -89,6 +130,12 @@ class TunnelPool:
     @property
     def idle(self) -> int:
         return len(self._idle)
+
+    def target(self, now: float | None = None) -> int:
+        """How many idle tunnels to keep: `size`, or the recent peak of concurrent use, at most
+        `max_size`."""
+        peak = self._demand.peak(time.monotonic() if now is None else now)
+        return min(self.max_size, max(self.size, peak))
 
     def _changed(self) -> None:
         self._metrics.child(self._metrics.pool_idle, self.name).set(len(self._idle))
@@ -129,8 +176,12 @@ class TunnelPool:
         return conn, False
 
     def _lend(self, conn: PeerConnection, returns: bool) -> None:
+        now = time.monotonic()
         if returns:
-            self._lent[conn] = time.monotonic()
+            self._lent[conn] = now
+            # Lent connections the worker still holds (a dead one leaves the weak dictionary when
+            # its connection is dropped): the concurrency the pool should be ready for next time.
+            self._demand.observe(len(self._lent), now)
         else:
             self._taken = True
         if len(self._idle) + self._returning(time.monotonic()) < self.size:
@@ -161,7 +212,7 @@ class TunnelPool:
         not wanted)."""
         self._lent.pop(conn, None)
         self.learn(conn)
-        if (self._closed or not conn.usable or len(self._idle) >= self.size or conn.gateway not in self.peer.gateways
+        if (self._closed or not conn.usable or len(self._idle) >= self.target() or conn.gateway not in self.peer.gateways
                 or not self._current(conn)):
             conn.close()
             return
@@ -198,7 +249,7 @@ class TunnelPool:
     def _adopt(self, conn: PeerConnection) -> None:
         """A connection that also succeeded in a race of gateways."""
         self._count_handshake(conn)
-        if self._closed or len(self._idle) >= self.size:
+        if self._closed or len(self._idle) >= self.target():
             conn.close()
         else:
             self._add_idle(conn)
@@ -285,7 +336,7 @@ class TunnelPool:
                                        "check and was dropped: %s", self.name, exc)
                 continue
             self.learn(conn)
-            if self._closed or len(self._idle) >= self.size or not conn.usable:  # e.g. its request cap reached
+            if self._closed or len(self._idle) >= self.target() or not conn.usable:  # e.g. its request cap reached
                 conn.close()
             else:
                 self._add_idle(conn)
@@ -297,12 +348,24 @@ class TunnelPool:
             self._metrics.child(self._metrics.tunnel_failures, self.name, "keepalive").inc()
         self._changed()
 
+    def _trim(self, now: float) -> None:
+        """Close the idle tunnels the recent demand no longer needs (the longest unused first)."""
+        excess = len(self._idle) - self.target(now)
+        if excess <= 0:
+            return
+        for conn in sorted(self._idle, key=lambda c: c.last_used)[:excess]:
+            self._idle.remove(conn)
+            conn.stream.set_watcher(None)
+            conn.close()
+        self._changed()
+
     async def run(self) -> None:
         """Refill and check the pool until cancelled."""
         backoff = RETRY_MIN
         while True:
             self._drop_dead()
             now = time.monotonic()
+            self._trim(now)
             if len(self._idle) + self._returning(now) < self.size:
                 if self._taken:
                     self._taken = False
@@ -335,6 +398,8 @@ class TunnelPool:
                          if now - lent_at < RETURN_GRACE and conn.stream.alive]
             if returning:  # look again when the grace of the earliest lent one is over
                 wait = min(wait, max(0.0, min(returning) + RETURN_GRACE - now))
+            if len(self._idle) > self.size:  # look again when the demand may have fallen
+                wait = min(wait, self._demand.window)
             await self._sleep(wait)
             await self._check_idle()
 
@@ -351,10 +416,13 @@ class TunnelPools:
     """A worker's pools, one per remote peer its Imports use, each with its upkeep task."""
 
     def __init__(self, *, tls: PeerTLS, size: int, keepalive: float, limits: Limits, metrics: GatewayMetrics,
-                 health: PeerHealth, tasks: TaskSet, framing: bool = True) -> None:
+                 health: PeerHealth, tasks: TaskSet, framing: bool = True, max_size: int | None = None,
+                 demand_window: float = DEMAND_WINDOW) -> None:
         self._tls = tls
+        self._demand_window = demand_window
         self._framing = framing
         self._size = size
+        self._max_size = max_size
         self._keepalive = keepalive
         self._limits = limits
         self._metrics = metrics
@@ -367,7 +435,8 @@ class TunnelPools:
     def _new(self, peer: PeerView) -> TunnelPool:
         pool = TunnelPool(peer, tls=self._tls, size=self._size, keepalive=self._keepalive, limits=self._limits,
                           metrics=self._metrics, health=self._health, throttle=self._throttle,
-                          framing=self._framing)
+                          framing=self._framing, max_size=self._max_size,
+                          demand_window=self._demand_window)
         self._pools[peer.name] = pool
         if self._size > 0:
             self._runners[peer.name] = self._tasks.spawn(pool.run(), name=f"tunnel-pool-{peer.name}", kind="pool")

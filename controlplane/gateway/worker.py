@@ -260,7 +260,8 @@ class Worker:
                 background = TaskSet(group, on_error=on_error)
                 self.pools = TunnelPools(tls=self.tls, size=config.pool_size, keepalive=config.pool_keepalive,
                                          limits=self.limits, metrics=metrics, health=health, tasks=background,
-                                         framing=config.framed_tunnels)
+                                         framing=config.framed_tunnels, max_size=config.pool_max_size,
+                                         demand_window=config.pool_demand_window)
                 self.authorizer = authorizer = RemoteAuthorizer(self.pools, cache=TokenCache(), tasks=background,
                                                                 metrics=metrics, limits=self.limits)
                 self.ingress = Ingress(state=self.state, metrics=metrics, limits=self.limits, meter=self.meter,

@@ -32,7 +32,7 @@ from .support import (
 
 TEST_LIMITS = ["--handshake-timeout", "1", "--request-timeout", "2", "--connect-timeout", "1",
                "--response-timeout", "3", "--drain-timeout", "3", "--pool-keepalive", "2", "--idle-timeout", "10",
-               "--tunnel-liveness-timeout", "5"]
+               "--tunnel-liveness-timeout", "5", "--pool-demand-window", "2"]
 
 WEST_LABELS = {"cluster": "west", "region": "eu"}
 EAST_LABELS = {"cluster": "east"}

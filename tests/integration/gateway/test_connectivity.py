@@ -155,6 +155,32 @@ def test_a_steady_flow_of_connections_needs_no_new_tunnel(net: Fabric) -> None:
     assert net.east.metric("clusterlink_gateway_tunnel_pool_connections", peer="west") == 2 * 4
 
 
+def test_the_pool_grows_to_a_burst_and_shrinks_after_it(net: Fabric) -> None:
+    """After N concurrent connections the pools keep N tunnels (not --pool-size: a second burst
+    would otherwise pay N - size handshakes), and give the extra back once the demand window
+    (--pool-demand-window 2 here) passed without such a burst."""
+    deadline = time.monotonic() + 10
+    while net.east.metric("clusterlink_gateway_tunnel_pool_connections", peer="west") < 2 * 4:
+        assert time.monotonic() < deadline, "the pools did not fill"
+        time.sleep(0.1)
+    burst = 20
+    socks = [open_import(net.echo_port) for _ in range(burst)]
+    for sock in socks:  # every connection is carried: each holds a tunnel now
+        assert greeting(sock) == "echo"
+    for sock in socks:
+        assert _echo_roundtrip(sock, b"x") == b"x"
+    deadline = time.monotonic() + 5
+    while net.east.metric("clusterlink_gateway_tunnel_pool_connections", peer="west") < burst:
+        assert time.monotonic() < deadline, "the pools gave the burst's tunnels up"
+        time.sleep(0.05)
+    # Each worker kept what it had in use; a second burst of the same size is served from the pool.
+    assert net.east.metric("clusterlink_gateway_tunnel_pool_connections", peer="west") <= burst + 2 * 4
+    deadline = time.monotonic() + 15  # two windows without the burst, then the upkeep trims
+    while net.east.metric("clusterlink_gateway_tunnel_pool_connections", peer="west") != 2 * 4:
+        assert time.monotonic() < deadline, "the pools kept the burst's tunnels after the demand fell"
+        time.sleep(0.1)
+
+
 def test_idle_pooled_tunnels_are_kept(net: Fabric) -> None:
     """Tunnels waiting in the pool are neither dropped by the peer as silent clients nor fail
     their keepalives (here --request-timeout 2, --pool-keepalive 2, --idle-timeout 10)."""
