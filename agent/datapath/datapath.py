@@ -16,9 +16,9 @@ most `compile_timeout`) and a cgroup rescan on a cache miss in `cgroup_path_for_
 from __future__ import annotations
 
 import errno
-import ipaddress
 import logging
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,9 +51,11 @@ def _check_endpoint(ip: object, port: object, what: str) -> None:
     if not isinstance(ip, str):
         raise ValueError(f"{what}: address must be an IPv4 string, not {ip!r}")
     try:
-        ipaddress.IPv4Address(ip)
-    except ValueError as exc:
-        raise ValueError(f"{what}: {exc}") from None
+        # strict dotted quad, like ipaddress.IPv4Address, without its ~15 us per call (this check
+        # runs on every redirected connection)
+        socket.inet_pton(socket.AF_INET, ip)
+    except OSError:
+        raise ValueError(f"{what}: {ip!r} is not an IPv4 address (a.b.c.d)") from None
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
         raise ValueError(f"{what}: port must be an integer in 1..65535, not {port!r}")
 

@@ -201,6 +201,9 @@ def test_lookup_of_an_unknown_client_is_none(redirect_env: RedirectEnv) -> None:
     assert redirect_env.datapath.lookup("192.0.2.200", 40000) is None
     with pytest.raises(ValueError):
         redirect_env.datapath.lookup("192.0.2.200", 70000)
+    for bad in ("192.0.2", "192.0.2.300", " 192.0.2.1", "::1", 3221225985):
+        with pytest.raises(ValueError, match="client"):
+            redirect_env.datapath.lookup(bad, 40000)  # type: ignore[arg-type]
 
 
 @pytest.mark.slow

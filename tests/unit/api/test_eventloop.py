@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 
 import pytest
 
@@ -51,3 +52,29 @@ def test_flag_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     eventloop.add_flag(parser)
     assert parser.parse_args([]).event_loop == "asyncio"
     assert "uvloop" in parser.format_help()
+
+
+def test_a_profiled_run_writes_its_profile(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import pstats
+
+    async def work() -> int:
+        await asyncio.sleep(0)
+        return sum(range(1000))
+
+    monkeypatch.setenv("CLUSTERLINK_PROFILE_DIR", str(tmp_path))
+    assert eventloop.run(work(), "asyncio") == 499500
+    (profile,) = tmp_path.glob("*.prof")
+    assert profile.name.endswith(f"-{os.getpid()}.prof")
+    stats = pstats.Stats(str(profile))
+    assert any(name == "work" for (_, _, name) in stats.stats)  # type: ignore[attr-defined]
+
+
+def test_without_the_variable_no_profile_is_written(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("CLUSTERLINK_PROFILE_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    async def work() -> None:
+        await asyncio.sleep(0)
+
+    eventloop.run(work(), "asyncio")
+    assert not list(tmp_path.glob("*.prof"))
