@@ -283,7 +283,7 @@ async def run(config: Config) -> None:
     if cgroup != config.cgroup:
         log.info("--cgroup %s: using %s", config.cgroup, cgroup)
     datapath = Datapath(cgroup, owner=f"clusterlink-agent:{config.node}")
-    metrics = AgentMetrics()
+    metrics = AgentMetrics(event_loop=eventloop.running_loop_name())
     agent = Agent(config, datapath, metrics)
     addresses = None
     proxy = None

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollecto
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from agent.proxy.metrics import ProxyMetrics
+from controlplane.api import buildinfo
 from controlplane.api.metricsserver import MetricsServer, start_metrics_server
 
 _GAUGES = {"connections_active", "upstream_pool_idle"}
@@ -34,9 +35,10 @@ class _ProxyCollector:
 
 
 class AgentMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, event_loop: str = "") -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        buildinfo.register(r, "agent", event_loop=event_loop)
         self.proxy = ProxyMetrics()
         r.register(_ProxyCollector(self.proxy))
         # Our registry is not prometheus_client's default one, which registers this by itself.

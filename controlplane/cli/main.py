@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 
+from controlplane.api import buildinfo
 from controlplane.cli import create, deploy, inspect, objects
 from controlplane.cli.errors import CommandError
 
@@ -26,10 +27,7 @@ PROG = "clusterlink"
 
 
 def _version() -> str:
-    try:
-        return metadata.version("clusterlink")
-    except metadata.PackageNotFoundError:
-        return "unknown (not installed)"
+    return buildinfo.version()
 
 
 def build_parser() -> argparse.ArgumentParser:

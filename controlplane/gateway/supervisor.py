@@ -77,6 +77,12 @@ class Supervisor:
         if self.config.metrics_listen is not None:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
+            from controlplane.api import buildinfo, eventloop
+            from controlplane.pki import CA_FILE, CERT_FILE
+
+            buildinfo.register(registry, "gateway", event_loop=eventloop.resolve(self.config.event_loop),
+                               certificates={"peer": self.config.certs / CERT_FILE, "ca": self.config.certs / CA_FILE})
+            registry.register(buildinfo.Processes("gateway", self._pids))
             host, port = self.config.metrics_listen
             try:
                 server = start_metrics_server(registry, host, port, ready=self._not_ready)
@@ -101,6 +107,14 @@ class Supervisor:
                 server.stop()
         log.info("Gateway stopped")
         return self._exit_code
+
+    def _pids(self) -> dict[str, int]:
+        """The processes of this gateway (from the metrics thread: reads only)."""
+        pids = {"supervisor": os.getpid()}
+        for index, proc in list(self._procs.items()):
+            if proc.returncode is None:
+                pids[f"worker-{index}"] = proc.pid
+        return pids
 
     def _not_ready(self) -> str | None:
         """/readyz (from the metrics thread: reads only): every worker process is running."""

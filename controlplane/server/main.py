@@ -193,7 +193,7 @@ async def run(config: Config) -> None:
         store = kube.store
     else:
         store = open_store(config.store)
-    metrics = ControlPlaneMetrics()
+    metrics = ControlPlaneMetrics(certs=config.certs)
     if config.tokens_from_store:
         credentials = Credentials(admin_token=store.token("admin-token"), join_token=store.token("join-token"))
     else:

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+
+from controlplane.api import buildinfo
 
 
 class ControlPlaneMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, certs: Path | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        # Our registry is not prometheus_client's default one, which registers this by itself.
+        ProcessCollector(namespace="clusterlink_controlplane", registry=r)
+        from controlplane.pki import CA_FILE, CERT_FILE  # noqa: PLC0415
+
+        buildinfo.register(r, "controlplane", certificates=None if certs is None else
+                           {"peer": certs / CERT_FILE, "ca": certs / CA_FILE})
         self.objects = Gauge("clusterlink_controlplane_objects", "Objects in the store, by kind", ["kind"],
                              registry=r)
         self.heartbeats = Counter("clusterlink_controlplane_heartbeats_total",

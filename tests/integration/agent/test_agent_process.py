@@ -119,6 +119,8 @@ def test_a_running_agent_holds_no_bcc_and_reports_its_own_memory(agent) -> None:
     assert samples["clusterlink_agent_process_open_fds"] > 0
     assert samples["clusterlink_agent_attached_programs"] == 4
     assert samples["clusterlink_agent_datapath_ready"] == 1
+    (build,) = [name for name in samples if name.startswith("clusterlink_build_info{")]
+    assert 'component="agent"' in build and 'event_loop="uvloop"' in build and samples[build] == 1
     assert probe(metrics_port, "/healthz") == 200 and probe(metrics_port, "/readyz") == 200
     assert "(event loop: uvloop)" in log_path.read_text()  # the default when uvloop is installed
 

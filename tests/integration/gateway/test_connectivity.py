@@ -17,6 +17,7 @@ from .support import (
     authz_request,
     greeting,
     http_exchange,
+    metric_value,
     open_agent,
     open_import,
     read_line,
@@ -190,3 +191,18 @@ def test_idle_pooled_tunnels_are_kept(net: Fabric) -> None:
     assert net.west.metric("clusterlink_gateway_bad_requests_total", listener="peer", reason="timeout") == timeouts
     assert net.east.metric("clusterlink_gateway_tunnel_failures_total", peer="west") == failures
     assert net.east.metric("clusterlink_gateway_tunnel_pool_connections", peer="west") == 2 * 4
+
+
+def test_the_gateway_reports_its_build_certificates_and_processes(net: Fabric) -> None:
+    from cryptography import x509
+
+    text = net.east.metrics()
+    assert metric_value(text, "clusterlink_build_info", component="gateway") == 1
+    cert = x509.load_pem_x509_certificate((net.certs.east / "cert.pem").read_bytes())
+    assert metric_value(text, "clusterlink_certificate_expiry_timestamp_seconds", component="gateway",
+                        certificate="peer") == cert.not_valid_after_utc.timestamp()
+    assert metric_value(text, "clusterlink_certificate_expiry_timestamp_seconds", certificate="ca") > time.time()
+    # one set of figures per process: the supervisor and each of its workers
+    for process in ["supervisor"] + [f"worker-{i}" for i in range(net.east.workers)]:
+        assert metric_value(text, "clusterlink_process_resident_memory_bytes", process=process) > 2**20, process
+        assert metric_value(text, "clusterlink_process_open_fds", process=process) > 3, process

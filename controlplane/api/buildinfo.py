@@ -1,0 +1,178 @@
+"""Metrics every component serves about itself: what is running and when its certificates expire.
+
+    clusterlink_build_info{component, version, python, event_loop}          1
+    clusterlink_certificate_expiry_timestamp_seconds{component, certificate}  notAfter, Unix seconds
+
+and, for a component made of several processes (the gateway: a supervisor and its workers), one
+set of process figures per process, from /proc when scraped (`Processes`):
+
+    clusterlink_process_resident_memory_bytes{component, process}
+    clusterlink_process_cpu_seconds_total{component, process}
+    clusterlink_process_open_fds{component, process}
+    clusterlink_process_start_time_seconds{component, process}
+
+Both are collectors (computed when /metrics is scraped), so a certificate renewed on disk (cert-manager,
+`clusterlink` re-issuing a peer) shows its new expiry without a restart. A file is parsed again only
+when its modification time or size changed. A certificate that cannot be read or parsed has no sample
+(an alert on `absent()` or on the timestamp catches both a missing and an expiring certificate) and
+is logged once per change of the file.
+
+    register(registry, component, certificates={"peer": path, "ca": path})
+    version() -> str     the installed distribution's version ("unknown (not installed)" in a bare tree)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+from collections.abc import Callable, Iterator, Mapping
+from importlib import metadata
+from pathlib import Path
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+# prometheus_client is imported only by the collectors, when scraped: the CLI imports `version`
+# from here and should not pay for it.
+
+log = logging.getLogger(__name__)
+
+DISTRIBUTION = "clusterlink"
+
+
+def version() -> str:
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+class BuildInfo:
+    def __init__(self, component: str, event_loop: str = "") -> None:
+        self.component = component
+        self.event_loop = event_loop
+        self._version = version()
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415
+
+        family = GaugeMetricFamily("clusterlink_build_info", "Always 1: the running component's version, Python "
+                                   "and event loop", labels=["component", "version", "python", "event_loop"])
+        family.add_metric([self.component, self._version, platform.python_version(), self.event_loop], 1)
+        yield family
+
+
+class CertificateExpiry:
+    def __init__(self, component: str, certificates: Mapping[str, Path]) -> None:
+        self.component = component
+        self.certificates = dict(certificates)
+        self._cache: dict[str, tuple[tuple[int, int], float | None]] = {}
+
+    def expiry(self, name: str) -> float | None:
+        """notAfter of the first certificate in the file `name` refers to (None: unreadable)."""
+        path = self.certificates[name]
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            key = (-1, -1)
+            if self._cache.get(name, (None,))[0] != key:
+                log.warning("Certificate %s (%s) cannot be read: %s", name, path, exc.strerror or exc)
+            self._cache[name] = (key, None)
+            return None
+        key = (st.st_mtime_ns, st.st_size)
+        cached = self._cache.get(name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        value = self._parse(name, path)
+        self._cache[name] = (key, value)
+        return value
+
+    def _parse(self, name: str, path: Path) -> float | None:
+        from cryptography import x509  # noqa: PLC0415 - only when a file changed
+
+        try:
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            log.warning("Certificate %s (%s) cannot be parsed: %s", name, path, exc)
+            return None
+        return cert.not_valid_after_utc.timestamp()
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415
+
+        family = GaugeMetricFamily("clusterlink_certificate_expiry_timestamp_seconds",
+                                   "When a certificate this component uses expires (notAfter, Unix seconds)",
+                                   labels=["component", "certificate"])
+        for name in self.certificates:
+            value = self.expiry(name)
+            if value is not None:
+                family.add_metric([self.component, name], value)
+        yield family
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _boot_time() -> float:
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    return 0.0
+
+
+class Processes:
+    """Process figures of the processes `pids()` names ({"supervisor": pid, "worker-0": pid, ...});
+    a process that is gone by the time of the scrape has no sample."""
+
+    def __init__(self, component: str, pids: Callable[[], Mapping[str, int]]) -> None:
+        self.component = component
+        self.pids = pids
+        self._boot = _boot_time()
+
+    def _read(self, pid: int) -> tuple[float, float, int, float] | None:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{pid}/statm") as f:
+                rss_pages = int(f.read().split()[1])
+            fds = len(os.listdir(f"/proc/{pid}/fd"))
+        except (OSError, ValueError, IndexError):
+            return None
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": field 3 onwards
+        utime, stime, start = int(fields[11]), int(fields[12]), int(fields[19])
+        return (rss_pages * _PAGE, (utime + stime) / _TICKS, fds, self._boot + start / _TICKS)
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: PLC0415
+
+        labels = ["component", "process"]
+        rss = GaugeMetricFamily("clusterlink_process_resident_memory_bytes", "Resident memory of each process",
+                                labels=labels)
+        cpu = CounterMetricFamily("clusterlink_process_cpu_seconds", "User and system CPU time of each process",
+                                  labels=labels)
+        fds = GaugeMetricFamily("clusterlink_process_open_fds", "Open file descriptors of each process",
+                                labels=labels)
+        start = GaugeMetricFamily("clusterlink_process_start_time_seconds", "When each process started (Unix "
+                                  "seconds; a change is a restart)", labels=labels)
+        for name, pid in sorted(self.pids().items()):
+            figures = self._read(pid)
+            if figures is None:
+                continue
+            value = [self.component, name]
+            rss.add_metric(value, figures[0])
+            cpu.add_metric(value, figures[1])
+            fds.add_metric(value, figures[2])
+            start.add_metric(value, figures[3])
+        yield from (rss, cpu, fds, start)
+
+
+def register(registry: CollectorRegistry, component: str, *, certificates: Mapping[str, Path] | None = None,
+             event_loop: str = "") -> None:
+    registry.register(BuildInfo(component, event_loop))
+    if certificates:
+        registry.register(CertificateExpiry(component, certificates))

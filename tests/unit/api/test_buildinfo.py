@@ -1,0 +1,101 @@
+"""clusterlink_build_info, the certificate expiry collector and the per-process figures."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from controlplane import pki
+from controlplane.api import buildinfo
+
+NOW = datetime.datetime(2026, 6, 1, tzinfo=datetime.timezone.utc)
+
+
+def _write_cert(path: Path, days: int) -> float:
+    ca = pki.new_fabric_ca(now=NOW)
+    peer = pki.issue_peer_cert(ca, "east", days=days, now=NOW)
+    path.write_bytes(pki.cert_pem(peer.cert))
+    return peer.cert.not_valid_after_utc.timestamp()
+
+
+def test_build_info_names_the_component_and_its_versions() -> None:
+    registry = CollectorRegistry()
+    buildinfo.register(registry, "agent", event_loop="uvloop")
+    labels = {"component": "agent", "version": buildinfo.version(), "python": platform.python_version(),
+              "event_loop": "uvloop"}
+    assert registry.get_sample_value("clusterlink_build_info", labels) == 1
+
+
+def test_certificate_expiry_follows_the_file(tmp_path: Path) -> None:
+    cert = tmp_path / "cert.pem"
+    first = _write_cert(cert, days=30)
+    registry = CollectorRegistry()
+    buildinfo.register(registry, "gateway", certificates={"peer": cert})
+    labels = {"component": "gateway", "certificate": "peer"}
+    assert registry.get_sample_value("clusterlink_certificate_expiry_timestamp_seconds", labels) == first
+    # renewed on disk (another size or mtime): the next scrape shows the new date, no restart
+    second = _write_cert(cert, days=90)
+    os.utime(cert, ns=(0, 10**9))
+    assert second > first
+    assert registry.get_sample_value("clusterlink_certificate_expiry_timestamp_seconds", labels) == second
+
+
+def test_an_unreadable_certificate_has_no_sample_and_is_logged_once(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    good, garbage, missing = tmp_path / "good.pem", tmp_path / "garbage.pem", tmp_path / "missing.pem"
+    expiry = _write_cert(good, days=10)
+    garbage.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    registry = CollectorRegistry()
+    buildinfo.register(registry, "controlplane",
+                       certificates={"peer": good, "ca": garbage, "api": missing})
+    name = "clusterlink_certificate_expiry_timestamp_seconds"
+    with caplog.at_level(logging.WARNING, logger="controlplane.api.buildinfo"):
+        for _ in range(3):
+            assert registry.get_sample_value(name, {"component": "controlplane", "certificate": "peer"}) == expiry
+            assert registry.get_sample_value(name, {"component": "controlplane", "certificate": "ca"}) is None
+            assert registry.get_sample_value(name, {"component": "controlplane", "certificate": "api"}) is None
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2, warnings
+    assert any("garbage.pem" in w and "parsed" in w for w in warnings)
+    assert any("missing.pem" in w and "read" in w for w in warnings)
+
+
+def test_process_figures_per_process_and_none_for_a_gone_one() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        pids = {"supervisor": os.getpid(), "worker-0": child.pid}
+        registry = CollectorRegistry()
+        registry.register(buildinfo.Processes("gateway", lambda: pids))
+        me = {"component": "gateway", "process": "supervisor"}
+        worker = {"component": "gateway", "process": "worker-0"}
+        rss = registry.get_sample_value("clusterlink_process_resident_memory_bytes", me)
+        assert rss is not None and rss > 5 * 2**20
+        assert registry.get_sample_value("clusterlink_process_open_fds", me) >= 3
+        assert registry.get_sample_value("clusterlink_process_cpu_seconds_total", me) > 0
+        started = registry.get_sample_value("clusterlink_process_start_time_seconds", worker)
+        assert started is not None and abs(started - datetime.datetime.now().timestamp()) < 60
+    finally:
+        child.kill()
+        child.wait()
+    assert registry.get_sample_value("clusterlink_process_resident_memory_bytes", worker) is None
+    assert registry.get_sample_value("clusterlink_process_resident_memory_bytes", me) is not None
+
+
+def test_the_control_plane_registry_carries_them(tmp_path: Path) -> None:
+    from controlplane.server.metrics import ControlPlaneMetrics
+
+    expiry = _write_cert(tmp_path / pki.CERT_FILE, days=20)
+    _write_cert(tmp_path / pki.CA_FILE, days=200)
+    registry = ControlPlaneMetrics(certs=tmp_path).registry
+    assert registry.get_sample_value("clusterlink_build_info", {
+        "component": "controlplane", "version": buildinfo.version(), "python": platform.python_version(),
+        "event_loop": ""}) == 1
+    assert registry.get_sample_value("clusterlink_certificate_expiry_timestamp_seconds",
+                                     {"component": "controlplane", "certificate": "peer"}) == expiry
+    assert registry.get_sample_value("clusterlink_controlplane_process_resident_memory_bytes") > 2**20
