@@ -29,14 +29,14 @@ import platform
 from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
-
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-# prometheus_client is imported only by the collectors, when scraped: the CLI imports `version`
-# from here and should not pay for it.
+# prometheus_client is imported only by the collectors, when scraped (the CLI imports `version`
+# from here), and controlplane.pki (cryptography, several MB) only when a certificate is read (the
+# agent registers none).
 
 log = logging.getLogger(__name__)
 
@@ -69,36 +69,31 @@ class CertificateExpiry:
     def __init__(self, component: str, certificates: Mapping[str, Path]) -> None:
         self.component = component
         self.certificates = dict(certificates)
-        self._cache: dict[str, tuple[tuple[int, int], float | None]] = {}
+        # name -> (the file's (mtime, size), or None when it could not be read; its expiry or None)
+        self._cache: dict[str, tuple[tuple[int, int] | None, float | None]] = {}
 
     def expiry(self, name: str) -> float | None:
-        """notAfter of the first certificate in the file `name` refers to (None: unreadable)."""
+        """notAfter of the first certificate in the file `name` refers to (None: unreadable).
+        The file is read again only when its (mtime, size) changed; each change logs at most once."""
         path = self.certificates[name]
         try:
             st = os.stat(path)
-        except OSError as exc:
-            key = (-1, -1)
-            if self._cache.get(name, (None,))[0] != key:
-                log.warning("Certificate %s (%s) cannot be read: %s", name, path, exc.strerror or exc)
-            self._cache[name] = (key, None)
-            return None
-        key = (st.st_mtime_ns, st.st_size)
+            key: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            key = None
         cached = self._cache.get(name)
         if cached is not None and cached[0] == key:
             return cached[1]
-        value = self._parse(name, path)
+        from controlplane.pki import PKIError, parse_certificates  # noqa: PLC0415 - see the imports
+
+        value = None
+        try:
+            value = parse_certificates(path.read_bytes(), str(path))[0].not_valid_after_utc.timestamp()
+        except (OSError, PKIError) as exc:
+            log.warning("Certificate %s (%s) cannot be read: %s", name, path,
+                        getattr(exc, "strerror", None) or exc)
         self._cache[name] = (key, value)
         return value
-
-    def _parse(self, name: str, path: Path) -> float | None:
-        from cryptography import x509  # noqa: PLC0415 - only when a file changed
-
-        try:
-            cert = x509.load_pem_x509_certificate(path.read_bytes())
-        except (OSError, ValueError) as exc:
-            log.warning("Certificate %s (%s) cannot be parsed: %s", name, path, exc)
-            return None
-        return cert.not_valid_after_utc.timestamp()
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415
@@ -125,6 +120,14 @@ def _boot_time() -> float:
     return 0.0
 
 
+def parse_stat(text: str) -> tuple[int, int]:
+    """(utime + stime, starttime), in clock ticks, from the text of /proc/<pid>/stat. The command
+    name (field 2) is in parentheses and may itself hold spaces and ')': fields are counted from
+    the last ')'. ValueError/IndexError on anything else."""
+    fields = text[text.rindex(")") + 2:].split()  # fields 3, 4, ... of proc(5)
+    return int(fields[11]) + int(fields[12]), int(fields[19])
+
+
 class Processes:
     """Process figures of the processes `pids()` names ({"supervisor": pid, "worker-0": pid, ...});
     a process that is gone by the time of the scrape has no sample."""
@@ -137,15 +140,13 @@ class Processes:
     def _read(self, pid: int) -> tuple[float, float, int, float] | None:
         try:
             with open(f"/proc/{pid}/stat") as f:
-                stat = f.read()
+                cpu_ticks, start_ticks = parse_stat(f.read())
             with open(f"/proc/{pid}/statm") as f:
                 rss_pages = int(f.read().split()[1])
             fds = len(os.listdir(f"/proc/{pid}/fd"))
         except (OSError, ValueError, IndexError):
-            return None
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": field 3 onwards
-        utime, stime, start = int(fields[11]), int(fields[12]), int(fields[19])
-        return (rss_pages * _PAGE, (utime + stime) / _TICKS, fds, self._boot + start / _TICKS)
+            return None  # gone between the scrape's list and the read
+        return (rss_pages * _PAGE, cpu_ticks / _TICKS, fds, self._boot + start_ticks / _TICKS)
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: PLC0415

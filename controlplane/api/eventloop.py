@@ -64,12 +64,19 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
 def run(coro: Coroutine[Any, Any, T], choice: str) -> T:
     """Like `asyncio.run(coro)`, on the loop `choice` names (ValueError before anything runs if it
     cannot be had)."""
+    profile_dir = os.environ.get("CLUSTERLINK_PROFILE_DIR")
     try:
         factory = loop_factory(choice)
+        if profile_dir:  # found out now, not after hours of running, that the profile cannot be written
+            os.makedirs(profile_dir, exist_ok=True)
+            if not os.access(profile_dir, os.W_OK):
+                raise ValueError(f"CLUSTERLINK_PROFILE_DIR={profile_dir}: not writable")
+    except OSError as exc:
+        coro.close()
+        raise ValueError(f"CLUSTERLINK_PROFILE_DIR={profile_dir}: {exc.strerror or exc}") from None
     except BaseException:
         coro.close()
         raise
-    profile_dir = os.environ.get("CLUSTERLINK_PROFILE_DIR")
     with asyncio.Runner(loop_factory=factory) as runner:
         if not profile_dir:
             return runner.run(coro)

@@ -26,17 +26,13 @@ COMMAND_MODULES = (create, deploy, objects, inspect)
 PROG = "clusterlink"
 
 
-def _version() -> str:
-    return buildinfo.version()
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The full `clusterlink` parser, with every module of `COMMAND_MODULES` registered."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Manage a ClusterLink fabric: certificates, peers, exports, imports and policies.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
+    parser.add_argument("--version", action="version", version=f"%(prog)s {buildinfo.version()}",
                         help="print the version and exit")
     subparsers = parser.add_subparsers(
         title="commands", dest="command", metavar="COMMAND", required=True, help="the command to run"
@@ -55,7 +51,7 @@ def _print_version(args: argparse.Namespace) -> int:
     import json
     import platform
 
-    info = {"clusterlink": _version(), "python": platform.python_version()}
+    info = {"clusterlink": buildinfo.version(), "python": platform.python_version()}
     for dist in ("grpcio", "cryptography", "protobuf", "PyJWT", "h11"):
         try:
             info[dist] = metadata.version(dist)

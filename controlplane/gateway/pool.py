@@ -184,7 +184,7 @@ class TunnelPool:
             self._demand.observe(len(self._lent), now)
         else:
             self._taken = True
-        if len(self._idle) + self._returning(time.monotonic()) < self.size:
+        if len(self._idle) + self._returning(now) < self.size:
             self._wake.set()  # the upkeep loop refills
 
     def _returning(self, now: float) -> int:

@@ -7,6 +7,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from controlplane.api import buildinfo
+from controlplane.pki import CA_FILE, CERT_FILE
 
 
 class ControlPlaneMetrics:
@@ -15,8 +16,6 @@ class ControlPlaneMetrics:
         r = self.registry
         # Our registry is not prometheus_client's default one, which registers this by itself.
         ProcessCollector(namespace="clusterlink_controlplane", registry=r)
-        from controlplane.pki import CA_FILE, CERT_FILE  # noqa: PLC0415
-
         buildinfo.register(r, "controlplane", certificates=None if certs is None else
                            {"peer": certs / CERT_FILE, "ca": certs / CA_FILE})
         self.objects = Gauge("clusterlink_controlplane_objects", "Objects in the store, by kind", ["kind"],

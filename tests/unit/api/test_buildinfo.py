@@ -62,8 +62,18 @@ def test_an_unreadable_certificate_has_no_sample_and_is_logged_once(tmp_path: Pa
             assert registry.get_sample_value(name, {"component": "controlplane", "certificate": "api"}) is None
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 2, warnings
-    assert any("garbage.pem" in w and "parsed" in w for w in warnings)
-    assert any("missing.pem" in w and "read" in w for w in warnings)
+    assert any("garbage.pem" in w and "not a valid PEM certificate" in w for w in warnings)
+    assert any("missing.pem" in w and "No such file" in w for w in warnings)
+    # the missing file appears: its expiry shows at the next scrape
+    expiry_api = _write_cert(missing, days=5)
+    assert registry.get_sample_value(name, {"component": "controlplane", "certificate": "api"}) == expiry_api
+
+
+def test_stat_fields_are_counted_from_the_last_parenthesis() -> None:
+    rest = " ".join(str(n) for n in range(3, 53))  # fields 3..52 hold their own numbers
+    for comm in ("python3", "a b", "x) 7 8 (y", ")"):
+        # utime is field 14, stime 15, starttime 22
+        assert buildinfo.parse_stat(f"4242 ({comm}) S {rest[2:]}") == (14 + 15, 22), comm
 
 
 def test_process_figures_per_process_and_none_for_a_gone_one() -> None:

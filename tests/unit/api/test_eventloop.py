@@ -78,3 +78,22 @@ def test_without_the_variable_no_profile_is_written(tmp_path, monkeypatch) -> No
 
     eventloop.run(work(), "asyncio")
     assert not list(tmp_path.glob("*.prof"))
+
+
+def test_a_profile_directory_is_made_or_refused_before_anything_runs(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    ran = []
+
+    async def work() -> None:
+        ran.append(True)
+
+    made = tmp_path / "new" / "profiles"
+    monkeypatch.setenv("CLUSTERLINK_PROFILE_DIR", str(made))
+    eventloop.run(work(), "asyncio")
+    assert ran == [True] and len(list(made.glob("*.prof"))) == 1
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    monkeypatch.setenv("CLUSTERLINK_PROFILE_DIR", str(blocked / "profiles"))
+    coro = work()
+    with pytest.raises(ValueError, match="CLUSTERLINK_PROFILE_DIR=.*a-file/profiles"):
+        eventloop.run(coro, "asyncio")
+    assert ran == [True] and coro.cr_frame is None  # never ran, closed (no "never awaited" warning)

@@ -101,6 +101,10 @@ def test_config_from_flags_and_environment(tmp_path: Path, monkeypatch: pytest.M
      "--tunnel-liveness-timeout (2 s) must be at least 5"),
     (["--certs", "c", "--controlplane", "x:1", "--join-token-file", "t", "--unconfigured-peers", "yes"],
      "invalid choice: 'yes'"),
+    (["--certs", "c", "--controlplane", "x:1", "--join-token-file", "t", "--pool-size", "8", "--pool-max-size", "4"],
+     "--pool-max-size (4) must be at least --pool-size (8)"),
+    (["--certs", "c", "--controlplane", "x:1", "--join-token-file", "t", "--pool-demand-window", "0"],
+     "not a positive number"),
 ])
 def test_config_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str],
                        monkeypatch: pytest.MonkeyPatch) -> None:
