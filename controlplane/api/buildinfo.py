@@ -1,7 +1,6 @@
-"""Metrics every component serves about itself: what is running and when its certificates expire.
+"""Metrics every component serves about itself: what is running and, for the gateway, each process.
 
     clusterlink_build_info{component, version, python, event_loop}          1
-    clusterlink_certificate_expiry_timestamp_seconds{component, certificate}  notAfter, Unix seconds
 
 and, for a component made of several processes (the gateway: a supervisor and its workers), one
 set of process figures per process, from /proc when scraped (`Processes`):
@@ -11,34 +10,25 @@ set of process figures per process, from /proc when scraped (`Processes`):
     clusterlink_process_open_fds{component, process}
     clusterlink_process_start_time_seconds{component, process}
 
-Both are collectors (computed when /metrics is scraped), so a certificate renewed on disk (cert-manager,
-`clusterlink` re-issuing a peer) shows its new expiry without a restart. A file is parsed again only
-when its modification time or size changed. A certificate that cannot be read or parsed has no sample
-(an alert on `absent()` or on the timestamp catches both a missing and an expiring certificate) and
-is logged once per change of the file.
+Certificate expiry is `controlplane.certmetrics` (it needs the PKI, which the agent must not import).
 
-    register(registry, component, certificates={"peer": path, "ca": path})
+    register(registry, component, event_loop="uvloop")
     version() -> str     the installed distribution's version ("unknown (not installed)" in a bare tree)
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import platform
 from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 # prometheus_client is imported only by the collectors, when scraped (the CLI imports `version`
-# from here), and controlplane.pki (cryptography, several MB) only when a certificate is read (the
-# agent registers none).
-
-log = logging.getLogger(__name__)
+# from here).
 
 DISTRIBUTION = "clusterlink"
 
@@ -62,49 +52,6 @@ class BuildInfo:
         family = GaugeMetricFamily("clusterlink_build_info", "Always 1: the running component's version, Python "
                                    "and event loop", labels=["component", "version", "python", "event_loop"])
         family.add_metric([self.component, self._version, platform.python_version(), self.event_loop], 1)
-        yield family
-
-
-class CertificateExpiry:
-    def __init__(self, component: str, certificates: Mapping[str, Path]) -> None:
-        self.component = component
-        self.certificates = dict(certificates)
-        # name -> (the file's (mtime, size), or None when it could not be read; its expiry or None)
-        self._cache: dict[str, tuple[tuple[int, int] | None, float | None]] = {}
-
-    def expiry(self, name: str) -> float | None:
-        """notAfter of the first certificate in the file `name` refers to (None: unreadable).
-        The file is read again only when its (mtime, size) changed; each change logs at most once."""
-        path = self.certificates[name]
-        try:
-            st = os.stat(path)
-            key: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
-        except OSError:
-            key = None
-        cached = self._cache.get(name)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        from controlplane.pki import PKIError, parse_certificates  # noqa: PLC0415 - see the imports
-
-        value = None
-        try:
-            value = parse_certificates(path.read_bytes(), str(path))[0].not_valid_after_utc.timestamp()
-        except (OSError, PKIError) as exc:
-            log.warning("Certificate %s (%s) cannot be read: %s", name, path,
-                        getattr(exc, "strerror", None) or exc)
-        self._cache[name] = (key, value)
-        return value
-
-    def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415
-
-        family = GaugeMetricFamily("clusterlink_certificate_expiry_timestamp_seconds",
-                                   "When a certificate this component uses expires (notAfter, Unix seconds)",
-                                   labels=["component", "certificate"])
-        for name in self.certificates:
-            value = self.expiry(name)
-            if value is not None:
-                family.add_metric([self.component, name], value)
         yield family
 
 
@@ -172,8 +119,5 @@ class Processes:
         yield from (rss, cpu, fds, start)
 
 
-def register(registry: CollectorRegistry, component: str, *, certificates: Mapping[str, Path] | None = None,
-             event_loop: str = "") -> None:
+def register(registry: CollectorRegistry, component: str, *, event_loop: str = "") -> None:
     registry.register(BuildInfo(component, event_loop))
-    if certificates:
-        registry.register(CertificateExpiry(component, certificates))

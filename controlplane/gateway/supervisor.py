@@ -78,10 +78,10 @@ class Supervisor:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
             from controlplane.api import buildinfo, eventloop
-            from controlplane.pki import CA_FILE, CERT_FILE
+            from controlplane.certmetrics import CertificateExpiry, peer_certificates
 
-            buildinfo.register(registry, "gateway", event_loop=eventloop.resolve(self.config.event_loop),
-                               certificates={"peer": self.config.certs / CERT_FILE, "ca": self.config.certs / CA_FILE})
+            buildinfo.register(registry, "gateway", event_loop=eventloop.resolve(self.config.event_loop))
+            registry.register(CertificateExpiry("gateway", peer_certificates(self.config.certs)))
             registry.register(buildinfo.Processes("gateway", self._pids))
             host, port = self.config.metrics_listen
             try:

@@ -7,7 +7,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from controlplane.api import buildinfo
-from controlplane.pki import CA_FILE, CERT_FILE
+from controlplane.certmetrics import CertificateExpiry, peer_certificates
 
 
 class ControlPlaneMetrics:
@@ -16,8 +16,9 @@ class ControlPlaneMetrics:
         r = self.registry
         # Our registry is not prometheus_client's default one, which registers this by itself.
         ProcessCollector(namespace="clusterlink_controlplane", registry=r)
-        buildinfo.register(r, "controlplane", certificates=None if certs is None else
-                           {"peer": certs / CERT_FILE, "ca": certs / CA_FILE})
+        buildinfo.register(r, "controlplane")
+        if certs is not None:
+            r.register(CertificateExpiry("controlplane", peer_certificates(certs)))
         self.objects = Gauge("clusterlink_controlplane_objects", "Objects in the store, by kind", ["kind"],
                              registry=r)
         self.heartbeats = Counter("clusterlink_controlplane_heartbeats_total",

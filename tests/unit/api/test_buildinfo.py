@@ -1,4 +1,4 @@
-"""clusterlink_build_info, the certificate expiry collector and the per-process figures."""
+"""clusterlink_build_info, the certificate expiry collector (controlplane.certmetrics) and the per-process figures."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from controlplane import pki
 from controlplane.api import buildinfo
+from controlplane.certmetrics import CertificateExpiry
 
 NOW = datetime.datetime(2026, 6, 1, tzinfo=datetime.timezone.utc)
 
@@ -37,7 +38,7 @@ def test_certificate_expiry_follows_the_file(tmp_path: Path) -> None:
     cert = tmp_path / "cert.pem"
     first = _write_cert(cert, days=30)
     registry = CollectorRegistry()
-    buildinfo.register(registry, "gateway", certificates={"peer": cert})
+    registry.register(CertificateExpiry("gateway", {"peer": cert}))
     labels = {"component": "gateway", "certificate": "peer"}
     assert registry.get_sample_value("clusterlink_certificate_expiry_timestamp_seconds", labels) == first
     # renewed on disk (another size or mtime): the next scrape shows the new date, no restart
@@ -52,10 +53,9 @@ def test_an_unreadable_certificate_has_no_sample_and_is_logged_once(tmp_path: Pa
     expiry = _write_cert(good, days=10)
     garbage.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
     registry = CollectorRegistry()
-    buildinfo.register(registry, "controlplane",
-                       certificates={"peer": good, "ca": garbage, "api": missing})
+    registry.register(CertificateExpiry("controlplane", {"peer": good, "ca": garbage, "api": missing}))
     name = "clusterlink_certificate_expiry_timestamp_seconds"
-    with caplog.at_level(logging.WARNING, logger="controlplane.api.buildinfo"):
+    with caplog.at_level(logging.WARNING, logger="controlplane.certmetrics"):
         for _ in range(3):
             assert registry.get_sample_value(name, {"component": "controlplane", "certificate": "peer"}) == expiry
             assert registry.get_sample_value(name, {"component": "controlplane", "certificate": "ca"}) is None
