@@ -11,7 +11,7 @@ from typing import Any
 
 from bench import paths
 from bench.records import RunRecord
-from bench.stats import difference, median_of, ratio, summarize
+from bench.stats import difference, median_of, percentile, ratio, summarize
 from bench.targets import evaluate, haproxy_reference
 
 SCHEMA_VERSION = 1
@@ -144,6 +144,19 @@ def policy(results: Mapping[int, list[dict[str, Any]]]) -> dict[str, Any]:
     return out
 
 
+def failover(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per fault: recovery time over the repetitions (median/min/max, and p50/p99 of the runs) and
+    the connections that failed, in all and among those that started after the fault."""
+    out: dict[str, Any] = {}
+    for fault in dict.fromkeys(r["fault"] for r in records):
+        runs = [r for r in records if r["fault"] == fault]
+        times = [r["recovery_ms"] for r in runs]
+        out[fault] = {"recovery_ms": summarize(times, 1), "recovery_p50_ms": percentile(times, 50),
+                      "recovery_p99_ms": percentile(times, 99), "failed_connections": sum(r["failed"] for r in runs),
+                      "failed_after_fault": sum(r["failed_after_fault"] for r in runs), "runs": runs}
+    return out
+
+
 def noise(runs: list[RunRecord]) -> dict[str, Any]:
     return {"foreign_cpu_fraction": summarize([r.cpu.foreign_cpu_fraction if r.cpu else None for r in runs], 3),
             "busy_before_run_fraction": summarize([r.idle.busy_fraction for r in runs], 3),
@@ -194,6 +207,8 @@ def build(raw: Any, settings: Any, machine: Mapping[str, Any], *, started_at: st
         report["failures"] = [{"section": r.section, "path": r.path, "repetition": r.repetition,
                                "streams": r.streams, "error": r.error} for r in runs if not r.ok]
         report["runs"] = raw_runs(runs)
+    if "failover" in sections:
+        report["failover"] = failover(raw.failover)
     if "policy" in sections:
         report["policy"] = policy(raw.policy)
     report["targets"] = evaluate(report)

@@ -13,12 +13,14 @@ from typing import Any
 from bench import paths
 from bench.report import SCHEMA_VERSION, STREAM_KEYS
 from bench.settings import FABRIC_SECTIONS
+from fabric.faults import FAULTS
 
 FIGURE_KEYS = ("median", "min", "max", "spread_pct", "runs")
 MACHINE_KEYS = ("cores", "cpu_model", "kernel", "mem_total_gb", "python", "python_openssl", "haproxy", "iperf3",
                 "project")
 TARGET_IDS = ("throughput_one_stream", "throughput_eight_streams", "conns_per_s", "parallel_conns_per_s", "ttfb_p99",
-              "added_latency_p50", "added_latency_p99", "cpu_per_gb", "agent_hop", "policy_p99", "agent_idle_rss")
+              "added_latency_p50", "added_latency_p99", "cpu_per_gb", "agent_hop", "policy_p99", "failover_recovery",
+              "failover_no_failures", "agent_idle_rss")
 MEMORY_COMPONENTS = ("agent", "controlplane", "gateway_east", "gateway_west", "haproxy_a", "haproxy_b")
 POLICY_KEYS = ("p50_us", "p99_us", "hit_p50_us", "hit_p99_us", "uncached_p50_us", "uncached_p99_us", "build_ms")
 
@@ -79,6 +81,12 @@ def expected_keys(sections: list[str] | tuple[str, ...]) -> list[tuple[tuple[str
                 (("tls", "haproxy", "cipher"), "text"), (("noise", "foreign_cpu_fraction"), "figure"),
                 (("noise", "idle_wait_timeouts"), "number"), (("topology",), "mapping"), (("failures",), "list"),
                 (("runs",), "list"), (("haproxy_reference",), "mapping")]
+    if "failover" in sections:
+        for fault in FAULTS:
+            out += [(("failover", fault, "recovery_ms"), "figure"), (("failover", fault, "recovery_p50_ms"), "number"),
+                    (("failover", fault, "recovery_p99_ms"), "number"),
+                    (("failover", fault, "failed_connections"), "number"),
+                    (("failover", fault, "failed_after_fault"), "number"), (("failover", fault, "runs"), "list")]
     if "policy" in sections:
         for size in ("10", "1000", "10000"):
             out += [(("policy", size, k), "figure") for k in POLICY_KEYS]

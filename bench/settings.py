@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-SECTIONS = ("throughput", "connections", "parallel_connections", "latency", "policy")
+SECTIONS = ("throughput", "connections", "parallel_connections", "latency", "failover", "policy")
 FABRIC_SECTIONS = ("throughput", "connections", "parallel_connections", "latency")
 MODES = ("full", "quick", "smoke")
 
@@ -28,6 +28,9 @@ class Settings:
     pings: int = 10000               # ping-pongs per latency run, after the warm-up
     ping_warmup: int = 200
     message_bytes: int = 64
+    failover_repetitions: int = 5     # per fault (kill, freeze, partition), on a fabric of its own
+    failover_load_s: float = 5.0      # seconds of new connections per failover run
+    failover_fault_after_s: float = 1.5  # the fault comes this long into the run
     policy_sizes: tuple[int, ...] = (10, 1000, 10000)
     policy_decisions: int = 20000
     threads: int = 1                 # gateway workers and HAProxy nbthread (the same, for fairness)
@@ -43,7 +46,7 @@ class Settings:
         if unknown:
             raise ValueError(f"unknown sections {sorted(unknown)}; known: {', '.join(SECTIONS)}")
         for name in ("repetitions", "iperf_seconds", "connections", "parallel_connections", "parallel_clients", "pings",
-                     "message_bytes", "policy_decisions", "threads"):
+                     "message_bytes", "policy_decisions", "threads", "failover_repetitions"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if (self.connections > 100_000 or self.parallel_connections > 1_000_000 or self.pings > 1_000_000
@@ -52,6 +55,8 @@ class Settings:
                              "iperf_seconds <= 300")
         if self.parallel_clients > 1024:
             raise ValueError("parallel_clients <= 1024")
+        if not 0 < self.failover_fault_after_s < self.failover_load_s <= 60 or self.failover_repetitions > 100:
+            raise ValueError("0 < failover_fault_after_s < failover_load_s <= 60 and failover_repetitions <= 100")
 
     @property
     def needs_fabric(self) -> bool:
@@ -71,9 +76,10 @@ def preset(mode: str) -> Settings:
     if mode == "quick":
         return Settings(mode="quick", repetitions=1, iperf_seconds=2, connections=300, connection_warmup=20,
                         parallel_connections=1500, parallel_connection_warmup=64, pings=2000, ping_warmup=100,
-                        policy_decisions=5000, idle_max_wait_s=5.0)
+                        policy_decisions=5000, idle_max_wait_s=5.0, failover_repetitions=2)
     if mode == "smoke":
         return Settings(mode="smoke", repetitions=1, iperf_seconds=1, connections=100, connection_warmup=10,
                         parallel_connections=300, parallel_connection_warmup=32, pings=300, ping_warmup=20,
-                        policy_decisions=500, idle_max_wait_s=0.0, run_timeout_s=30.0)
+                        policy_decisions=500, idle_max_wait_s=0.0, run_timeout_s=30.0,
+                        failover_repetitions=1, failover_load_s=3.0, failover_fault_after_s=1.0)
     raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")

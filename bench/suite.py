@@ -1,6 +1,7 @@
 """The benchmark's sections, in one run: every repetition measures every path of a section in turn
 (the order rotates between repetitions), so each figure and its baselines share the same moment of
-a shared, noisy machine. Policy decision time runs last, after the fabric is gone.
+a shared, noisy machine. The failover section then builds a fabric of its own (three peers:
+`bench.failover`); policy decision time runs last, after the fabrics are gone.
 
 Returns the raw material of the report (`Raw`); `bench.report` turns it into figures.
 """
@@ -33,6 +34,7 @@ class Raw:
     rss_anon_idle: list[dict[str, float]] = field(default_factory=list)  # the same, anonymous memory only
     rss_after_load: dict[str, float] = field(default_factory=dict)       # at the end, quiescent
     policy: dict[int, list[dict]] = field(default_factory=dict)          # size -> measure_decision_time per rep
+    failover: list[dict] = field(default_factory=list)                   # bench.failover.run_failover's records
     tls: dict[str, object] = field(default_factory=dict)
     haproxy_config: dict[str, str] = field(default_factory=dict)
     haproxy_ssl: dict[str, int] = field(default_factory=dict)            # during the benchmark (after - before)
@@ -120,6 +122,11 @@ def run(settings: Settings, progress: Progress, *, keep_logs: Path | None = None
     raw = Raw()
     if settings.needs_fabric:
         run_fabric_sections(settings, raw, progress, keep_logs)
+    if "failover" in settings.sections:
+        from bench.failover import run_failover  # noqa: PLC0415 - only this section needs the fault tools
+
+        wait_idle(settings.idle_busy_fraction, settings.idle_max_wait_s)
+        raw.failover = run_failover(settings, progress)
     if "policy" in settings.sections:
         run_policy(settings, raw, progress)
     return raw

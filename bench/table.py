@@ -115,6 +115,15 @@ def _policy(report: dict[str, Any]) -> str:
             _table(["policies", "p50", "p99", "hit p99", "uncached p99", "build ms"], rows))
 
 
+def _failover(report: dict[str, Any]) -> str:
+    rows = [[fault, _fig(e["recovery_ms"], 0), _num(e["recovery_p50_ms"], 0), _num(e["recovery_p99_ms"], 0),
+             str(e["failed_connections"]), str(e["failed_after_fault"]), str(len(e["runs"]))]
+            for fault, e in report["failover"].items()]
+    return ("FAILOVER: new connections through the VIP while one of two exporting peers' gateway fails; recovery = "
+            "fault until every new connection succeeds again at its usual speed\n" +
+            _table(["fault", "recovery ms", "p50", "p99", "failed", "failed (started after)", "runs"], rows))
+
+
 def _targets(report: dict[str, Any]) -> str:
     lines = ["TARGETS"]
     for t in report["targets"]:
@@ -140,7 +149,7 @@ def render(report: dict[str, Any]) -> str:
     parts = [head]
     for key, fn in (("throughput", _throughput), ("connections", _connections),
                      ("parallel_connections", _parallel_connections), ("latency", _latency),
-                    ("cpu", _cpu), ("memory", _memory), ("policy", _policy)):
+                    ("cpu", _cpu), ("memory", _memory), ("failover", _failover), ("policy", _policy)):
         if key in report:
             parts.append(fn(report))
     if report.get("haproxy_reference"):

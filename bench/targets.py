@@ -83,6 +83,17 @@ def evaluate(report: dict[str, Any]) -> list[dict[str, Any]]:
     p99 = _m(report, "policy", "10000", "p99_us")
     out.append(_target("policy_p99", "policy decision p99 under 20 us at 10,000 policies (cache miss)", p99, "<",
                        20.0, "us"))
+    worst = [_get(report, "failover", f, "recovery_p99_ms") for f in ("kill", "freeze", "partition")]
+    known = [w for w in worst if w is not None]
+    value = max(known) if len(known) == 3 else None
+    out.append(_target("failover_recovery", "failover: every new connection succeeds again within 1 s of a peer "
+                       "gateway's kill, freeze or partition (p99 over repetitions, worst fault)", value, "<", 1000.0,
+                       "ms", ", ".join(f"{f} p99 {w} ms" for f, w in zip(("kill", "freeze", "partition"), worst))))
+    failed = [_get(report, "failover", f, "failed_after_fault") for f in ("kill", "freeze", "partition")]
+    total = sum(failed) if all(f is not None for f in failed) else None
+    out.append(_target("failover_no_failures", "failover: no connection that started after the fault fails",
+                       total, "<=", 0, "connections", ", ".join(f"{f} {n}" for f, n in zip(
+                           ("kill", "freeze", "partition"), failed))))
     rss = _m(report, "memory", "rss_mb", "agent", "idle")
     out.append(_target("agent_idle_rss", "agent idle RSS under 40 MB", rss, "<", 40.0, "MB"))
     return out

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -24,6 +26,7 @@ import yaml
 
 from controlplane import pki
 from controlplane.api.client import ControlPlaneClient, Endpoint, Rollout
+from fabric import netns
 from fabric.process import Proc
 from fabric.topology import NodeNet, PeerNet, PodNet, Topology
 
@@ -184,8 +187,42 @@ class Peer:
 
     def stop_gateway(self) -> None:
         if self.gateway is not None:
+            self.thaw_gateway()  # a stopped process would sit on its SIGTERM
             self.gateway.stop()
             self.gateway = None
+
+    # -- faults (the failover tests and the benchmark's failover section) ---------------------------
+    PARTITION_TABLE = "clpartition"
+
+    def kill_gateway(self) -> None:
+        """kill -9 the gateway, supervisor and workers (its process group): a crash or an OOM kill.
+        Its sockets are closed by the kernel: peers see resets and refused connects."""
+        if self.gateway is not None:
+            self.gateway.kill()
+            self.gateway = None
+
+    def freeze_gateway(self) -> None:
+        """SIGSTOP the gateway's process group: it refuses nothing and answers nothing (a hung host)."""
+        if self.gateway is None:
+            raise RuntimeError(f"peer {self.name} has no gateway running")
+        os.killpg(self.gateway.pid, signal.SIGSTOP)
+
+    def thaw_gateway(self) -> None:
+        if self.gateway is not None and self.gateway.alive:
+            os.killpg(self.gateway.pid, signal.SIGCONT)
+
+    def partition(self) -> None:
+        """Drop (not refuse) every packet between this peer's gateway netns and the WAN, both ways,
+        until `heal`: a cut link. Its own LAN (agents, pods) is untouched."""
+        wan = self.net.wan_interface
+        netns.nft(self.net.netns, f"""table inet {self.PARTITION_TABLE} {{
+    chain input {{ type filter hook input priority -10; iifname "{wan}" drop; }}
+    chain output {{ type filter hook output priority -10; oifname "{wan}" drop; }}
+}}
+""")
+
+    def heal(self) -> None:
+        netns.nft(self.net.netns, f"delete table inet {self.PARTITION_TABLE}\n")
 
     def start_agent(self, node: str = "n1") -> Proc:
         net = self.node(node)

@@ -17,6 +17,11 @@ Clients (their exit status says how the connection ended; see EXIT_*):
                                 printing JSON {line, code, server} (code: an EXIT_* value), so that
                                 a test can time a connection to the millisecond without starting a
                                 process; ends at the FIFO's end of file
+  http-load URL --duration S [--count N] [--interval S] [--timeout S]
+                                one GET on a new connection after another (a pause of --interval
+                                between them) for S seconds, at most N, printing JSON {start, end,
+                                code, server} per connection (start/end: CLOCK_MONOTONIC seconds,
+                                which the whole machine shares), for failover measurements
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import socket
 import socketserver
 import sys
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -233,29 +239,55 @@ def http_get(args: argparse.Namespace) -> int:
     return _client("http-get", get)
 
 
+def _get_once(host: str, port: int, path: str, timeout: float) -> tuple[int, str]:
+    """(EXIT_* code, the echoing server's name or what went wrong) of one GET on a new connection."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        body = response.read()
+        code = EXIT_OK if 200 <= response.status < 300 else EXIT_HTTP_STATUS
+        try:
+            server = json.loads(body)["server"]
+        except (ValueError, KeyError, TypeError):
+            server = body.decode(errors="replace")[:200]
+    except (OSError, http.client.HTTPException) as exc:
+        code, server = exit_code_for(exc), f"{type(exc).__name__}: {exc}"
+    finally:
+        conn.close()
+    return code, server
+
+
 def http_probe(args: argparse.Namespace) -> int:
     target = _http_target("http-probe", args.url)
     if target is None:
         return EXIT_ERROR
-    host, port, path = target
     print("http-probe ready", flush=True)
     with open(args.commands, encoding="utf-8") as commands:  # blocks until the test opens it for writing
         for line in commands:
-            conn = http.client.HTTPConnection(host, port, timeout=args.timeout)
-            try:
-                conn.request("GET", path)
-                response = conn.getresponse()
-                body = response.read()
-                code = EXIT_OK if 200 <= response.status < 300 else EXIT_HTTP_STATUS
-                try:
-                    server = json.loads(body)["server"]
-                except (ValueError, KeyError, TypeError):
-                    server = body.decode(errors="replace")[:200]
-            except (OSError, http.client.HTTPException) as exc:
-                code, server = exit_code_for(exc), f"{type(exc).__name__}: {exc}"
-            finally:
-                conn.close()
+            code, server = _get_once(*target, args.timeout)
             print(json.dumps({"line": line.strip(), "code": code, "server": server}), flush=True)
+    return EXIT_OK
+
+
+def http_load(args: argparse.Namespace) -> int:
+    target = _http_target("http-load", args.url)
+    if target is None:
+        return EXIT_ERROR
+    if args.duration <= 0 or args.count < 1 or args.interval < 0:
+        print("http-load: --duration and --count must be positive, --interval not negative", file=sys.stderr)
+        return EXIT_ERROR
+    print("http-load ready", flush=True)
+    deadline = time.monotonic() + args.duration
+    for _ in range(args.count):
+        start = time.monotonic()
+        if start >= deadline:
+            break
+        code, server = _get_once(*target, args.timeout)
+        end = time.monotonic()
+        print(json.dumps({"start": start, "end": end, "code": code, "server": server}), flush=True)
+        if args.interval:
+            time.sleep(args.interval)
     return EXIT_OK
 
 
@@ -347,6 +379,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--commands", required=True, help="a FIFO: one GET per line read")
     p.add_argument("--timeout", type=float, default=5.0)
     p.set_defaults(run=http_probe)
+
+    p = sub.add_parser("http-load")
+    p.add_argument("url")
+    p.add_argument("--duration", type=float, required=True, help="seconds to keep starting connections")
+    p.add_argument("--count", type=int, default=100_000, help="at most this many connections")
+    p.add_argument("--interval", type=float, default=0.01, help="pause after each connection, seconds")
+    p.add_argument("--timeout", type=float, default=5.0)
+    p.set_defaults(run=http_load)
 
     for name, run in (("tcp-send", tcp_send), ("getpeername", getpeername)):
         p = sub.add_parser(name)

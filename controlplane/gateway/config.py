@@ -52,6 +52,8 @@ class Limits:
     replay_bytes: int = 64 * 1024       # client bytes kept until the remote accepts the CONNECT
     max_requests: int = 1000            # requests (healthz, authz, framed CONNECTs) per peer-port connection
     liveness_timeout: float = 6.0       # silence of another gateway on a tunnel before its connections reset
+    probe_interval: float = 0.25        # between probes (GET /healthz) of each remote peer on an idle tunnel; 0: off
+    probe_timeout: float = 0.5          # a probe unanswered this long marks the peer down (failover)
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,13 @@ def _positive_float(value: str) -> float:
     number = float(value)
     if not number > 0:
         raise argparse.ArgumentTypeError(f"{value!r} is not a positive number")
+    return number
+
+
+def _non_negative_float(value: str) -> float:
+    number = float(value)
+    if not number >= 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not zero or a positive number")
     return number
 
 
@@ -156,6 +165,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "recent peak are closed after it")
     flags.add(p, "--pool-keepalive", default=10.0, type=_positive_float,
               help="Seconds between health checks (GET /healthz) on each idle pooled tunnel")
+    flags.add(p, "--peer-probe-interval", default=d.probe_interval, type=_non_negative_float,
+              help="Seconds between probes (GET /healthz on an idle pooled tunnel) of each remote peer, per "
+                   "worker: the sub-second failover for a peer that is frozen or cut off (a refused or reset one "
+                   "is noticed at once without them); 0 turns probing off (then such a peer is noticed by "
+                   "--connect-timeout, --response-timeout and the control plane's heartbeats)")
+    flags.add(p, "--peer-probe-timeout", default=d.probe_timeout, type=_positive_float,
+              help="Seconds a probe may go unanswered before the peer is marked down for new connections: "
+                   "they go to the Import's other sources first, and connections waiting for that peer's "
+                   "answer move to the next source if there is one; a successful probe or connect marks it "
+                   "up again. Keep it well above the peers' round-trip time")
     flags.add(p, "--framed-tunnels", default="on", choices=["on", "off"],
               help="Offer and use framed tunnels with peers that support them: a tunnel goes back to the pool "
                    "after its connection instead of closing (off: plain CONNECT tunnels only, as the original)")
@@ -219,11 +238,15 @@ def load_config(argv: Sequence[str] | None = None) -> GatewayConfig:
     if a.tunnel_liveness_timeout < MIN_LIVENESS_TIMEOUT:
         parser.error(f"--tunnel-liveness-timeout ({a.tunnel_liveness_timeout:g} s) must be at least "
                      f"{MIN_LIVENESS_TIMEOUT:g} s (heartbeats come every {framing.HEARTBEAT_INTERVAL:g} s)")
+    if a.peer_probe_timeout > a.response_timeout:
+        parser.error(f"--peer-probe-timeout ({a.peer_probe_timeout:g} s) must not be longer than "
+                     f"--response-timeout ({a.response_timeout:g} s)")
     limits = Limits(handshake_timeout=a.handshake_timeout, request_timeout=a.request_timeout,
                     idle_timeout=a.idle_timeout, connect_timeout=a.connect_timeout,
                     response_timeout=a.response_timeout, drain_timeout=a.drain_timeout,
                     max_requests=a.max_requests_per_connection,
-                    max_connections=a.max_connections, liveness_timeout=a.tunnel_liveness_timeout)
+                    max_connections=a.max_connections, liveness_timeout=a.tunnel_liveness_timeout,
+                    probe_interval=a.peer_probe_interval, probe_timeout=a.peer_probe_timeout)
     return GatewayConfig(
         certs=a.certs, controlplane=a.controlplane, join_token_file=a.join_token_file,
         controlplane_ca=a.controlplane_ca, peer_listen=a.peer_listen, agent_listen=a.agent_listen,

@@ -185,7 +185,8 @@ class Egress:
                               source.export_name, peer.name, imp.ref, decision.policy)
                     continue
                 assert replay is not None
-                attempt = await self._try_source(client, imp, source, peer, src, replay, started)
+                attempt = await self._try_source(client, imp, source, peer, src, replay, started,
+                                                 fallback=attempt_no + 1 < len(order))
                 if attempt is None:
                     return
                 result = attempt.result
@@ -203,8 +204,11 @@ class Egress:
         client.abort()
 
     async def _try_source(self, client: Stream, imp: ImportView, source: SourceView, peer: PeerView,
-                          src: Mapping[str, str], replay: bytearray, started: float) -> _Attempt | None:
-        """Carry the connection through `source`; None when it was carried (and is now finished)."""
+                          src: Mapping[str, str], replay: bytearray, started: float, *,
+                          fallback: bool = False) -> _Attempt | None:
+        """Carry the connection through `source`; None when it was carried (and is now finished).
+        `fallback`: another source follows, so a peer marked down while we wait for its answer is
+        given up at once (the pool aborts the tunnel) instead of after --response-timeout."""
         pool = self._pools.get(peer)
         retried = False
         while True:
@@ -235,6 +239,8 @@ class Egress:
                 client.unread(bytes(replay))
                 replay = bytearray()
                 conn.send_connect(grant.token, framed=framed)
+            if fallback:
+                pool.expect_answer(conn)
             try:
                 response = await conn.connect_response(self._limits.response_timeout)
             except ExchangeFailed as exc:
@@ -242,6 +248,12 @@ class Egress:
                     return _Attempt("client-reset", None, client_gone=True)
                 kept = relay.detach_upstream()
                 conn.abort()
+                if fallback and self._health.unreachable(peer):
+                    # marked down while we waited (by a probe, a failed connect): the next source
+                    self._metrics.child(self._metrics.failovers, peer.name).inc()
+                    log.debug("Egress for Import %s: peer %s went down before answering; next source",
+                              imp.ref, peer.name)
+                    return _Attempt("unreachable", kept)
                 if kept is not None and pooled and not retried:
                     pool.report_stale()
                     retried, replay = True, kept
@@ -251,6 +263,9 @@ class Egress:
             except asyncio.CancelledError:
                 relay.abort()
                 raise
+            finally:
+                if fallback:
+                    pool.answered(conn)
 
             if 200 <= response.status < 300 and response.framing != framed:
                 # We framed our bytes for a gateway that answered with a raw tunnel (or the other

@@ -2,10 +2,11 @@
 
 The control plane's heartbeats (`PeerInfo.reachable` in the snapshot) are slow by design (5
 failures at 1 s intervals, up to 20 s when packets are dropped). The tunnel pool knows sooner: a
-connection attempt that failed on every gateway of a peer, or a pooled tunnel that fails its
-keepalive and cannot be replaced, marks the peer unreachable at once; the next successful
-connection marks it reachable again. For load balancing, this local evidence wins; a peer this
-worker has not tried yet is judged by the heartbeats.
+connection attempt that failed on every gateway of a peer (refused, reset, timed out), or a probe
+(`--peer-probe-interval`) that went unanswered for `--peer-probe-timeout`, marks the peer down at
+once; the next successful connection or probe marks it up again. For load balancing, this local
+evidence wins; a peer this worker has not tried yet is judged by the heartbeats. Each change is
+reported with its reason (`connect`, `probe`) to `on_change`.
 """
 
 from __future__ import annotations
@@ -16,16 +17,16 @@ from .state import PeerView
 
 
 class PeerHealth:
-    def __init__(self, on_change: Callable[[str, bool], None] | None = None) -> None:
+    def __init__(self, on_change: Callable[[str, bool, str], None] | None = None) -> None:
         self._seen: dict[str, bool] = {}
         self._on_change = on_change
 
-    def mark(self, peer: str, reachable: bool) -> bool:
-        """Record an outcome; True when it changed what we believed."""
+    def mark(self, peer: str, reachable: bool, reason: str = "connect") -> bool:
+        """Record an outcome (`reason`: what showed it); True when it changed what we believed."""
         changed = self._seen.get(peer) != reachable
         self._seen[peer] = reachable
         if changed and self._on_change is not None:
-            self._on_change(peer, reachable)
+            self._on_change(peer, reachable, reason)
         return changed
 
     def seen(self, peer: str) -> bool | None:

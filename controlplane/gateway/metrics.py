@@ -74,7 +74,7 @@ class GatewayMetrics:
         self.tunnel_failures = Counter(
             p + "tunnel_failures_total",
             "Failures of tunnels to remote gateways: connect (no gateway reachable), keepalive (pooled tunnel "
-            "failed its health check), stale (pooled tunnel broke when used)",
+            "failed its health check), probe (a probe went unanswered), stale (pooled tunnel broke when used)",
             ["peer", "reason"], registry=r)
         self.liveness_resets = Counter(
             p + "tunnel_liveness_resets_total",
@@ -84,6 +84,16 @@ class GatewayMetrics:
         self.peer_reachable = Gauge(
             p + "peer_reachable", "Whether this gateway could connect to the peer (1) or not (0), last it tried",
             ["peer"], multiprocess_mode="livemin", registry=r)
+        self.peer_down = Counter(
+            p + "peer_down_total",
+            "Times a worker marked a remote peer down for new connections (failover), by reason: connect (no "
+            "gateway of it could be reached), probe (a probe went unanswered for --peer-probe-timeout)",
+            ["peer", "reason"], registry=r)
+        self.failovers = Counter(
+            p + "failovers_total",
+            "Egress connections that were waiting for a peer's answer when it was marked down and moved to "
+            "the Import's next source (their bytes replayed there), by the peer given up",
+            ["peer"], registry=r)
         self.bad_requests = Counter(
             p + "bad_requests_total",
             "Connections or requests refused for misbehaviour, by listener and reason",

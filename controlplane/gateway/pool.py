@@ -23,9 +23,16 @@ by a long connection is replaced once its grace is over. A taken tunnel that wil
 (a raw tunnel, to a peer without framing) is replaced after `REFILL_DELAY`.
 
 Connecting tries every gateway of the peer at once (the first handshake wins; other successes
-join the pool). When none can be reached the peer is marked unreachable in `PeerHealth` at once
-(load balancing then tries it last) until a connection succeeds again; refills retry with
-backoff. This is the sub-second failover the heartbeats (seconds) only back up.
+join the pool). When none can be reached the peer is marked down in `PeerHealth` at once (load
+balancing then tries it last) until a connection or a probe succeeds again; refills retry with
+backoff. A refused or reset peer (its gateway killed) is noticed that way within a round trip. A
+frozen or cut-off one refuses nothing, so while the pool is in use (a tunnel lent in the last
+demand window) it is also *probed*: every `Limits.probe_interval` the idle tunnel unused the
+longest answers `GET /healthz` within `Limits.probe_timeout`, or the peer is marked down. Marking a
+peer down also aborts the tunnels of the CONNECTs still waiting for its answer whose connections
+have another source to go to (`expect_answer`): egress replays their bytes there instead of
+waiting out --response-timeout. This is the sub-second failover the heartbeats (seconds) only
+back up.
 """
 
 from __future__ import annotations
@@ -122,6 +129,9 @@ class TunnelPool:
         # implementation, which also take application bytes right behind a CONNECT.
         self.announced = False
         self._use_framing = framing  # we may frame tunnels (--framed-tunnels)
+        # CONNECTs waiting for the peer's answer whose connection could go to another source.
+        self._waiting: weakref.WeakSet[PeerConnection] = weakref.WeakSet()
+        self._lent_at = -demand_window  # when a tunnel was last lent (probing runs while in use)
 
     @property
     def name(self) -> str:
@@ -177,6 +187,7 @@ class TunnelPool:
 
     def _lend(self, conn: PeerConnection, returns: bool) -> None:
         now = time.monotonic()
+        self._lent_at = now
         if returns:
             self._lent[conn] = now
             # Lent connections the worker still holds (a dead one leaves the weak dictionary when
@@ -234,6 +245,23 @@ class TunnelPool:
         self._changed()
         self._wake.set()
 
+    def expect_answer(self, conn: PeerConnection) -> None:
+        """`conn`'s CONNECT waits for the peer, and its connection has another source: abort it
+        when the peer is marked down (`answered` when the answer came)."""
+        self._waiting.add(conn)
+
+    def answered(self, conn: PeerConnection) -> None:
+        self._waiting.discard(conn)
+
+    def _peer_down(self, reason: str, detail: object) -> None:
+        if self._health.mark(self.name, False, reason):
+            log.warning("Peer %s is marked down for new connections from this gateway (%s): %s", self.name,
+                        reason, detail)
+        waiting = list(self._waiting)
+        self._waiting.clear()
+        for conn in waiting:
+            conn.abort()  # egress sees the exchange fail, the peer down: it goes to the next source
+
     def report_stale(self) -> None:
         """A pooled connection broke when it was used."""
         self._metrics.child(self._metrics.tunnel_failures, self.name, "stale").inc()
@@ -264,7 +292,7 @@ class TunnelPool:
     async def _connect(self) -> PeerConnection:
         peer = self.peer
         if not peer.gateways:
-            self._health.mark(peer.name, False)
+            self._peer_down("connect", "it has no gateways")
             raise PeerUnreachable(f"peer {peer.name!r} has no gateways")
         context = self._tls.client_context()
         timeout, liveness = self._limits.connect_timeout, self._limits.liveness_timeout
@@ -279,11 +307,10 @@ class TunnelPool:
         except PeerUnreachable as exc:
             self._metrics.child(self._metrics.tunnel_failures, peer.name, "connect").inc()
             self._session_at = None  # whatever comes back may be another server
-            if self._health.mark(peer.name, False):
-                log.warning("Peer %s is unreachable from this gateway: %s", peer.name, exc)
+            self._peer_down("connect", exc)
             raise PeerUnreachable(f"peer {peer.name!r} is unreachable: {exc}") from None
         self._count_handshake(conn)
-        if self._health.mark(peer.name, True):
+        if self._health.mark(peer.name, True, "connect"):
             log.info("Peer %s is reachable again from this gateway", peer.name)
         return conn
 
@@ -359,8 +386,48 @@ class TunnelPool:
             conn.close()
         self._changed()
 
+    async def _probe(self) -> None:
+        """Probe the peer on an idle tunnel every probe_interval while the pool is in use (see the
+        module docstring); an unanswered probe marks the peer down, an answered one up."""
+        interval, timeout = self._limits.probe_interval, self._limits.probe_timeout
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            if now - self._lent_at > self._demand.window:
+                continue  # not in use: the keepalive checks are enough
+            usable = [c for c in self._idle if c.usable]
+            if not usable:
+                continue  # all lent (their own traffic and liveness speak), or being refilled
+            conn = min(usable, key=lambda c: c.last_used)
+            self._idle.remove(conn)
+            conn.stream.set_watcher(None)
+            self._changed()
+            try:
+                await conn.healthz(timeout=timeout)
+            except ExchangeFailed as exc:
+                conn.abort()
+                self._metrics.child(self._metrics.tunnel_failures, self.name, "probe").inc()
+                self._peer_down("probe", exc)
+                self._wake.set()  # the upkeep replaces it (and its connect tells more)
+                continue
+            self.learn(conn)
+            if self._health.mark(self.name, True, "probe"):
+                log.info("Peer %s answers probes again: marked up", self.name)
+            if self._closed or len(self._idle) >= self.target() or not conn.usable:
+                conn.close()
+            else:
+                self._add_idle(conn)
+
     async def run(self) -> None:
-        """Refill and check the pool until cancelled."""
+        """Refill and check the pool (and probe the peer) until cancelled."""
+        if self._limits.probe_interval > 0:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._probe(), name=f"probe-{self.name}")
+                await self._upkeep()
+        else:
+            await self._upkeep()
+
+    async def _upkeep(self) -> None:
         backoff = RETRY_MIN
         while True:
             self._drop_dead()

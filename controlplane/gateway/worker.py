@@ -246,8 +246,10 @@ class Worker:
         self.admission = Admission(config.connections_per_worker, metrics)
         self.listeners = Listeners(metrics)
         self.meter = RelayMeter(lambda d, f, n: metrics.child(metrics.relayed_bytes, d, f).inc(n))
-        def on_reachability(peer: str, reachable: bool) -> None:
+        def on_reachability(peer: str, reachable: bool, reason: str) -> None:
             metrics.peer_reachable.labels(peer=peer).set(1 if reachable else 0)
+            if not reachable:
+                metrics.peer_down.labels(peer=peer, reason=reason).inc()
 
         self.health = health = PeerHealth(on_change=on_reachability)
 

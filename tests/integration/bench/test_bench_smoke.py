@@ -17,10 +17,11 @@ import pytest
 from bench import paths, schema
 from bench.report import STREAM_KEYS
 from bench.settings import SECTIONS
+from fabric.faults import FAULTS
 
 ROOT = Path(__file__).resolve().parents[3]
 README = ROOT / "bench" / "README.md"
-SMOKE_TIMEOUT_S = 240  # the smoke run takes about 40 s on an idle 2-vCPU machine
+SMOKE_TIMEOUT_S = 360  # the smoke run takes about 100 s on an idle 2-vCPU machine (40 s without failover)
 
 _COMPONENTS = set(paths.COMPONENTS) | set(schema.MEMORY_COMPONENTS) | {"client", "server", "proxies"}
 
@@ -39,6 +40,8 @@ def _documented_form(keys: tuple[str, ...]) -> str:
             out.append("<figure>")
         elif keys[0] == "policy" and i == 1:
             out.append("<size>")
+        elif keys[0] == "failover" and i == 1:
+            out.append("<fault>")
         elif key in _COMPONENTS and (keys[0] == "cpu" and i == len(keys) - 1 or keys[:2] == ("memory", "rss_mb") and i == 2):
             out.append("<component>")
         else:
@@ -87,6 +90,12 @@ def test_the_smoke_run_writes_every_documented_key(tmp_path: Path) -> None:
         assert report["parallel_connections"][path]["failed_exchanges"] == 0
         # the parallel client really kept several connections in flight on every path
         assert report["parallel_connections"][path]["mean_in_flight"]["median"] > 4
+    # the failover section measured every fault, and connections went on to south after it
+    for fault in FAULTS:
+        (run,) = report["failover"][fault]["runs"]
+        assert run["connections_before_fault"] > 10 and run["connections_after_fault"] > 10, run
+        assert set(run["servers_after_recovery"]) == {"south"}, run
+    assert "FAILOVER" in proc.stdout
     # the table names every target
     assert "TARGETS" in proc.stdout
     for target in report["targets"]:

@@ -15,17 +15,17 @@ from controlplane.gateway.state import PeerView
 
 def test_local_evidence_wins_over_heartbeats() -> None:
     changes = []
-    health = PeerHealth(on_change=lambda peer, ok: changes.append((peer, ok)))
+    health = PeerHealth(on_change=lambda peer, ok, reason: changes.append((peer, ok, reason)))
     up, down = PeerView("p", (), True), PeerView("p", (), False)
     assert not health.unreachable(up) and health.unreachable(down)  # not tried: heartbeats decide
     assert health.mark("p", False)
     assert health.unreachable(up)
     assert not health.mark("p", False)  # no change
-    health.mark("p", True)
+    health.mark("p", True, "probe")
     assert not health.unreachable(down)
     health.forget("p")
     assert health.unreachable(down)
-    assert changes == [("p", False), ("p", True)]
+    assert changes == [("p", False, "connect"), ("p", True, "probe")]
 
 
 def test_log_throttle(caplog: pytest.LogCaptureFixture) -> None:
@@ -105,6 +105,10 @@ def test_config_from_flags_and_environment(tmp_path: Path, monkeypatch: pytest.M
      "--pool-max-size (4) must be at least --pool-size (8)"),
     (["--certs", "c", "--controlplane", "x:1", "--join-token-file", "t", "--pool-demand-window", "0"],
      "not a positive number"),
+    (["--certs", "c", "--controlplane", "x:1", "--join-token-file", "t", "--peer-probe-interval", "-1"],
+     "not zero or a positive number"),
+    (["--certs", "c", "--controlplane", "x:1", "--join-token-file", "t", "--peer-probe-timeout", "6"],
+     "--peer-probe-timeout (6 s) must not be longer than --response-timeout (5 s)"),
 ])
 def test_config_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str],
                        monkeypatch: pytest.MonkeyPatch) -> None:
@@ -122,6 +126,7 @@ def test_every_flag_is_documented() -> None:
     for flag in ("--certs", "--controlplane", "--join-token-file", "--controlplane-ca", "--peer-listen",
                  "--agent-listen", "--import-host", "--workers", "--metrics-listen", "--token-lifetime",
                  "--pool-size", "--max-connections", "--event-loop", "--log-level", "--log-format",
-                 "--unconfigured-peers", "--tunnel-liveness-timeout", "--max-requests-per-connection"):
+                 "--unconfigured-peers", "--tunnel-liveness-timeout", "--max-requests-per-connection",
+                 "--peer-probe-interval", "--peer-probe-timeout"):
         assert flag in text
     assert "--worker-index" not in text and "CLUSTERLINK_POOL_SIZE" in text

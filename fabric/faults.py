@@ -1,0 +1,139 @@
+"""What a fault did to a stream of new connections: the failover figures of the tests and the benchmark.
+
+`measure` runs one: it starts `http-load` in a client pod, injects a fault into a peer's gateway
+after a while (`kill`: kill -9 of its process group; `freeze`: SIGSTOP; `partition`: its WAN
+packets dropped, both ways), puts it right when the load is over (restart, SIGCONT, heal) and
+returns the connections and the moment of the fault.
+
+Input of the figures: the lines `python -m fabric.workloads http-load` printed (one JSON object per connection:
+`start`, `end` in CLOCK_MONOTONIC seconds, which every process of the machine shares, `code` an
+EXIT_* value, `server` the echoing server's name) and the moment the fault was injected.
+
+A connection is *disturbed* when it failed, or when it took longer than `slow` (default: ten times
+the median of the connections that ended before the fault, at least `MIN_SLOW` seconds): it waited
+for the faulty peer before going elsewhere. *Recovery* is the time from the fault to the end of the
+last disturbed connection that started within `window` seconds after it (0 when none was): from
+then on every new connection succeeded at its usual speed. Failures are counted from the fault on
+(a connection in flight when the fault hit included).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fabric.peer import Peer, Pod
+
+FAULTS = ("kill", "freeze", "partition")
+
+# Seconds: below this a slow connection is scheduling noise on a busy 2-core machine (three peers'
+# processes and the load), not a failover; waiting for a frozen peer lasts at least a probe interval
+# plus part of the probe timeout (0.25 s + 0.5 s by default), and a failure counts whatever its time.
+MIN_SLOW = 0.25
+
+
+@dataclass(frozen=True)
+class Outcome:
+    start: float
+    end: float
+    code: int
+    server: str
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 0
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+
+@dataclass
+class Recovery:
+    recovery: float  # seconds from the fault to the end of the last disturbed connection
+    failed: int  # connections that failed from the fault on
+    disturbed: int  # failed or slow ones
+    slow: float  # the threshold used
+    connections: int  # started after the fault (within the window)
+    servers_after: Counter[str] = field(default_factory=Counter)  # who answered after the recovery
+    failures: list[str] = field(default_factory=list)  # what the failed ones said (the first few)
+    # the first few disturbed ones: "+<start after the fault> s <seconds> s <code> <server>"
+    disturbances: list[str] = field(default_factory=list)
+
+
+def parse_load(text: str) -> list[Outcome]:
+    """The connections in an http-load log (other lines are ignored), in the order they started."""
+    out = []
+    for line in text.splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            d = json.loads(line)
+            out.append(Outcome(float(d["start"]), float(d["end"]), int(d["code"]), str(d["server"])))
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short when the load was stopped
+    return sorted(out, key=lambda o: o.start)
+
+
+def recovery(outcomes: list[Outcome], fault_at: float, *, window: float = 10.0,
+             slow: float | None = None) -> Recovery:
+    """The failover figures of `outcomes` around a fault injected at `fault_at` (see the module docstring)."""
+    before = [o.seconds for o in outcomes if o.end < fault_at and o.ok]
+    if slow is None:
+        slow = max(MIN_SLOW, 10 * statistics.median(before)) if before else MIN_SLOW
+    relevant = [o for o in outcomes if o.end >= fault_at and o.start < fault_at + window]
+    failed = [o for o in relevant if not o.ok]
+    disturbed = [o for o in relevant if not o.ok or o.seconds > slow]
+    last = max((o.end for o in disturbed), default=fault_at)
+    after = Counter(o.server for o in relevant if o.start >= last and o.ok)
+    return Recovery(recovery=max(0.0, last - fault_at), failed=len(failed), disturbed=len(disturbed), slow=slow,
+                    connections=sum(1 for o in relevant if o.start >= fault_at), servers_after=after,
+                    failures=[f"{o.code}: {o.server}" for o in failed[:5]],
+                    disturbances=[f"{o.start - fault_at:+.3f} s {o.seconds:.3f} s {o.code} {o.server}"
+                                  for o in disturbed[:5]])
+
+
+def inject(peer: Peer, fault: str) -> None:
+    {"kill": peer.kill_gateway, "freeze": peer.freeze_gateway, "partition": peer.partition}[fault]()
+
+
+def undo(peer: Peer, fault: str) -> None:
+    """Put the fault right: the gateway restarted (kill), continued (freeze), the link healed (partition)."""
+    if fault == "kill":
+        peer.start_gateway()
+    elif fault == "freeze":
+        peer.thaw_gateway()
+    elif fault == "partition":
+        peer.heal()
+    else:
+        raise ValueError(f"unknown fault {fault!r} (want one of {', '.join(FAULTS)})")
+
+
+def measure(client: Pod, url: str, peer: Peer, fault: str, *, load_s: float, fault_after: float,
+            interval: float = 0.01, timeout: float = 15.0) -> tuple[list[Outcome], float]:
+    """New connections to `url` from `client` for `load_s` seconds, `fault` injected into `peer`
+    `fault_after` seconds in (and undone after the load): the connections and the fault's time."""
+    if fault not in FAULTS:
+        raise ValueError(f"unknown fault {fault!r} (want one of {', '.join(FAULTS)})")
+    if not 0 < fault_after < load_s:
+        raise ValueError("the fault must come after the load started and before it ends")
+    load = client.spawn([sys.executable, "-m", "fabric.workloads", "http-load", url, "--duration", str(load_s),
+                         "--interval", str(interval), "--timeout", str(timeout)], name=f"http-load-{fault}")
+    try:
+        load.wait_log("^http-load ready$", timeout=20)
+        time.sleep(fault_after)
+        fault_at = time.monotonic()
+        inject(peer, fault)
+        try:
+            load.wait(load_s + timeout + 10)
+        finally:
+            undo(peer, fault)
+    finally:
+        load.stop()
+    return parse_load(load.log_text()), fault_at
