@@ -1,6 +1,6 @@
 """The benchmark's failover section, on a fabric of its own: east imports `bench-failover` from west
 and south (round-robin; each serves `http-echo` naming itself); east's client opens new connections
-through the agent's VIP one after another (`fabric.workloads http-load`), and west's gateway is
+through the agent's VIP, four clients one after another each (`fabric.workloads http-load`), and west's gateway is
 killed (kill -9), frozen (SIGSTOP) or cut off (its WAN packets dropped) a while in. Per repetition
 and fault: the recovery time (from the fault until every new connection succeeds again at its usual
 speed; `fabric.faults`) and the connections that failed. West is restored (restarted, continued,
@@ -105,18 +105,17 @@ def run_failover(settings: Settings, progress: Callable[[str], None]) -> list[di
                 outcomes, fault_at = measure(world.client, world.url, world.peers[FAULTY], fault,
                                              load_s=settings.failover_load_s, fault_after=settings.failover_fault_after_s)
                 r = recovery(outcomes, fault_at)
-                started_after = [o for o in outcomes if o.start >= fault_at]
                 record = {"fault": fault, "repetition": rep, "recovery_ms": round(r.recovery * 1000, 1),
-                          "failed": r.failed, "failed_after_fault": sum(1 for o in started_after if not o.ok),
+                          "failed": r.failed, "failed_after_fault": r.failed_new,
                           "disturbed": r.disturbed, "slow_threshold_ms": round(r.slow * 1000, 1),
-                          "connections_after_fault": len(started_after),
+                          "connections_after_fault": r.connections,
                           "connections_before_fault": sum(1 for o in outcomes if o.end < fault_at),
                           "servers_after_recovery": dict(r.servers_after), "disturbances": r.disturbances,
                           "failures": r.failures}
                 records.append(record)
                 progress(f"[{rep + 1}/{settings.failover_repetitions}] failover {fault:<10} recovery "
                          f"{record['recovery_ms']} ms, failed {r.failed} ({record['failed_after_fault']} started "
-                         f"after the fault), {len(started_after)} connections after it")
+                         f"after the fault), {r.connections} connections after it")
         world.wait_both_serve()
     return records
 

@@ -9,12 +9,16 @@ Input of the figures: the lines `python -m fabric.workloads http-load` printed (
 `start`, `end` in CLOCK_MONOTONIC seconds, which every process of the machine shares, `code` an
 EXIT_* value, `server` the echoing server's name) and the moment the fault was injected.
 
-A connection is *disturbed* when it failed, or when it took longer than `slow` (default: ten times
-the median of the connections that ended before the fault, at least `MIN_SLOW` seconds): it waited
-for the faulty peer before going elsewhere. *Recovery* is the time from the fault to the end of the
-last disturbed connection that started within `window` seconds after it (0 when none was): from
-then on every new connection succeeded at its usual speed. Failures are counted from the fault on
-(a connection in flight when the fault hit included).
+A *new* connection is one that started after the fault was in effect (`fault_at` is taken when the
+injection returned). It is *disturbed* when it failed, or when it took longer than `slow` (default:
+ten times the median of the connections that ended before the fault, at least `MIN_SLOW` seconds):
+it waited for the faulty peer before going elsewhere. *Recovery* is the time from the fault to the
+end of the last disturbed new connection that started within `window` seconds after it (0 when none
+was): from then on every new connection succeeded at its usual speed. `failed` counts every failure
+from the fault on, the connections in flight inside the faulty peer included (bytes the service may
+have acted on cannot be replayed elsewhere: they are reset, a frozen or cut-off peer's after the
+tunnel liveness timeout); `failed_new` only the new ones. Several clients (`http-load
+--concurrency`) keep new connections coming while one of them hangs on such an in-flight one.
 """
 
 from __future__ import annotations
@@ -57,7 +61,8 @@ class Outcome:
 @dataclass
 class Recovery:
     recovery: float  # seconds from the fault to the end of the last disturbed connection
-    failed: int  # connections that failed from the fault on
+    failed: int  # connections that failed from the fault on (in flight at the fault included)
+    failed_new: int  # of them, those that started after the fault
     disturbed: int  # failed or slow ones
     slow: float  # the threshold used
     connections: int  # started after the fault (within the window)
@@ -88,12 +93,13 @@ def recovery(outcomes: list[Outcome], fault_at: float, *, window: float = 10.0,
     if slow is None:
         slow = max(MIN_SLOW, 10 * statistics.median(before)) if before else MIN_SLOW
     relevant = [o for o in outcomes if o.end >= fault_at and o.start < fault_at + window]
+    new = [o for o in relevant if o.start >= fault_at]
     failed = [o for o in relevant if not o.ok]
-    disturbed = [o for o in relevant if not o.ok or o.seconds > slow]
+    disturbed = [o for o in new if not o.ok or o.seconds > slow]
     last = max((o.end for o in disturbed), default=fault_at)
-    after = Counter(o.server for o in relevant if o.start >= last and o.ok)
-    return Recovery(recovery=max(0.0, last - fault_at), failed=len(failed), disturbed=len(disturbed), slow=slow,
-                    connections=sum(1 for o in relevant if o.start >= fault_at), servers_after=after,
+    after = Counter(o.server for o in new if o.start >= last and o.ok)
+    return Recovery(recovery=max(0.0, last - fault_at), failed=len(failed), failed_new=sum(1 for o in new if not o.ok),
+                    disturbed=len(disturbed), slow=slow, connections=len(new), servers_after=after,
                     failures=[f"{o.code}: {o.server}" for o in failed[:5]],
                     disturbances=[f"{o.start - fault_at:+.3f} s {o.seconds:.3f} s {o.code} {o.server}"
                                   for o in disturbed[:5]])
@@ -116,7 +122,7 @@ def undo(peer: Peer, fault: str) -> None:
 
 
 def measure(client: Pod, url: str, peer: Peer, fault: str, *, load_s: float, fault_after: float,
-            interval: float = 0.01, timeout: float = 15.0) -> tuple[list[Outcome], float]:
+            interval: float = 0.01, concurrency: int = 4, timeout: float = 15.0) -> tuple[list[Outcome], float]:
     """New connections to `url` from `client` for `load_s` seconds, `fault` injected into `peer`
     `fault_after` seconds in (and undone after the load): the connections and the fault's time."""
     if fault not in FAULTS:
@@ -124,12 +130,13 @@ def measure(client: Pod, url: str, peer: Peer, fault: str, *, load_s: float, fau
     if not 0 < fault_after < load_s:
         raise ValueError("the fault must come after the load started and before it ends")
     load = client.spawn([sys.executable, "-m", "fabric.workloads", "http-load", url, "--duration", str(load_s),
-                         "--interval", str(interval), "--timeout", str(timeout)], name=f"http-load-{fault}")
+                         "--interval", str(interval), "--concurrency", str(concurrency), "--timeout", str(timeout)],
+                        name=f"http-load-{fault}")
     try:
         load.wait_log("^http-load ready$", timeout=20)
         time.sleep(fault_after)
-        fault_at = time.monotonic()
         inject(peer, fault)
+        fault_at = time.monotonic()  # in effect from here on (a kill has been reaped, the rules loaded)
         try:
             load.wait(load_s + timeout + 10)
         finally:

@@ -17,9 +17,10 @@ Clients (their exit status says how the connection ended; see EXIT_*):
                                 printing JSON {line, code, server} (code: an EXIT_* value), so that
                                 a test can time a connection to the millisecond without starting a
                                 process; ends at the FIFO's end of file
-  http-load URL --duration S [--count N] [--interval S] [--timeout S]
-                                one GET on a new connection after another (a pause of --interval
-                                between them) for S seconds, at most N, printing JSON {start, end,
+  http-load URL --duration S [--count N] [--interval S] [--concurrency C] [--timeout S]
+                                C clients, each opening one GET on a new connection after another
+                                (a pause of --interval between them), for S seconds, at most N
+                                connections in all, printing JSON {start, end,
                                 code, server} per connection (start/end: CLOCK_MONOTONIC seconds,
                                 which the whole machine shares), for failover measurements
 """
@@ -274,20 +275,35 @@ def http_load(args: argparse.Namespace) -> int:
     target = _http_target("http-load", args.url)
     if target is None:
         return EXIT_ERROR
-    if args.duration <= 0 or args.count < 1 or args.interval < 0:
-        print("http-load: --duration and --count must be positive, --interval not negative", file=sys.stderr)
+    if args.duration <= 0 or args.count < 1 or args.interval < 0 or not 1 <= args.concurrency <= 64:
+        print("http-load: --duration and --count must be positive, --interval not negative, --concurrency "
+              "1..64", file=sys.stderr)
         return EXIT_ERROR
-    print("http-load ready", flush=True)
     deadline = time.monotonic() + args.duration
-    for _ in range(args.count):
-        start = time.monotonic()
-        if start >= deadline:
-            break
-        code, server = _get_once(*target, args.timeout)
-        end = time.monotonic()
-        print(json.dumps({"start": start, "end": end, "code": code, "server": server}), flush=True)
-        if args.interval:
-            time.sleep(args.interval)
+    budget = iter(range(args.count))  # shared by the clients: at most --count connections in all
+    lock = threading.Lock()
+
+    def client() -> None:
+        while True:
+            with lock:
+                if next(budget, None) is None:
+                    return
+            start = time.monotonic()
+            if start >= deadline:
+                return
+            code, server = _get_once(*target, args.timeout)
+            line = json.dumps({"start": start, "end": time.monotonic(), "code": code, "server": server})
+            with lock:
+                print(line, flush=True)
+            if args.interval:
+                time.sleep(args.interval)
+
+    threads = [threading.Thread(target=client, name=f"http-load-{i}") for i in range(args.concurrency)]
+    print("http-load ready", flush=True)
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     return EXIT_OK
 
 
@@ -385,6 +401,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, required=True, help="seconds to keep starting connections")
     p.add_argument("--count", type=int, default=100_000, help="at most this many connections")
     p.add_argument("--interval", type=float, default=0.01, help="pause after each connection, seconds")
+    p.add_argument("--concurrency", type=int, default=1,
+                   help="clients, each opening one connection after another (a hung one holds only its client)")
     p.add_argument("--timeout", type=float, default=5.0)
     p.set_defaults(run=http_load)
 

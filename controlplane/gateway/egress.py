@@ -224,7 +224,7 @@ class Egress:
                 # with the accept), so that they leave in the same record and segment as the CONNECT.
                 await asyncio.sleep(0)
             try:
-                conn, pooled = await pool.acquire(returns=pool.framing)
+                conn, pooled = await pool.acquire(returns=pool.framing, abortable=fallback)
             except PeerError:
                 return _Attempt("unreachable", replay)
 

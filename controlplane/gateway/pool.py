@@ -28,9 +28,10 @@ balancing then tries it last) until a connection or a probe succeeds again; refi
 backoff. A refused or reset peer (its gateway killed) is noticed that way within a round trip. A
 frozen or cut-off one refuses nothing, so while the pool is in use (a tunnel lent in the last
 demand window) it is also *probed*: every `Limits.probe_interval` the idle tunnel unused the
-longest answers `GET /healthz` within `Limits.probe_timeout`, or the peer is marked down. Marking a
-peer down also aborts the tunnels of the CONNECTs still waiting for its answer whose connections
-have another source to go to (`expect_answer`): egress replays their bytes there instead of
+longest (or, when every tunnel is lent, a new one, handshake included) answers `GET /healthz`
+within `Limits.probe_timeout`, or the peer is marked down. Marking a
+peer down also aborts the tunnels of the CONNECTs still waiting for its answer, and the connects
+of acquires, whose connections have another source to go to (`expect_answer`, `acquire(abortable=True)`): egress replays their bytes there instead of
 waiting out --response-timeout. This is the sub-second failover the heartbeats (seconds) only
 back up.
 """
@@ -131,6 +132,8 @@ class TunnelPool:
         self._use_framing = framing  # we may frame tunnels (--framed-tunnels)
         # CONNECTs waiting for the peer's answer whose connection could go to another source.
         self._waiting: weakref.WeakSet[PeerConnection] = weakref.WeakSet()
+        self._connecting: set[asyncio.Future[PeerConnection]] = set()  # abortable acquires' connects
+        self._probing = 0  # idle tunnels out for a probe (they count as idle: no refill for them)
         self._lent_at = -demand_window  # when a tunnel was last lent (probing runs while in use)
 
     @property
@@ -148,7 +151,7 @@ class TunnelPool:
         return min(self.max_size, max(self.size, peak))
 
     def _changed(self) -> None:
-        self._metrics.child(self._metrics.pool_idle, self.name).set(len(self._idle))
+        self._metrics.child(self._metrics.pool_idle, self.name).set(len(self._idle) + self._probing)
 
     def update(self, peer: PeerView) -> None:
         """A new snapshot's view of the peer; connections to gateways it no longer has are dropped."""
@@ -165,11 +168,13 @@ class TunnelPool:
 
     # --- taking and giving back --------------------------------------------------------------
 
-    async def acquire(self, *, returns: bool = True) -> tuple[PeerConnection, bool]:
+    async def acquire(self, *, returns: bool = True, abortable: bool = False) -> tuple[PeerConnection, bool]:
         """A ready connection (True: from the pool) or a new one; raises PeerUnreachable.
 
         `returns`: the caller gives it back soon (`release`: an exchange, a framed tunnel), so the
-        pool does not replace it unless it stays away longer than `RETURN_GRACE`."""
+        pool does not replace it unless it stays away longer than `RETURN_GRACE`. `abortable`:
+        the caller has another source, so a connect is given up (PeerUnreachable) as soon as the
+        peer is marked down, instead of after --connect-timeout."""
         while self._idle:
             conn = self._idle.popleft()
             conn.stream.set_watcher(None)
@@ -181,9 +186,26 @@ class TunnelPool:
             conn.abort()
         self._changed()
         self._metrics.child(self._metrics.pool_acquires, self.name, "miss").inc()
-        conn = await self._connect()
+        if abortable:
+            conn = await self._abortable_connect()
+        else:
+            conn = await self._connect()
         self._lend(conn, returns)
         return conn, False
+
+    async def _abortable_connect(self) -> PeerConnection:
+        task = asyncio.ensure_future(self._connect())
+        self._connecting.add(task)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and (current is None or not current.cancelling()):
+                raise PeerUnreachable(f"peer {self.name!r} was marked down while connecting") from None
+            task.cancel()
+            raise
+        finally:
+            self._connecting.discard(task)
 
     def _lend(self, conn: PeerConnection, returns: bool) -> None:
         now = time.monotonic()
@@ -195,7 +217,7 @@ class TunnelPool:
             self._demand.observe(len(self._lent), now)
         else:
             self._taken = True
-        if len(self._idle) + self._returning(now) < self.size:
+        if len(self._idle) + self._probing + self._returning(now) < self.size:
             self._wake.set()  # the upkeep loop refills
 
     def _returning(self, now: float) -> int:
@@ -261,6 +283,10 @@ class TunnelPool:
         self._waiting.clear()
         for conn in waiting:
             conn.abort()  # egress sees the exchange fail, the peer down: it goes to the next source
+        current = asyncio.current_task()
+        for task in list(self._connecting):
+            if task is not current:
+                task.cancel()  # an abortable acquire's connect: its caller goes to the next source
 
     def report_stale(self) -> None:
         """A pooled connection broke when it was used."""
@@ -289,13 +315,16 @@ class TunnelPool:
 
     # --- connecting --------------------------------------------------------------------------
 
-    async def _connect(self) -> PeerConnection:
+    async def _connect(self, *, timeout: float | None = None, reason: str = "connect") -> PeerConnection:
+        """A new tunnel to the first gateway of the peer that answers (within `timeout`, default
+        --connect-timeout); when none does, the peer is marked down (for `reason`)."""
         peer = self.peer
         if not peer.gateways:
-            self._peer_down("connect", "it has no gateways")
+            self._peer_down(reason, "it has no gateways")
             raise PeerUnreachable(f"peer {peer.name!r} has no gateways")
         context = self._tls.client_context()
-        timeout, liveness = self._limits.connect_timeout, self._limits.liveness_timeout
+        timeout = self._limits.connect_timeout if timeout is None else timeout
+        liveness = self._limits.liveness_timeout
 
         def attempt(gateway: tuple[str, int]):  # type: ignore[no-untyped-def]
             return lambda: PeerConnection.open(gateway, peer_name=peer.name, context=context, timeout=timeout,
@@ -307,7 +336,7 @@ class TunnelPool:
         except PeerUnreachable as exc:
             self._metrics.child(self._metrics.tunnel_failures, peer.name, "connect").inc()
             self._session_at = None  # whatever comes back may be another server
-            self._peer_down("connect", exc)
+            self._peer_down(reason, exc)
             raise PeerUnreachable(f"peer {peer.name!r} is unreachable: {exc}") from None
         self._count_handshake(conn)
         if self._health.mark(peer.name, True, "connect"):
@@ -396,20 +425,33 @@ class TunnelPool:
             if now - self._lent_at > self._demand.window:
                 continue  # not in use: the keepalive checks are enough
             usable = [c for c in self._idle if c.usable]
-            if not usable:
-                continue  # all lent (their own traffic and liveness speak), or being refilled
-            conn = min(usable, key=lambda c: c.last_used)
-            self._idle.remove(conn)
-            conn.stream.set_watcher(None)
-            self._changed()
+            probing = bool(usable)
+            if usable:
+                conn = min(usable, key=lambda c: c.last_used)
+                self._idle.remove(conn)
+                conn.stream.set_watcher(None)
+                self._probing += 1
+            else:
+                # All lent (e.g. taken by connections now waiting for a frozen peer): probe on a new
+                # tunnel, which has the probe's time for its handshake too (and joins the pool).
+                try:
+                    conn = await self._connect(timeout=timeout, reason="probe")
+                except PeerUnreachable:
+                    self._wake.set()
+                    continue  # marked down; the waiting CONNECTs were aborted
             try:
                 await conn.healthz(timeout=timeout)
             except ExchangeFailed as exc:
                 conn.abort()
+                self._probing -= probing
                 self._metrics.child(self._metrics.tunnel_failures, self.name, "probe").inc()
                 self._peer_down("probe", exc)
                 self._wake.set()  # the upkeep replaces it (and its connect tells more)
                 continue
+            except asyncio.CancelledError:
+                conn.abort()
+                raise
+            self._probing -= probing
             self.learn(conn)
             if self._health.mark(self.name, True, "probe"):
                 log.info("Peer %s answers probes again: marked up", self.name)
@@ -433,7 +475,7 @@ class TunnelPool:
             self._drop_dead()
             now = time.monotonic()
             self._trim(now)
-            if len(self._idle) + self._returning(now) < self.size:
+            if len(self._idle) + self._probing + self._returning(now) < self.size:
                 if self._taken:
                     self._taken = False
                     await asyncio.sleep(REFILL_DELAY)

@@ -47,10 +47,10 @@ def test_new_connections_fail_over_to_the_other_peer(trio, fault: str) -> None: 
     report = f"{fault}: {r}\n{fab.logs()}\n{r}"
     assert sum(1 for o in outcomes if o.end < fault_at and o.ok) > 20, report  # the load ran before the fault
     assert {o.server for o in outcomes if o.end < fault_at} == {"cl1", "cl2"}, report
-    # What started after the fault never failed: it went to cl2 (at most a connection in flight at
-    # the fault, inside cl1, is lost).
-    assert [o for o in outcomes if o.start >= fault_at and not o.ok] == [], report
-    assert r.failed <= 1, report
+    # What started after the fault never failed: it went to cl2 (only connections in flight inside
+    # cl1 at the fault, at most one per client, are lost).
+    assert r.failed_new == 0, report
+    assert r.failed <= 4, report
     assert r.recovery < RECOVERY_BOUND, report
     assert set(r.servers_after) == {"cl2"} and r.servers_after["cl2"] > 50, report
     # cl1 back (restarted, thawed, healed): the probes or a refill's connect mark it up again

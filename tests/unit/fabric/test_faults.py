@@ -19,7 +19,7 @@ def test_parse_skips_other_lines_and_sorts_by_start() -> None:
 def test_no_disturbance_is_zero_recovery() -> None:
     outcomes = [Outcome(t / 100, t / 100 + 0.005, 0, "ab"[t % 2]) for t in range(300)]
     r = recovery(outcomes, fault_at=1.0)
-    assert (r.recovery, r.failed, r.disturbed) == (0.0, 0, 0)
+    assert (r.recovery, r.failed, r.failed_new, r.disturbed) == (0.0, 0, 0, 0)
     assert r.slow == MIN_SLOW
     assert r.servers_after == {"a": 100, "b": 100}
 
@@ -33,8 +33,16 @@ def test_a_slow_and_a_failed_connection_set_the_recovery() -> None:
     late_blip = Outcome(20.0, 21.0, 0, "b")  # after the window: not this fault's doing
     r = recovery(before + [in_flight, waited] + after + [late_blip], fault_at=1.0)
     assert abs(r.slow - 0.3) < 1e-9
-    assert (r.failed, r.disturbed) == (1, 2)
+    assert (r.failed, r.failed_new, r.disturbed) == (1, 0, 1)  # the one in flight is lost, not disturbed
     assert abs(r.recovery - 0.95) < 1e-9
     assert r.servers_after == {"b": 50}
     assert r.failures == ["4: reset"]
     assert r.connections == 51  # started after the fault, within the window (not the one in flight)
+
+
+def test_a_failed_new_connection_counts_as_disturbed() -> None:
+    before = [Outcome(t / 100, t / 100 + 0.005, 0, "a") for t in range(100)]
+    r = recovery(before + [Outcome(1.2, 1.21, 4, "reset"), Outcome(1.3, 1.31, 0, "b")], fault_at=1.0)
+    assert (r.failed, r.failed_new, r.disturbed) == (1, 1, 1)
+    assert abs(r.recovery - 0.21) < 1e-9
+    assert r.servers_after == {"b": 1}
