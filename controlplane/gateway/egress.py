@@ -37,7 +37,7 @@ from .counters import SharedCounters
 from .decisions import egress_check, egress_src
 from .health import PeerHealth
 from .lb import RANDOM, ROUND_ROBIN, source_order
-from .logthrottle import LogThrottle
+from .logthrottle import LogThrottle, attributes
 from .metrics import UNKNOWN_LABEL, GatewayMetrics
 from .pool import TunnelPool, TunnelPools
 from .relay import Relay, RelayMeter
@@ -181,8 +181,10 @@ class Egress:
                 self._metrics.child(self._metrics.authz_decisions, DIRECTION, verdict, decision.tier.value).inc()
                 if not decision.allowed:
                     result = "denied"
-                    log.debug("Egress to %s/%s on peer %s for Import %s denied by %s", source.export_namespace,
-                              source.export_name, peer.name, imp.ref, decision.policy)
+                    self._throttle.info(f"denied:{imp.ref}:{peer.name}:{decision.policy}", "Egress for Import %s to "
+                                        "%s/%s on peer %s denied by policy %s (client: %s)", imp.ref,
+                                        source.export_namespace, source.export_name, peer.name, decision.policy,
+                                        attributes(src))
                     continue
                 assert replay is not None
                 attempt = await self._try_source(client, imp, source, peer, src, replay, started,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from controlplane.peerwire import codec, framing
 from controlplane.peerwire.server import CLOSED, NEED_DATA, BadRequest, Request, ServerConnection, connect_accepted
@@ -37,7 +37,7 @@ from controlplane.tokens import TokenError
 from .accessgrants import VerifiedGrants
 from .config import Limits
 from .decisions import ingress_check
-from .logthrottle import LogThrottle
+from .logthrottle import LogThrottle, attributes
 from .metrics import UNCONFIGURED_PEER_LABEL, UNKNOWN_LABEL, GatewayMetrics
 from .relay import Relay, RelayMeter
 from .state import ExportView, GatewayState
@@ -288,11 +288,17 @@ class Ingress:
         self._count_decision(check.decision)
         if not check.decision.allowed:
             self._count(export.ref, presenting, "denied")
+            self._log_denial(export.ref, presenting, check.decision.policy, authz.src_attributes)
             return 403, [], f"access to {export.ref} denied by policy {check.decision.policy}\n".encode()
         if state.authority is None:
             return 503, [], b"this gateway has no token key yet\n"
         token = state.authority.mint_access_token(presenting, export.namespace, export.name, check.src)
         return 200, [(codec.ACCESS_TOKEN_HEADER, token)], b""
+
+    def _log_denial(self, export: str, peer: str, policy: str, src: Mapping[str, str]) -> None:
+        """A policy denial at info level, at most one line per (Export, peer, policy) per 10 s."""
+        self._throttle.info(f"denied:{export}:{peer}:{policy}", "Ingress from peer %s to Export %s denied by "
+                            "policy %s (client: %s)", peer, export, policy, attributes(src))
 
     def _count(self, service: str, peer: str, result: str) -> None:
         """Count a connection; `service` is an Export that exists (or UNKNOWN_LABEL); a peer
@@ -339,6 +345,7 @@ class Ingress:
         self._count_decision(check.decision)
         if not check.decision.allowed:
             self._count(ref, presenting, "denied")
+            self._log_denial(ref, presenting, check.decision.policy, grant.src_attributes)
             return await self._refuse(stream, http, 403, f"access to {ref} denied by policy {check.decision.policy}")
 
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 
 class LogThrottle:
@@ -35,8 +35,19 @@ class LogThrottle:
         self._logger.log(level, msg, *args, exc_info=exc_info)
         return True
 
+    def info(self, key: str, msg: str, *args: object) -> bool:
+        return self.log(logging.INFO, key, msg, *args)
+
     def warning(self, key: str, msg: str, *args: object) -> bool:
         return self.log(logging.WARNING, key, msg, *args)
 
     def error(self, key: str, msg: str, *args: object, exc_info: BaseException | None = None) -> bool:
         return self.log(logging.ERROR, key, msg, *args, exc_info=exc_info)
+
+
+def attributes(attrs: Mapping[str, str], limit: int = 300) -> str:
+    """Client attributes for a log line: `k=v, ...` in key order, cut at `limit` characters, anything
+    unprintable (a remote peer sends them) as `?`."""
+    text = ", ".join(f"{k}={v}" for k, v in sorted(attrs.items())) or "none known"
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -114,3 +114,26 @@ def test_policy_change_applies_to_the_next_connection_with_a_cached_token(net: F
     sock = open_import(net.echo_port)
     assert greeting(sock) == "echo"
     sock.close()
+
+
+def _denials(gateway, policy_name: str) -> list[str]:  # type: ignore[no-untyped-def]
+    return [line for line in gateway.log_path.read_text().splitlines()
+            if "denied by policy" in line and policy_name in line]
+
+
+def test_denials_are_logged_at_info_but_rate_limited(net: Fabric) -> None:
+    """A user must see why a connection was refused without a debug log, and a client retrying in a
+    loop must not flood it: one line per (Import or Export, peer, policy) per 10 s and worker."""
+    net.publish_east(policies=[policy("allow-all", ALLOW_ALL), deny("no-echo-out", to={A.EXPORT_NAME: "echo"})])
+    for _ in range(10):
+        expect_reset(lambda: open_import(net.echo_port))
+    lines = _denials(net.east, "no-echo-out")
+    assert 1 <= len(lines) <= 2, lines  # two workers, each with its own limit
+    assert " INFO " in lines[0] and "Import" in lines[0] and "peer west" in lines[0], lines
+    net.publish_east()
+    net.publish_west(policies=[policy("allow-all", ALLOW_ALL), deny("not-east-in", from_={A.PEER_NAME: "east"})])
+    for _ in range(10):
+        expect_reset(lambda: open_import(net.echo_port))
+    lines = _denials(net.west, "not-east-in")
+    assert 1 <= len(lines) <= 2, lines
+    assert " INFO " in lines[0] and "from peer east to Export" in lines[0], lines

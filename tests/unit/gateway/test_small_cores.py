@@ -130,3 +130,13 @@ def test_every_flag_is_documented() -> None:
                  "--peer-probe-interval", "--peer-probe-timeout"):
         assert flag in text
     assert "--worker-index" not in text and "CLUSTERLINK_POOL_SIZE" in text
+
+
+def test_client_attributes_in_a_log_line_are_sorted_printable_and_bounded() -> None:
+    from controlplane.gateway.logthrottle import attributes
+
+    assert attributes({"b": "2", "a": "1"}) == "a=1, b=2"
+    assert attributes({}) == "none known"
+    assert attributes({"x": "evil\nINFO forged line\x1b[31m"}) == "x=evil?INFO forged line?[31m"
+    long = attributes({"k": "v" * 1000})
+    assert len(long) == 303 and long.endswith("...")
