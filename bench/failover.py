@@ -17,9 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import yaml
-
 from bench.settings import Settings
+from bench.world import ALLOW_ALL, manifest
 from fabric.faults import FAULTS, measure, recovery
 from fabric.peer import ClusterLinkFabric, Peer, Pod
 from fabric.workloads import EXIT_OK
@@ -31,16 +30,6 @@ IMPORT = "bench-failover"
 EXPORTERS = ("west", "south")
 FAULTY = "west"
 READY_TIMEOUT_S = 30.0
-
-ALLOW_ALL = {"apiVersion": "clusterlink.net/v1alpha1", "kind": "AccessPolicy",
-             "metadata": {"name": "bench-allow-all", "namespace": "default"},
-             "spec": {"action": "allow", "from": [{"workloadSelector": {}}], "to": [{"workloadSelector": {}}]}}
-
-
-def _doc(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": "clusterlink.net/v1alpha1", "kind": kind,
-            "metadata": {"name": name, "namespace": "default"}, "spec": spec}
-
 
 class FailoverWorld:
     def __init__(self, threads: int) -> None:
@@ -69,11 +58,11 @@ class FailoverWorld:
             servers[name].serve_http_echo(PORT, name=name)
         fab.wait_reachable(timeout=READY_TIMEOUT_S)
         for name in EXPORTERS:
-            self.peers[name].apply(yaml.safe_dump_all([
-                _doc("LocalService", IMPORT, {"host": servers[name].ip}), _doc("Export", IMPORT, {"port": PORT}),
-                ALLOW_ALL]))
+            self.peers[name].apply("---\n".join([
+                manifest("LocalService", IMPORT, {"host": servers[name].ip}),
+                manifest("Export", IMPORT, {"port": PORT}), ALLOW_ALL]))
             self.peers[name].wait_condition("Export", IMPORT, "ExportValid", timeout=READY_TIMEOUT_S)
-        east.apply(yaml.safe_dump_all([_doc("Import", IMPORT, {"port": PORT, "sources": [
+        east.apply("---\n".join([manifest("Import", IMPORT, {"port": PORT, "sources": [
             {"peer": name, "exportName": IMPORT, "exportNamespace": "default"} for name in EXPORTERS]}), ALLOW_ALL]))
         self.url = f"http://{east.vip(IMPORT, timeout=READY_TIMEOUT_S)}:{PORT}/"
 

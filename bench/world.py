@@ -48,7 +48,7 @@ spec:
 """
 
 
-def _doc(kind: str, name: str, spec: dict) -> str:
+def manifest(kind: str, name: str, spec: dict) -> str:
     return yaml.safe_dump({"apiVersion": "clusterlink.net/v1alpha1", "kind": kind,
                            "metadata": {"name": name, "namespace": "default"}, "spec": spec}, sort_keys=False)
 
@@ -128,11 +128,11 @@ class World:
         west_server = self.servers["west"]
         docs = []
         for s, name in IMPORTS.items():
-            docs += [_doc("LocalService", name, {"host": west_server.ip}), _doc("Export", name, {"port": SERVICE_PORTS[s]})]
+            docs += [manifest("LocalService", name, {"host": west_server.ip}), manifest("Export", name, {"port": SERVICE_PORTS[s]})]
         self.west.apply("---\n".join(docs + [ALLOW_ALL]))
         for service in IMPORTS.values():
             self.west.wait_condition("Export", service, "ExportValid", timeout=READY_TIMEOUT_S)
-        imports = [_doc("Import", IMPORTS[s], {"port": SERVICE_PORTS[s], "sources": [
+        imports = [manifest("Import", IMPORTS[s], {"port": SERVICE_PORTS[s], "sources": [
             {"peer": "west", "exportName": IMPORTS[s], "exportNamespace": "default"}]}) for s in IMPORTS]
         self.east.apply("---\n".join(imports + [ALLOW_ALL]))
         for s, name in IMPORTS.items():

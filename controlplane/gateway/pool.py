@@ -384,18 +384,28 @@ class TunnelPool:
             conn.stream.set_watcher(None)
             self._changed()
             try:
-                await conn.healthz(timeout=self._limits.response_timeout)
+                await self._check(conn, self._limits.response_timeout, "keepalive")
             except ExchangeFailed as exc:
-                conn.abort()
-                self._metrics.child(self._metrics.tunnel_failures, self.name, "keepalive").inc()
                 self._throttle.warning(f"keepalive:{self.name}", "A pooled tunnel to peer %s failed its health "
                                        "check and was dropped: %s", self.name, exc)
-                continue
-            self.learn(conn)
-            if self._closed or len(self._idle) >= self.target() or not conn.usable:  # e.g. its request cap reached
-                conn.close()
-            else:
-                self._add_idle(conn)
+
+    async def _check(self, conn: PeerConnection, timeout: float, reason: str) -> None:
+        """`GET /healthz` on a tunnel taken out of the pool: answered, it goes back (if still wanted);
+        not, it is aborted, counted as a tunnel failure for `reason`, and ExchangeFailed raised."""
+        try:
+            await conn.healthz(timeout=timeout)
+        except ExchangeFailed:
+            conn.abort()
+            self._metrics.child(self._metrics.tunnel_failures, self.name, reason).inc()
+            raise
+        except asyncio.CancelledError:
+            conn.abort()
+            raise
+        self.learn(conn)
+        if self._closed or len(self._idle) >= self.target() or not conn.usable:  # e.g. its request cap reached
+            conn.close()
+        else:
+            self._add_idle(conn)
 
     def _drop_dead(self) -> None:
         for conn in [c for c in self._idle if not c.usable]:
@@ -425,12 +435,10 @@ class TunnelPool:
             if now - self._lent_at > self._demand.window:
                 continue  # not in use: the keepalive checks are enough
             usable = [c for c in self._idle if c.usable]
-            probing = bool(usable)
             if usable:
                 conn = min(usable, key=lambda c: c.last_used)
                 self._idle.remove(conn)
                 conn.stream.set_watcher(None)
-                self._probing += 1
             else:
                 # All lent (e.g. taken by connections now waiting for a frozen peer): probe on a new
                 # tunnel, which has the probe's time for its handshake too (and joins the pool).
@@ -439,26 +447,18 @@ class TunnelPool:
                 except PeerUnreachable:
                     self._wake.set()
                     continue  # marked down; the waiting CONNECTs were aborted
+            self._probing += 1  # counts as idle meanwhile: no refill handshake for it
             try:
-                await conn.healthz(timeout=timeout)
+                await self._check(conn, timeout, "probe")
             except ExchangeFailed as exc:
-                conn.abort()
-                self._probing -= probing
-                self._metrics.child(self._metrics.tunnel_failures, self.name, "probe").inc()
                 self._peer_down("probe", exc)
                 self._wake.set()  # the upkeep replaces it (and its connect tells more)
                 continue
-            except asyncio.CancelledError:
-                conn.abort()
-                raise
-            self._probing -= probing
-            self.learn(conn)
+            finally:
+                self._probing -= 1
+                self._changed()
             if self._health.mark(self.name, True, "probe"):
                 log.info("Peer %s answers probes again: marked up", self.name)
-            if self._closed or len(self._idle) >= self.target() or not conn.usable:
-                conn.close()
-            else:
-                self._add_idle(conn)
 
     async def run(self) -> None:
         """Refill and check the pool (and probe the peer) until cancelled."""
