@@ -2,8 +2,8 @@
 
 The proxy keeps plain integer counters (agent.proxy.metrics.ProxyMetrics); a collector reads them at
 scrape time as clusterlink_agent_proxy_*. The agent's own process (resident memory, CPU, open fds,
-start time) is exposed by prometheus_client's process collector as clusterlink_agent_process_*,
-e.g. clusterlink_agent_process_resident_memory_bytes, read from /proc at scrape time.
+start time) is clusterlink_process_*{component="agent", process="main"} (`buildinfo`, as for every
+component), e.g. clusterlink_process_resident_memory_bytes, read from /proc at scrape time.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from agent.proxy.metrics import ProxyMetrics
@@ -41,8 +41,6 @@ class AgentMetrics:
         buildinfo.register(r, "agent", event_loop=event_loop)
         self.proxy = ProxyMetrics()
         r.register(_ProxyCollector(self.proxy))
-        # Our registry is not prometheus_client's default one, which registers this by itself.
-        ProcessCollector(namespace="clusterlink_agent", registry=r)
         self.redirected = Counter("clusterlink_agent_redirected_connections_total",
                                   "Connections redirected by the kernel and sent to the gateway, by import",
                                   ["import_namespace", "import_name"], registry=r)

@@ -1,9 +1,10 @@
-"""Metrics every component serves about itself: what is running and, for the gateway, each process.
+"""Metrics every component serves about itself: what is running, and the figures of its processes.
 
     clusterlink_build_info{component, version, python, event_loop}          1
 
-and, for a component made of several processes (the gateway: a supervisor and its workers), one
-set of process figures per process, from /proc when scraped (`Processes`):
+and one set of process figures per process, from /proc when scraped (`Processes`), under one
+name scheme for every component: `process` is "main" for the agent and the control plane (one
+process each), "supervisor" and "worker-N" for the gateway:
 
     clusterlink_process_resident_memory_bytes{component, process}
     clusterlink_process_cpu_seconds_total{component, process}
@@ -12,7 +13,7 @@ set of process figures per process, from /proc when scraped (`Processes`):
 
 Certificate expiry is `controlplane.certmetrics` (it needs the PKI, which the agent must not import).
 
-    register(registry, component, event_loop="uvloop")
+    register(registry, component, event_loop="uvloop", processes=None)
     version() -> str     the installed distribution's version ("unknown (not installed)" in a bare tree)
 """
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 # from here).
 
 DISTRIBUTION = "clusterlink"
+MAIN_PROCESS = "main"  # the `process` label of a component that is one process
 
 
 def version() -> str:
@@ -119,5 +121,10 @@ class Processes:
         yield from (rss, cpu, fds, start)
 
 
-def register(registry: CollectorRegistry, component: str, *, event_loop: str = "") -> None:
+def register(registry: CollectorRegistry, component: str, *, event_loop: str = "",
+             processes: Callable[[], Mapping[str, int]] | None = None) -> None:
+    """Build info and process figures of `component`; `processes` names its processes (default:
+    this one, as "main")."""
     registry.register(BuildInfo(component, event_loop))
+    pid = os.getpid()
+    registry.register(Processes(component, processes or (lambda: {MAIN_PROCESS: pid})))

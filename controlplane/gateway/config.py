@@ -78,6 +78,7 @@ class GatewayConfig:
     log_format: str
     event_loop: str = "auto"
     serve_unconfigured_peers: bool = False  # --unconfigured-peers serve
+    access_log: bool = False  # --access-log on
     worker_index: int | None = None
     runtime_dir: Path | None = None
     supervisor_pid: int | None = None
@@ -182,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
               help="A remote gateway whose fabric certificate names no configured Peer object: refuse "
                    "(default; 403 to every request on the peer port) or serve it (policies still decide; "
                    "its metrics are labelled peer=\"unconfigured\")")
+    flags.add(p, "--access-log", default="off", choices=["off", "on"],
+              help="on: one line per connection when it ends (logger clusterlink.access, info level whatever "
+                   "--log-level says, in --log-format): connection id, direction, Import or Export, peer, "
+                   "client attributes, bytes each way, duration, setup time and result")
     flags.add(p, "--max-connections", default=d.max_connections, type=_positive_int,
               help="Concurrent client connections (peer, agent and import ports together), split between workers")
     flags.add(p, "--max-requests-per-connection", default=d.max_requests, type=_positive_int,
@@ -254,5 +259,6 @@ def load_config(argv: Sequence[str] | None = None) -> GatewayConfig:
         token_lifetime=a.token_lifetime, pool_size=a.pool_size, pool_keepalive=a.pool_keepalive,
         pool_max_size=a.pool_max_size, pool_demand_window=a.pool_demand_window,
         framed_tunnels=a.framed_tunnels == "on", serve_unconfigured_peers=a.unconfigured_peers == "serve",
+        access_log=a.access_log == "on",
         limits=limits, log_level=a.log_level, log_format=a.log_format, event_loop=a.event_loop,
         worker_index=a.worker_index, runtime_dir=a.runtime_dir, supervisor_pid=a.supervisor_pid)

@@ -25,11 +25,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from controlplane.api.attributes import only_client
+from controlplane.api.logsetup import fields
 from controlplane.api.preamble import Preamble, PreambleError, PreambleReader
 from controlplane.peerwire.client import ExchangeFailed, PeerConnection, PeerError
 from controlplane.peerwire.stream import Stream, StreamError
 from controlplane.tokens import TokenError
 
+from .accesslog import AccessLog
 from .agentcredentials import AgentCredentials
 from .authorizer import AuthzRefused, RemoteAuthorizer
 from .config import Limits
@@ -57,10 +59,20 @@ class _Attempt:
     client_gone: bool = False
 
 
+@dataclass
+class _Client:
+    """One client connection: what its access-log line and its metrics need."""
+
+    started: float  # time.monotonic() at accept
+    imp: ImportView
+    attrs: Mapping[str, str]
+    conn_id: str = ""  # set when the access log is on
+
+
 class Egress:
     def __init__(self, *, state: Callable[[], GatewayState], pools: TunnelPools, authorizer: RemoteAuthorizer,
                  counters: SharedCounters, health: PeerHealth, metrics: GatewayMetrics, limits: Limits,
-                 meter: RelayMeter) -> None:
+                 meter: RelayMeter, access: AccessLog | None = None) -> None:
         self._state = state
         self._pools = pools
         self._authorizer = authorizer
@@ -71,6 +83,7 @@ class Egress:
         self._meter = meter
         self._throttle = LogThrottle(log, interval=10.0)
         self._credentials = AgentCredentials()
+        self._access = access or AccessLog(False)
 
     # --- entry points ------------------------------------------------------------------------
 
@@ -109,10 +122,12 @@ class Egress:
             # The label is fixed: only configured objects name a series (the name is in the log).
             self._count(UNKNOWN_LABEL, "", "unknown-import")
             self._throttle.warning("unknown-import", "Agent-port connection from %s reset: no Import %s/%s",
-                                   _peer(stream), preamble.import_namespace[:100], preamble.import_name[:100])
+                                   _peer(stream), preamble.import_namespace[:100], preamble.import_name[:100],
+                                   extra=fields(direction=DIRECTION, result="unknown-import"))
             stream.abort()
             return
-        await self._forward(stream, state, imp, only_client(preamble.client), started)
+        await self._forward(stream, state, _Client(started, imp, only_client(preamble.client),
+                                                   self._access.new_id()))
 
     async def serve_import(self, stream: Stream, port: int) -> None:
         """A connection on an Import's target port: no preamble, unknown client."""
@@ -123,7 +138,7 @@ class Egress:
             self._count(UNKNOWN_LABEL, "", "unknown-import")
             stream.abort()
             return
-        await self._forward(stream, state, imp, {}, started)
+        await self._forward(stream, state, _Client(started, imp, {}, self._access.new_id()))
 
     async def _read_preamble(self, stream: Stream) -> Preamble | None:
         """The preamble; None when the connection ended cleanly before its first byte."""
@@ -147,9 +162,19 @@ class Egress:
     def _count(self, service: str, peer: str, result: str) -> None:
         self._metrics.child(self._metrics.connections, DIRECTION, service, peer, result).inc()
 
-    async def _forward(self, client: Stream, state: GatewayState, imp: ImportView, client_attrs: Mapping[str, str],
-                       started: float) -> None:
-        src = egress_src(state, client_attrs)
+    def _end(self, ctx: _Client, peer: str, result: str, *, setup: float | None = None, to_service: int = 0,
+             to_client: int = 0, tried: str = "") -> None:
+        """A connection of an Import ended: count it, and its access-log line (`tried`: the last
+        peer tried, for a connection that no peer carried; its metrics have no peer)."""
+        self._count(ctx.imp.ref, peer, result)
+        if ctx.conn_id:
+            self._access.write(conn=ctx.conn_id, direction=DIRECTION, service_kind="import", service=ctx.imp.ref,
+                               peer=peer or tried, client=ctx.attrs, result=result, started=ctx.started, setup=setup,
+                               to_service=to_service, to_client=to_client)
+
+    async def _forward(self, client: Stream, state: GatewayState, ctx: _Client) -> None:
+        imp = ctx.imp
+        src = egress_src(state, ctx.attrs)
         scheme = imp.lb_scheme
         counter = self._counters.increment(imp.ref) if scheme == ROUND_ROBIN else 0
         rnd = random.getrandbits(32) if scheme == RANDOM else 0
@@ -161,6 +186,7 @@ class Egress:
         order = source_order(scheme, len(imp.sources), counter=counter, random_value=rnd, unreachable=unreachable)
         replay: bytearray | None = bytearray()
         result = "no-source"
+        tried = ""
         try:
             for attempt_no, index in enumerate(order):
                 if attempt_no and scheme == ROUND_ROBIN:
@@ -175,25 +201,29 @@ class Egress:
                     self._throttle.warning(f"unknown-peer:{imp.ref}:{source.peer}", "Import %s: source peer %s is "
                                            "not a known Peer; trying the next source", imp.ref, source.peer)
                     continue
+                tried = peer.name
                 check = egress_check(state, imp, source, peer, src)
                 decision = check.decision
                 verdict = "allow" if decision.allowed else "deny"
                 self._metrics.child(self._metrics.authz_decisions, DIRECTION, verdict, decision.tier.value).inc()
                 if not decision.allowed:
                     result = "denied"
+                    client_text = attributes(src)
                     self._throttle.info(f"denied:{imp.ref}:{peer.name}:{decision.policy}", "Egress for Import %s to "
                                         "%s/%s on peer %s denied by policy %s (client: %s)", imp.ref,
                                         source.export_namespace, source.export_name, peer.name, decision.policy,
-                                        attributes(src))
+                                        client_text, extra=fields(
+                                            conn=ctx.conn_id, direction=DIRECTION, import_=imp.ref, peer=peer.name,
+                                            verdict="deny", policy=decision.policy, client=client_text))
                     continue
                 assert replay is not None
-                attempt = await self._try_source(client, imp, source, peer, src, replay, started,
+                attempt = await self._try_source(client, ctx, source, peer, src, replay,
                                                  fallback=attempt_no + 1 < len(order))
                 if attempt is None:
                     return
                 result = attempt.result
                 if attempt.client_gone:
-                    self._count(imp.ref, peer.name, "client-reset")
+                    self._end(ctx, peer.name, "client-reset")
                     return
                 replay = attempt.replay
                 if replay is None:
@@ -202,15 +232,15 @@ class Egress:
         except asyncio.CancelledError:
             client.abort()
             raise
-        self._count(imp.ref, "", result)
+        self._end(ctx, "", result, tried=tried)
         client.abort()
 
-    async def _try_source(self, client: Stream, imp: ImportView, source: SourceView, peer: PeerView,
-                          src: Mapping[str, str], replay: bytearray, started: float, *,
-                          fallback: bool = False) -> _Attempt | None:
+    async def _try_source(self, client: Stream, ctx: _Client, source: SourceView, peer: PeerView,
+                          src: Mapping[str, str], replay: bytearray, *, fallback: bool = False) -> _Attempt | None:
         """Carry the connection through `source`; None when it was carried (and is now finished).
         `fallback`: another source follows, so a peer marked down while we wait for its answer is
         given up at once (the pool aborts the tunnel) instead of after --response-timeout."""
+        imp = ctx.imp
         pool = self._pools.get(peer)
         retried = False
         while True:
@@ -281,7 +311,7 @@ class Egress:
                 return _Attempt("remote-error", kept)
 
             if 200 <= response.status < 300:
-                await self._carry(client, conn, relay, imp, pool, started)
+                await self._carry(client, conn, relay, ctx, pool)
                 return None
 
             kept = relay.detach_upstream()
@@ -293,16 +323,18 @@ class Egress:
             log.debug("Egress for Import %s: peer %s refused CONNECT: %s", imp.ref, peer.name, response.summary())
             return _Attempt(_refusal(response.status), kept)
 
-    async def _carry(self, client: Stream, conn: PeerConnection, relay: Relay, imp: ImportView, pool: TunnelPool,
-                     started: float) -> None:
+    async def _carry(self, client: Stream, conn: PeerConnection, relay: Relay, ctx: _Client,
+                     pool: TunnelPool) -> None:
         if relay.upstream_started:
             relay.commit()
         else:
             relay.start_upstream()
-        self._metrics.child(self._metrics.setup_seconds, DIRECTION).observe(time.monotonic() - started)
+        labels = (DIRECTION, ctx.imp.ref, pool.name)
+        setup = time.monotonic()
+        self._metrics.child(self._metrics.setup_seconds, *labels).observe(setup - ctx.started)
         conn.stream.unread(conn.trailing_data)  # the service's first bytes, raw or framed
         relay.start_downstream()
-        self._meter.track(relay, DIRECTION)
+        self._meter.track(relay, labels)
         active = self._metrics.child(self._metrics.active, DIRECTION)
         active.inc()
         try:
@@ -313,7 +345,8 @@ class Egress:
         finally:
             active.dec()
             self._meter.untrack(relay)
-        self._count(imp.ref, pool.name, "ok" if outcome.outcome == "closed" else "reset")
+        self._end(ctx, pool.name, "ok" if outcome.outcome == "closed" else "reset", setup=setup,
+                  to_service=outcome.client_to_service, to_client=outcome.service_to_client)
         if outcome.reusable:
             conn.recycle()
             pool.release(conn)

@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
+from controlplane.api.logsetup import fields
 from controlplane.peerwire import codec, framing
 from controlplane.peerwire.server import CLOSED, NEED_DATA, BadRequest, Request, ServerConnection, connect_accepted
 from controlplane.peerwire.stream import Stream, StreamError, TcpStream, connect_tcp
@@ -35,6 +36,7 @@ from controlplane.tlsconfig import peer_name_from_peercert
 from controlplane.tokens import TokenError
 
 from .accessgrants import VerifiedGrants
+from .accesslog import AccessLog
 from .config import Limits
 from .decisions import ingress_check
 from .logthrottle import LogThrottle, attributes
@@ -74,7 +76,8 @@ class _Close(Exception):
 
 class Ingress:
     def __init__(self, *, state: Callable[[], GatewayState], metrics: GatewayMetrics, limits: Limits,
-                 meter: RelayMeter, framing: bool = True, serve_unconfigured_peers: bool = False) -> None:
+                 meter: RelayMeter, framing: bool = True, serve_unconfigured_peers: bool = False,
+                 access: AccessLog | None = None) -> None:
         self._state = state
         self._serve_unconfigured = serve_unconfigured_peers
         self._framing_header = (_FRAMING,) if framing else ()
@@ -88,6 +91,7 @@ class Ingress:
         self._limits = limits
         self._meter = meter
         self._throttle = LogThrottle(log, interval=10.0)
+        self._access = access or AccessLog(False)
 
     def certificates_changed(self) -> int:
         """Our certificates (or the CA) changed: a connection authenticated with the old ones must
@@ -274,6 +278,7 @@ class Ingress:
 
     def _authz(self, state: GatewayState, request: Request,
                presenting: str) -> tuple[int, list[tuple[str, str]], bytes]:
+        started = time.monotonic()
         try:
             authz = codec.parse_authz_request(request.body)
         except codec.WireError as exc:
@@ -287,25 +292,42 @@ class Ingress:
         check = ingress_check(state, export, authz.src_attributes, presenting)
         self._count_decision(check.decision)
         if not check.decision.allowed:
-            self._count(export.ref, presenting, "denied")
-            self._log_denial(export.ref, presenting, check.decision.policy, authz.src_attributes)
+            # A refused token request is a refused connection (the peer asks for a token per
+            # connection when it has none cached): it gets its access-log line here.
+            conn = self._access.new_id()
+            self._end(conn, started, export.ref, presenting, "denied", authz.src_attributes)
+            self._log_denial(export.ref, presenting, check.decision.policy, authz.src_attributes, conn)
             return 403, [], f"access to {export.ref} denied by policy {check.decision.policy}\n".encode()
         if state.authority is None:
             return 503, [], b"this gateway has no token key yet\n"
         token = state.authority.mint_access_token(presenting, export.namespace, export.name, check.src)
         return 200, [(codec.ACCESS_TOKEN_HEADER, token)], b""
 
-    def _log_denial(self, export: str, peer: str, policy: str, src: Mapping[str, str]) -> None:
+    def _log_denial(self, export: str, peer: str, policy: str, src: Mapping[str, str], conn: str = "") -> None:
         """A policy denial at info level, at most one line per (Export, peer, policy) per 10 s."""
+        client = attributes(src)
         self._throttle.info(f"denied:{export}:{peer}:{policy}", "Ingress from peer %s to Export %s denied by "
-                            "policy %s (client: %s)", peer, export, policy, attributes(src))
+                            "policy %s (client: %s)", peer, export, policy, client,
+                            extra=fields(conn=conn, direction=DIRECTION, export=export, peer=peer, verdict="deny",
+                                         policy=policy, client=client))
+
+    def _peer_label(self, peer: str) -> str:
+        """A peer without a Peer object (served with --unconfigured-peers serve) is UNCONFIGURED_PEER_LABEL."""
+        return peer if peer in self._state().peers else UNCONFIGURED_PEER_LABEL
 
     def _count(self, service: str, peer: str, result: str) -> None:
-        """Count a connection; `service` is an Export that exists (or UNKNOWN_LABEL); a peer
-        without a Peer object (served with --unconfigured-peers serve) is UNCONFIGURED_PEER_LABEL."""
-        if peer not in self._state().peers:
-            peer = UNCONFIGURED_PEER_LABEL
-        self._metrics.child(self._metrics.connections, DIRECTION, service, peer, result).inc()
+        """Count a connection or request; `service` is an Export that exists (or UNKNOWN_LABEL)."""
+        self._metrics.child(self._metrics.connections, DIRECTION, service, self._peer_label(peer), result).inc()
+
+    def _end(self, conn: str, started: float, service: str, peer: str, result: str,
+             client: Mapping[str, str] | None = None, *, setup: float | None = None, to_service: int = 0,
+             to_client: int = 0) -> None:
+        """A CONNECT ended (refused, or its relay finished): count it, and its access-log line."""
+        self._count(service, peer, result)
+        if conn:
+            self._access.write(conn=conn, direction=DIRECTION, service_kind="export", service=service, peer=peer,
+                               client=client, result=result, started=started, setup=setup,
+                               to_service=to_service, to_client=to_client)
 
     def _count_decision(self, decision) -> None:  # type: ignore[no-untyped-def]
         verdict = "allow" if decision.allowed else "deny"
@@ -322,10 +344,11 @@ class Ingress:
         """Serve a CONNECT; True when it was a framed tunnel that ended cleanly (the connection
         then carries the next request), False when the connection is done."""
         started = time.monotonic()
+        conn = self._access.new_id()
         state = self._state()
         token = codec.bearer_token(request.header("authorization"))
         if token is None:
-            self._count("", presenting, "unauthorized")
+            self._end(conn, started, "", presenting, "unauthorized")
             self._bad("no-token", "CONNECT from peer %s refused: no bearer token", presenting)
             return await self._refuse(stream, http, 401, "a bearer token is required")
         if state.authority is None:
@@ -333,30 +356,31 @@ class Ingress:
         try:
             grant = self._grants.verify(state.authority, token, presenting)
         except TokenError as exc:
-            self._count("", presenting, "unauthorized")
+            self._end(conn, started, "", presenting, "unauthorized")
             self._bad(f"token-{exc.reason}", "CONNECT from peer %s refused: %s", presenting, exc)
             return await self._refuse(stream, http, 401, f"access token refused: {exc.reason}")
         export = _valid_export(state, grant.export_namespace, grant.export_name)
         ref = f"{grant.export_namespace}/{grant.export_name}"
+        client = grant.src_attributes
         if export is None:
-            self._count(UNKNOWN_LABEL, presenting, "not-found")
+            self._end(conn, started, UNKNOWN_LABEL, presenting, "not-found", client)
             return await self._refuse(stream, http, 404, f"no valid export {ref}")
-        check = ingress_check(state, export, grant.src_attributes, presenting)
+        check = ingress_check(state, export, client, presenting)
         self._count_decision(check.decision)
         if not check.decision.allowed:
-            self._count(ref, presenting, "denied")
-            self._log_denial(ref, presenting, check.decision.policy, grant.src_attributes)
+            self._end(conn, started, ref, presenting, "denied", client)
+            self._log_denial(ref, presenting, check.decision.policy, client, conn)
             return await self._refuse(stream, http, 403, f"access to {ref} denied by policy {check.decision.policy}")
 
         try:
             service = await self._open_service(export)
         except TimeoutError:
-            self._count(ref, presenting, "service-timeout")
+            self._end(conn, started, ref, presenting, "service-timeout", client)
             self._throttle.warning(f"service:{ref}", "Export %s: no connection to %s:%d within %g s", ref,
                                    export.host, export.port, self._limits.connect_timeout)
             return await self._refuse(stream, http, 503, f"export {ref} did not accept a connection in time")
         except OSError as exc:
-            self._count(ref, presenting, "service-error")
+            self._end(conn, started, ref, presenting, "service-error", client)
             self._throttle.warning(f"service:{ref}", "Export %s: cannot connect to %s:%d: %s", ref, export.host,
                                    export.port, exc.strerror or exc)
             return await self._refuse(stream, http, 502, f"export {ref} refused the connection")
@@ -366,11 +390,13 @@ class Ingress:
         stream.buffer_little(False)
         stream.write(self._accepted[framed])
         stream.unread(http.trailing_data)  # the client's first bytes, raw or framed
-        self._metrics.child(self._metrics.setup_seconds, DIRECTION).observe(time.monotonic() - started)
+        labels = (DIRECTION, ref, self._peer_label(presenting))
+        setup = time.monotonic()
+        self._metrics.child(self._metrics.setup_seconds, *labels).observe(setup - started)
         relay = Relay(stream, service, framed="client" if framed else None)
         relay.start_upstream()
         relay.start_downstream()
-        self._meter.track(relay, DIRECTION)
+        self._meter.track(relay, labels)
         active = self._metrics.child(self._metrics.active, DIRECTION)
         active.inc()
         try:
@@ -381,7 +407,8 @@ class Ingress:
         finally:
             active.dec()
             self._meter.untrack(relay)
-        self._count(ref, presenting, "ok" if outcome.outcome == "closed" else "reset")
+        self._end(conn, started, ref, presenting, "ok" if outcome.outcome == "closed" else "reset", client,
+                  setup=setup, to_service=outcome.client_to_service, to_client=outcome.service_to_client)
         return outcome.reusable
 
     async def _open_service(self, export: ExportView) -> TcpStream:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 
 class LogThrottle:
@@ -20,8 +21,10 @@ class LogThrottle:
         self._max_keys = max_keys
         self._state: dict[str, tuple[float, int]] = {}
 
-    def log(self, level: int, key: str, msg: str, *args: object, exc_info: BaseException | None = None) -> bool:
-        """Log unless an event of `key` was logged less than `interval` ago; True when written."""
+    def log(self, level: int, key: str, msg: str, *args: object, exc_info: BaseException | None = None,
+            extra: Mapping[str, Any] | None = None) -> bool:
+        """Log unless an event of `key` was logged less than `interval` ago; True when written.
+        `extra`: structured fields (`logsetup.fields(...)`)."""
         now = self._clock()
         last, skipped = self._state.get(key, (float("-inf"), 0))
         if now - last < self._interval:
@@ -32,14 +35,14 @@ class LogThrottle:
         self._state[key] = (now, 0)
         if skipped:
             msg = f"{msg} ({skipped} similar events in the last {self._interval:g} s not logged)"
-        self._logger.log(level, msg, *args, exc_info=exc_info)
+        self._logger.log(level, msg, *args, exc_info=exc_info, extra=extra)
         return True
 
-    def info(self, key: str, msg: str, *args: object) -> bool:
-        return self.log(logging.INFO, key, msg, *args)
+    def info(self, key: str, msg: str, *args: object, extra: Mapping[str, Any] | None = None) -> bool:
+        return self.log(logging.INFO, key, msg, *args, extra=extra)
 
-    def warning(self, key: str, msg: str, *args: object) -> bool:
-        return self.log(logging.WARNING, key, msg, *args)
+    def warning(self, key: str, msg: str, *args: object, extra: Mapping[str, Any] | None = None) -> bool:
+        return self.log(logging.WARNING, key, msg, *args, extra=extra)
 
     def error(self, key: str, msg: str, *args: object, exc_info: BaseException | None = None) -> bool:
         return self.log(logging.ERROR, key, msg, *args, exc_info=exc_info)

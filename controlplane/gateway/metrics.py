@@ -37,16 +37,18 @@ class GatewayMetrics:
             "Import or Export (namespace/name), remote peer and result",
             ["direction", "service", "peer", "result"], registry=r)
         self.relayed_bytes = Counter(
-            p + "relayed_bytes_total", "Application bytes relayed, by direction and flow (to or from the service)",
-            ["direction", "flow"], registry=r)
+            p + "relayed_bytes_total",
+            "Application bytes relayed, by direction, Import or Export (namespace/name), remote peer and flow "
+            "(to or from the service); counted while connections run (every few seconds) and at their end",
+            ["direction", "service", "peer", "flow"], registry=r)
         self.active = Gauge(
             p + "active_connections", "Connections being served, by direction and listener",
             ["direction"], multiprocess_mode="livesum", registry=r)
         self.setup_seconds = Histogram(
             p + "connection_setup_seconds",
-            "Connection setup time: egress from accept to the remote's CONNECT 200; ingress from the CONNECT "
-            "request to the connected service",
-            ["direction"], buckets=_SETUP_BUCKETS, registry=r)
+            "Connection setup time, by direction, Import or Export (namespace/name) and remote peer: egress from "
+            "accept to the remote's CONNECT 200; ingress from the CONNECT request to the connected service",
+            ["direction", "service", "peer"], buckets=_SETUP_BUCKETS, registry=r)
         self.authz_decisions = Counter(
             p + "authz_decisions_total", "Local policy decisions, by direction, verdict and deciding tier",
             ["direction", "verdict", "tier"], registry=r)
@@ -60,6 +62,10 @@ class GatewayMetrics:
         self.pool_idle = Gauge(
             p + "tunnel_pool_connections", "Established, idle tunnels ready per remote peer",
             ["peer"], multiprocess_mode="livesum", registry=r)
+        self.pool_oldest = Gauge(
+            p + "tunnel_pool_oldest_seconds",
+            "Age of the oldest idle tunnel per remote peer, since its handshake (0: none idle); refreshed every "
+            "5 s", ["peer"], multiprocess_mode="livemax", registry=r)
         self.pool_acquires = Counter(
             p + "tunnel_pool_acquires_total",
             "Tunnels taken for an exchange or a connection: hit (from the pool) or miss (connected on demand)",

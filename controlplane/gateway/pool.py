@@ -45,6 +45,7 @@ import weakref
 from collections import deque
 from collections.abc import Iterable
 
+from controlplane.api.logsetup import fields
 from controlplane.peerwire.client import ExchangeFailed, PeerConnection, PeerUnreachable, first_success
 from controlplane.tlsconfig import PeerTLS
 
@@ -278,7 +279,7 @@ class TunnelPool:
     def _peer_down(self, reason: str, detail: object) -> None:
         if self._health.mark(self.name, False, reason):
             log.warning("Peer %s is marked down for new connections from this gateway (%s): %s", self.name,
-                        reason, detail)
+                        reason, detail, extra=fields(peer=self.name, result="down", reason=reason))
         waiting = list(self._waiting)
         self._waiting.clear()
         for conn in waiting:
@@ -340,7 +341,8 @@ class TunnelPool:
             raise PeerUnreachable(f"peer {peer.name!r} is unreachable: {exc}") from None
         self._count_handshake(conn)
         if self._health.mark(peer.name, True, "connect"):
-            log.info("Peer %s is reachable again from this gateway", peer.name)
+            log.info("Peer %s is reachable again from this gateway", peer.name,
+                     extra=fields(peer=peer.name, result="up", reason="connect"))
         return conn
 
     # --- background upkeep -------------------------------------------------------------------
@@ -458,7 +460,8 @@ class TunnelPool:
                 self._probing -= 1
                 self._changed()
             if self._health.mark(self.name, True, "probe"):
-                log.info("Peer %s answers probes again: marked up", self.name)
+                log.info("Peer %s answers probes again: marked up", self.name,
+                         extra=fields(peer=self.name, result="up", reason="probe"))
 
     async def run(self) -> None:
         """Refill and check the pool (and probe the peer) until cancelled."""
@@ -512,6 +515,12 @@ class TunnelPool:
             await self._sleep(wait)
             await self._check_idle()
 
+    def refresh_age(self, now: float | None = None) -> None:
+        """Publish the age of the oldest idle tunnel (0 when none is idle)."""
+        now = time.monotonic() if now is None else now
+        oldest = min((c.created_at for c in self._idle), default=now)
+        self._metrics.child(self._metrics.pool_oldest, self.name).set(now - oldest)
+
     def close(self) -> None:
         self._closed = True
         while self._idle:
@@ -519,6 +528,7 @@ class TunnelPool:
             conn.stream.set_watcher(None)
             conn.close()
         self._changed()
+        self.refresh_age()
 
 
 class TunnelPools:
@@ -580,6 +590,11 @@ class TunnelPools:
     def close(self) -> None:
         for name in list(self._pools):
             self._stop(name)
+
+    def refresh_ages(self) -> None:
+        now = time.monotonic()
+        for pool in self._pools.values():
+            pool.refresh_age(now)
 
     def certificates_changed(self) -> None:
         for pool in self._pools.values():

@@ -386,35 +386,36 @@ class Relay:
 
 class RelayMeter:
     """Reports the bytes of live relays to a counter: at the end of each, and on `flush()` (called
-    periodically, so that long transfers show up while they run)."""
+    periodically, so that long transfers show up while they run). A relay is tracked with its
+    labels (direction first: direction, Import or Export, peer); `add(labels, flow, n)` counts."""
 
-    def __init__(self, add: Callable[[str, str, int], None]) -> None:
+    def __init__(self, add: Callable[[tuple[str, ...], str, int], None]) -> None:
         self._add = add
-        self._live: dict[Relay, str] = {}
+        self._live: dict[Relay, tuple[str, ...]] = {}
 
     def __len__(self) -> int:
         return len(self._live)
 
-    def track(self, relay: Relay, direction: str) -> None:
-        self._live[relay] = direction
+    def track(self, relay: Relay, labels: tuple[str, ...]) -> None:
+        self._live[relay] = labels
 
     def untrack(self, relay: Relay) -> None:
-        direction = self._live.pop(relay, None)
-        if direction is not None:
-            self._report(relay, direction)
+        labels = self._live.pop(relay, None)
+        if labels is not None:
+            self._report(relay, labels)
 
     def flush(self) -> None:
-        for relay, direction in list(self._live.items()):
-            self._report(relay, direction)
+        for relay, labels in list(self._live.items()):
+            self._report(relay, labels)
 
     def check_liveness(self, timeout: float) -> list[str]:
         """`Relay.check_liveness` on every live relay; the directions of those that were reset."""
         now = time.monotonic()
-        return [direction for relay, direction in list(self._live.items()) if relay.check_liveness(timeout, now)]
+        return [labels[0] for relay, labels in list(self._live.items()) if relay.check_liveness(timeout, now)]
 
-    def _report(self, relay: Relay, direction: str) -> None:
+    def _report(self, relay: Relay, labels: tuple[str, ...]) -> None:
         up, down = relay.take_counts()
         if up:
-            self._add(direction, UPSTREAM, up)
+            self._add(labels, UPSTREAM, up)
         if down:
-            self._add(direction, DOWNSTREAM, down)
+            self._add(labels, DOWNSTREAM, down)

@@ -80,9 +80,9 @@ class Supervisor:
             from controlplane.api import buildinfo, eventloop
             from controlplane.certmetrics import CertificateExpiry, peer_certificates
 
-            buildinfo.register(registry, "gateway", event_loop=eventloop.resolve(self.config.event_loop))
+            buildinfo.register(registry, "gateway", event_loop=eventloop.resolve(self.config.event_loop),
+                               processes=self._pids)
             registry.register(CertificateExpiry("gateway", peer_certificates(self.config.certs)))
-            registry.register(buildinfo.Processes("gateway", self._pids))
             host, port = self.config.metrics_listen
             try:
                 server = start_metrics_server(registry, host, port, ready=self._not_ready)

@@ -30,6 +30,7 @@ from controlplane.peerwire.stream import Stream, StreamError, TcpStream
 from controlplane.peerwire.tlsstream import TlsStream
 from controlplane.tlsconfig import PeerTLS, TLSConfigError
 
+from .accesslog import AccessLog
 from .authorizer import RemoteAuthorizer
 from .config import EXIT_CONFIG, GatewayConfig
 from .counters import COUNTERS_FILE, CountersError, SharedCounters
@@ -214,6 +215,7 @@ class Worker:
         while True:
             await asyncio.sleep(UPKEEP_INTERVAL)
             self.meter.flush()
+            self.pools.refresh_ages()
             if self._state is not None:
                 self._prefetch_tokens(self._state)
             if self._listening and self._state is not None and \
@@ -245,7 +247,7 @@ class Worker:
                             ca_file=config.controlplane_ca or self.tls.identity.ca_path, server_name=self.tls.name)
         self.admission = Admission(config.connections_per_worker, metrics)
         self.listeners = Listeners(metrics)
-        self.meter = RelayMeter(lambda d, f, n: metrics.child(metrics.relayed_bytes, d, f).inc(n))
+        self.meter = RelayMeter(lambda labels, flow, n: metrics.child(metrics.relayed_bytes, *labels, flow).inc(n))
         def on_reachability(peer: str, reachable: bool, reason: str) -> None:
             metrics.peer_reachable.labels(peer=peer).set(1 if reachable else 0)
             if not reachable:
@@ -266,11 +268,13 @@ class Worker:
                                          demand_window=config.pool_demand_window)
                 self.authorizer = authorizer = RemoteAuthorizer(self.pools, cache=TokenCache(), tasks=background,
                                                                 metrics=metrics, limits=self.limits)
+                access = AccessLog(config.access_log)
                 self.ingress = Ingress(state=self.state, metrics=metrics, limits=self.limits, meter=self.meter,
                                        framing=config.framed_tunnels,
-                                       serve_unconfigured_peers=config.serve_unconfigured_peers)
+                                       serve_unconfigured_peers=config.serve_unconfigured_peers, access=access)
                 self.egress = Egress(state=self.state, pools=self.pools, authorizer=authorizer, counters=counters,
-                                     health=health, metrics=metrics, limits=self.limits, meter=self.meter)
+                                     health=health, metrics=metrics, limits=self.limits, meter=self.meter,
+                                     access=access)
                 self.feed = SnapshotFeed(endpoint, role="gateway", on_snapshot=self._on_snapshot,
                                          on_connected=self._on_connected,
                                          name=f"gateway {self.tls.name} worker {config.worker_index} "

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from controlplane.api.logsetup import fields
 from controlplane.model import schema as S
 from controlplane.model.conditions import set_condition
 from controlplane.store.base import Store
@@ -87,7 +88,8 @@ class Heartbeats:
             if self._on_result:
                 self._on_result(name, ok)
             if changed:
-                log.info("peer %s is now %s", name, "reachable" if health.reachable else "unreachable")
+                log.info("peer %s is now %s", name, "reachable" if health.reachable else "unreachable",
+                         extra=fields(peer=name, result="up" if health.reachable else "down", reason="heartbeat"))
             self._write_status(name, health, labels)
             wake = self._wake.get(name)
             if wake is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from controlplane.api import buildinfo
 from controlplane.certmetrics import CertificateExpiry, peer_certificates
@@ -14,9 +14,7 @@ class ControlPlaneMetrics:
     def __init__(self, registry: CollectorRegistry | None = None, *, certs: Path | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        # Our registry is not prometheus_client's default one, which registers this by itself.
-        ProcessCollector(namespace="clusterlink_controlplane", registry=r)
-        buildinfo.register(r, "controlplane")
+        buildinfo.register(r, "controlplane")  # with clusterlink_process_*{component="controlplane"}
         if certs is not None:
             r.register(CertificateExpiry("controlplane", peer_certificates(certs)))
         self.objects = Gauge("clusterlink_controlplane_objects", "Objects in the store, by kind", ["kind"],

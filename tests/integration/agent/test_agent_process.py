@@ -111,12 +111,12 @@ def test_a_running_agent_holds_no_bcc_and_reports_its_own_memory(agent) -> None:
     with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
         assert f.read().split() == []
     samples = scrape(metrics_port)
-    reported = samples["clusterlink_agent_process_resident_memory_bytes"]
+    reported = samples['clusterlink_process_resident_memory_bytes{component="agent",process="main"}']
     actual = status_kb(proc.pid, "VmRSS") * 1024
     assert abs(reported - actual) < 0.2 * actual, (reported, actual)
     # With BCC in the process it was about 170 MB; without it, under 60 (about 44 on this machine).
     assert actual < 60 * 2**20, f"agent VmRSS {actual / 2**20:.1f} MB"
-    assert samples["clusterlink_agent_process_open_fds"] > 0
+    assert samples['clusterlink_process_open_fds{component="agent",process="main"}'] > 0
     assert samples["clusterlink_agent_attached_programs"] == 4
     assert samples["clusterlink_agent_datapath_ready"] == 1
     (build,) = [name for name in samples if name.startswith("clusterlink_build_info{")]

@@ -108,4 +108,8 @@ def test_the_control_plane_registry_carries_them(tmp_path: Path) -> None:
         "event_loop": ""}) == 1
     assert registry.get_sample_value("clusterlink_certificate_expiry_timestamp_seconds",
                                      {"component": "controlplane", "certificate": "peer"}) == expiry
-    assert registry.get_sample_value("clusterlink_controlplane_process_resident_memory_bytes") > 2**20
+    main = {"component": "controlplane", "process": "main"}
+    assert registry.get_sample_value("clusterlink_process_resident_memory_bytes", main) > 2**20
+    assert registry.get_sample_value("clusterlink_process_open_fds", main) >= 3
+    # one name scheme for every component: prometheus_client's per-component names are gone
+    assert registry.get_sample_value("clusterlink_controlplane_process_resident_memory_bytes") is None
