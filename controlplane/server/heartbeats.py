@@ -16,6 +16,7 @@ from controlplane.model import schema as S
 from controlplane.model.conditions import set_condition
 from controlplane.store.base import Store
 
+from .events import Events, NoEvents, ObjectRef, peer_note
 from .health import PROBE_TIMEOUT, PeerHealth
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,9 @@ class _Tracked:
 
 class Heartbeats:
     def __init__(self, store: Store, *, namespace: str, probe: Prober, on_result: ResultHook | None = None,
-                 timeout: float = PROBE_TIMEOUT) -> None:
+                 timeout: float = PROBE_TIMEOUT, events: Events | None = None) -> None:
         self.store = store
+        self._events: Events = events or NoEvents()
         self.namespace = namespace
         self._probe = probe
         self._on_result = on_result
@@ -84,12 +86,16 @@ class Heartbeats:
             except Exception as exc:  # every failure mode of a probe counts as a failed heartbeat
                 ok = False
                 log.debug("heartbeat to peer %s failed: %s", name, exc)
+            before = health.reachable
             changed = health.record(ok)
             if self._on_result:
                 self._on_result(name, ok)
             if changed:
                 log.info("peer %s is now %s", name, "reachable" if health.reachable else "unreachable",
                          extra=fields(peer=name, result="up" if health.reachable else "down", reason="heartbeat"))
+                note = peer_note(name, bool(health.reachable), before)
+                if note is not None:
+                    self._events.record(ObjectRef(S.PEER.kind, self.namespace, name, peer.uid), note)
             self._write_status(name, health, labels)
             wake = self._wake.get(name)
             if wake is None:

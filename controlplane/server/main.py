@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import signal
+import threading
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -177,6 +178,7 @@ async def run(config: Config) -> None:
     from controlplane.tokens import TokenAuthority
 
     from .grpcapi import ControlPlaneService, Credentials, ManagementService, start_server, stop_server
+    from .events import Events, NoEvents, ObjectRef, rejected_note
     from .heartbeats import Heartbeats
     from .metrics import ControlPlaneMetrics
     from .reconciler import Reconciler, ReconcilerConfig
@@ -210,15 +212,28 @@ async def run(config: Config) -> None:
     def on_heartbeat(name: str, ok: bool) -> None:
         metrics.heartbeats.labels(peer=name, result="success" if ok else "failure").inc()
 
+    events: Events = NoEvents()
+    if kube is not None:
+        from .kube_events import KubeEvents
+
+        kube_events = KubeEvents(kube.api, fallback_namespace=config.namespace, leading=lambda: reconciler.leader)
+        events = kube_events
+        events_stop = threading.Event()
+        events_thread = kube_events.start(events_stop)
+
+        def on_invalid(kind: str, namespace: str, name: str, uid: str, why: str) -> None:
+            kube_events.record(ObjectRef(kind, namespace, name, uid), rejected_note(why))
+
+        kube.store.on_invalid = on_invalid
     heartbeats = Heartbeats(store, namespace=config.namespace, probe=probe, on_result=on_heartbeat,
-                            timeout=config.probe_timeout)
+                            timeout=config.probe_timeout, events=events)
     reconciler = Reconciler(
         ReconcilerConfig(peer_name=peer_name, peer_labels=config.peer_labels, system_namespace=config.namespace,
                          reserved_ports=config.reserved_ports, vip_range=config.vip_range,
                          gateway_agent_address=config.gateway_agent_address, kubernetes=kube is not None,
                          cluster_domain=config.cluster_domain),
         store, token_key=token_key, reachable=heartbeats.reachable, on_peers_changed=heartbeats.sync,
-        services=kube.services if kube is not None else None)
+        services=kube.services if kube is not None else None, events=events)
     reconciler.reconcile_seconds = metrics.reconcile.observe
 
     def on_request(method: str, code: str) -> None:
@@ -268,6 +283,9 @@ async def run(config: Config) -> None:
             reconciler.leader = leading
             metrics.leader.set(1 if leading else 0)
             reconciler.mark_dirty()
+            if leading:  # what was rejected before we led (the first list, typically): say it now
+                for (kind, namespace, name), why in kube.store.invalid().items():
+                    events.record(ObjectRef(kind, namespace, name), rejected_note(why))
 
         kube.on_leadership(on_leadership)
         kube.store.on_cluster_change(reconciler.mark_dirty)
@@ -309,6 +327,8 @@ async def run(config: Config) -> None:
         if metrics_server is not None:
             metrics_server.stop()
         if kube is not None:
+            events_stop.set()
+            await asyncio.to_thread(events_thread.join, 5.0)
             await kube.stop()
         else:
             store.close()

@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from controlplane.api import clusterlink_pb2 as pb
+from controlplane.api.logsetup import fields
 from controlplane.model import schema as S
 from controlplane.model.conditions import set_condition
 from controlplane.model.objects import Object, ObjectKey
 from controlplane.store.base import Event, Store
 
+from .events import Events, NoEvents, ObjectRef, condition_note
 from .exports import ExportTarget, resolve_export
 from .imports import ImportPlan, VipPool, plan_imports
 from .snapshots import DesiredState, Versioner, agent_view, gateway_view
@@ -74,8 +76,9 @@ class Reconciler:
     def __init__(self, config: ReconcilerConfig, store: Store, *, token_key: bytes,
                  reachable: Callable[[], Mapping[str, bool]] = dict,
                  on_peers_changed: Callable[[], None] | None = None, rng: random.Random | None = None,
-                 services: ServiceProvider | None = None) -> None:
+                 services: ServiceProvider | None = None, events: Events | None = None) -> None:
         self.config = config
+        self._events: Events = events or NoEvents()
         self.store = store
         self._services = services
         self._token_key = token_key
@@ -222,15 +225,28 @@ class Reconciler:
                     status["vip"] = vip
                 else:
                     status.pop("vip", None)
-            if self.store.set_status(S.IMPORT.kind, obj.namespace, obj.name, status) and not plan.port_condition.ok:
-                log.warning("import %s/%s: %s", obj.namespace, obj.name, plan.port_condition.message)
+            if self.store.set_status(S.IMPORT.kind, obj.namespace, obj.name, status):
+                if not plan.port_condition.ok:
+                    log.warning("import %s/%s: %s", obj.namespace, obj.name, plan.port_condition.message,
+                                extra=fields(kind=S.IMPORT.kind, object=f"{obj.namespace}/{obj.name}"))
+                self._condition_events(obj, status, (S.IMPORT_TARGET_PORT_VALID, S.IMPORT_SERVICE_VALID))
 
     def _write_exports(self, exports: list[tuple[Object, ExportTarget]]) -> None:
         for obj, target in exports:
             status = set_condition(obj.status, S.EXPORT_VALID, target.valid, target.reason, target.message,
                                    generation=obj.generation)
-            if self.store.set_status(S.EXPORT.kind, obj.namespace, obj.name, status) and not target.valid:
-                log.warning("export %s/%s: %s", obj.namespace, obj.name, target.message)
+            if self.store.set_status(S.EXPORT.kind, obj.namespace, obj.name, status):
+                if not target.valid:
+                    log.warning("export %s/%s: %s", obj.namespace, obj.name, target.message,
+                                extra=fields(kind=S.EXPORT.kind, object=f"{obj.namespace}/{obj.name}"))
+                self._condition_events(obj, status, (S.EXPORT_VALID,))
+
+    def _condition_events(self, obj: Object, status: Mapping[str, object], types: Sequence[str]) -> None:
+        """Events for the conditions of `obj` that changed in a way a user must see (events.py)."""
+        for type_ in types:
+            note = condition_note(obj.status, status, type_)
+            if note is not None:
+                self._events.record(ObjectRef.of(obj), note)
 
     # -- publication -------------------------------------------------------------------------------
     async def _publish(self, generation: int) -> None:

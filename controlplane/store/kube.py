@@ -235,6 +235,8 @@ class KubeStore:
         self._synced: set[str] = set()
         self.leader = False
         self.write_errors = 0
+        # Told of each object the model newly rejects: (kind, namespace, name, uid, why).
+        self.on_invalid: Callable[[str, str, str, str, str], None] | None = None
 
     # -- feeding (reflector sink; on the owning thread) -------------------------------------------
     def handle_list(self, resource: Resource, items: list[dict[str, Any]]) -> None:
@@ -315,6 +317,8 @@ class KubeStore:
             why = str(exc)
             if self._cache.invalid.get(ckey) != why:
                 log.error("%s %s/%s is invalid and ignored: %s", resource.kind, ns, name, why)
+                if self.on_invalid is not None:
+                    self.on_invalid(resource.kind, ns, name, str((raw.get("metadata") or {}).get("uid") or ""), why)
             self._cache.invalid[ckey] = why
             self._drop_object(resource, (ns, name))
             return None

@@ -1,7 +1,7 @@
 """The control plane's small wrapper around the Kubernetes API: the only module importing `kubernetes`.
 
 Plain dicts in and out, for the few resources the control plane touches (the five ClusterLink
-kinds, Services, EndpointSlices, gateway Pods, Leases, one Secret; CRDs and Namespaces for tests):
+kinds, Services, EndpointSlices, gateway Pods, Leases, one Secret, Events; CRDs and Namespaces for tests):
 `list`, `watch`, `get`, `create`, `replace`, `patch` (JSON merge patch), `patch_status`, `delete`.
 Every failure is translated once, here, into `KubeError` subclasses that say what to do next:
 
@@ -83,6 +83,7 @@ SECRETS = Resource("", "v1", "secrets", "Secret", True)
 NAMESPACES = Resource("", "v1", "namespaces", "Namespace", False)
 ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True)
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease", True)
+EVENTS = Resource("events.k8s.io", "v1", "events", "Event", True)
 CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False)
 
 

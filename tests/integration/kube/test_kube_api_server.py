@@ -18,6 +18,7 @@ from controlplane.model import crdgen
 from controlplane.model import schema as S
 from controlplane.model.conditions import get_condition
 from controlplane.server.heartbeats import Heartbeats
+from controlplane.server.kube_events import KubeEvents
 from controlplane.server.reconciler import Reconciler, ReconcilerConfig
 from controlplane.store import kubeapi as K
 from controlplane.store.kube_backend import KubeBackend, KubeSettings
@@ -92,13 +93,16 @@ def test_backend_against_a_real_api_server(api, namespace):
         backend = KubeBackend(api, KubeSettings(namespace=namespace, identity=f"it-{uuid.uuid4().hex[:6]}",
                                                 resync_period=30.0))
         await backend.start()
-        heartbeats = Heartbeats(backend.store, namespace=namespace, probe=failing_probe, timeout=1.0)
+        events = KubeEvents(api, fallback_namespace=namespace, leading=lambda: reconciler.leader)
+        events_stop = threading.Event()
+        events_thread = events.start(events_stop)
+        heartbeats = Heartbeats(backend.store, namespace=namespace, probe=failing_probe, timeout=1.0, events=events)
         reconciler = Reconciler(
             ReconcilerConfig(peer_name="it", peer_labels={}, system_namespace=namespace,
                              reserved_ports={8443: "peer listener"}, vip_range=None, gateway_agent_address="",
                              kubernetes=True),
             backend.store, token_key=backend.store.secret("token-key"), reachable=heartbeats.reachable,
-            on_peers_changed=heartbeats.sync, services=backend.services)
+            on_peers_changed=heartbeats.sync, services=backend.services, events=events)
         reconciler.leader = False
 
         def leadership(leading):
@@ -116,6 +120,8 @@ def test_backend_against_a_real_api_server(api, namespace):
                     task.cancel()
         finally:
             await heartbeats.stop()
+            events_stop.set()
+            events_thread.join(5)
             await backend.stop()
 
     loop = asyncio.new_event_loop()
@@ -142,6 +148,12 @@ def test_backend_against_a_real_api_server(api, namespace):
                                         {"gateways": [{"host": "127.0.0.1", "port": 9}]}))
         cond = wait_for("PeerReachable", lambda: condition(api, "Peer", namespace, "server1", "PeerReachable"))
         assert cond["status"] == "False" and cond["reason"] == "Heartbeat"
+        # ... and Events say so, on the Peer and on the Export that was invalid
+        def reasons():
+            return {(e["regarding"]["kind"], e["regarding"]["name"], e["reason"])
+                    for e in api.list(K.EVENTS, namespace=namespace).items}
+        wait_for("the Events", lambda: {("Peer", "server1", "PeerUnreachable"),
+                                        ("Export", "echo", "Error")} <= reasons())
 
         # an Import gets a target port, a Service with a ClusterIP, and that ClusterIP as its VIP
         api.create(imports, namespace, cr("Import", namespace, "reviews", {

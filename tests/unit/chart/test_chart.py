@@ -322,6 +322,7 @@ def test_rbac_covers_every_call_the_control_plane_makes(default_docs):
     calls += [("clusterlink.net", f"{k}/status", "patch", None) for k in ("peers", "exports", "imports")]
     calls += [("", "services", v, None) for v in ("create", "patch", "delete")]
     calls += [("discovery.k8s.io", "endpointslices", v, None) for v in ("create", "patch", "delete")]
+    calls += [("events.k8s.io", "events", v, None) for v in ("create", "patch")]  # server.kube_events
     namespaced = [("coordination.k8s.io", "leases", v, lease) for v in ("get", "create", "update")]
     namespaced += [("", "secrets", "get", "clusterlink-token-key"), ("", "secrets", "create", None)]
     pods_in_namespace = {("", "pods", "list", None), ("", "pods", "watch", None)}
