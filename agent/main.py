@@ -244,7 +244,7 @@ class Agent:
                                             destination=f"{redirect.orig_ip}:{redirect.orig_port}", client=attrs,
                                             credential=self.credential, node=self.config.node))
         route = Route(upstream=Upstream(address=table.gateway, preamble=preamble),
-                      redirected=self.metrics.redirected.labels(import_namespace=ref.namespace, import_name=ref.name),
+                      redirected=self.metrics.redirected.labels(f"{ref.namespace}/{ref.name}"),
                       identity_failure=None if failure is None else
                       self.metrics.identity_failures.labels(reason=failure))
         return route, cacheable

@@ -42,8 +42,9 @@ class AgentMetrics:
         self.proxy = ProxyMetrics()
         r.register(_ProxyCollector(self.proxy))
         self.redirected = Counter("clusterlink_agent_redirected_connections_total",
-                                  "Connections redirected by the kernel and sent to the gateway, by import",
-                                  ["import_namespace", "import_name"], registry=r)
+                                  "Connections redirected by the kernel and sent to the gateway, by Import "
+                                  "(namespace/name, as the gateways' `service` label)",
+                                  ["import"], registry=r)
         self.lookup_failures = Counter("clusterlink_agent_lookup_failures_total",
                                        "Accepted connections that could not be matched to an import (reset)",
                                        ["reason"], registry=r)

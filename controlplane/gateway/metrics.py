@@ -42,7 +42,7 @@ class GatewayMetrics:
             "(to or from the service); counted while connections run (every few seconds) and at their end",
             ["direction", "service", "peer", "flow"], registry=r)
         self.active = Gauge(
-            p + "active_connections", "Connections being served, by direction and listener",
+            p + "connections_active", "Connections being served, by direction",
             ["direction"], multiprocess_mode="livesum", registry=r)
         self.setup_seconds = Histogram(
             p + "connection_setup_seconds",

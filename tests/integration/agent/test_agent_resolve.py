@@ -90,8 +90,7 @@ def test_a_second_connection_reuses_the_route() -> None:
                                                  "client.clusterlink.net/service-account": "sa",
                                                  "client.clusterlink.net/labels.app": "web"}}
     assert datapath.path_lookups == 1 and len(agent.routes) == 1
-    assert count(metrics, "clusterlink_agent_redirected_connections_total", import_namespace="default",
-                 import_name="echo") == 2
+    assert count(metrics, "clusterlink_agent_redirected_connections_total", **{"import": "default/echo"}) == 2
 
 
 def test_a_new_snapshot_is_seen_by_the_next_connection() -> None:

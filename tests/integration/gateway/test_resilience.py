@@ -83,7 +83,7 @@ def test_client_vanishing_frees_the_service_side(net: Fabric) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     sock.close()  # RST
     deadline = time.monotonic() + 5
-    while net.west.metric("clusterlink_gateway_active_connections", direction="ingress") > 0:
+    while net.west.metric("clusterlink_gateway_connections_active", direction="ingress") > 0:
         assert time.monotonic() < deadline, "west still relays for a client that is gone"
         time.sleep(0.05)
 
