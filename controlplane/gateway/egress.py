@@ -271,7 +271,10 @@ class Egress:
                 client.unread(bytes(replay))
                 replay = bytearray()
                 conn.send_connect(grant.token, framed=framed)
-            if fallback:
+            # Watched by the pool: a peer marked down moves it to the next source (fallback); a
+            # gateway of the peer marked down (the peer has others) has it retried on another.
+            watched = fallback or len(peer.gateways) > 1
+            if watched:
                 pool.expect_answer(conn)
             try:
                 response = await conn.connect_response(self._limits.response_timeout)
@@ -286,8 +289,9 @@ class Egress:
                     log.debug("Egress for Import %s: peer %s went down before answering; next source",
                               imp.ref, peer.name)
                     return _Attempt("unreachable", kept)
-                if kept is not None and pooled and not retried:
-                    pool.report_stale()
+                if kept is not None and not retried and (pooled or pool.gave_up(conn)):
+                    if pooled:
+                        pool.report_stale()
                     retried, replay = True, kept
                     continue
                 log.debug("Egress for Import %s: CONNECT to peer %s failed: %s", imp.ref, peer.name, exc)
@@ -296,7 +300,7 @@ class Egress:
                 relay.abort()
                 raise
             finally:
-                if fallback:
+                if watched:
                     pool.answered(conn)
 
             if 200 <= response.status < 300 and response.framing != framed:

@@ -90,6 +90,11 @@ class GatewayMetrics:
         self.peer_reachable = Gauge(
             p + "peer_reachable", "Whether this gateway could connect to the peer (1) or not (0), last it tried",
             ["peer"], multiprocess_mode="livemin", registry=r)
+        self.gateway_reachable = Gauge(
+            p + "peer_gateway_reachable",
+            "Whether this gateway's probes reach each gateway of a remote peer (1) or not (0), last probed (a "
+            "peer with several gateways stays up while one answers)",
+            ["peer", "gateway"], multiprocess_mode="livemin", registry=r)
         self.peer_down = Counter(
             p + "peer_down_total",
             "Times a worker marked a remote peer down for new connections (failover), by reason: connect (no "

@@ -27,9 +27,14 @@ join the pool). When none can be reached the peer is marked down in `PeerHealth`
 balancing then tries it last) until a connection or a probe succeeds again; refills retry with
 backoff. A refused or reset peer (its gateway killed) is noticed that way within a round trip. A
 frozen or cut-off one refuses nothing, so while the pool is in use (a tunnel lent in the last
-demand window) it is also *probed*: every `Limits.probe_interval` the idle tunnel unused the
-longest (or, when every tunnel is lent, a new one, handshake included) answers `GET /healthz`
-within `Limits.probe_timeout`, or the peer is marked down. Marking a
+demand window) it is also *probed*: every `Limits.probe_interval` each gateway of the peer
+answers `GET /healthz` within `Limits.probe_timeout` on the idle tunnel to it unused the longest
+(or, when there is none, a new one, handshake included, which joins the pool in the place of a
+tunnel to another gateway when the pool is full). A peer with several gateways whose probe fails
+on some of them stays up: those gateways are marked down (no new tunnels to them, their idle
+tunnels dropped, the CONNECTs waiting on tunnels to them aborted and retried on another, see
+`gave_up`) until a probe to them succeeds again. When no gateway answers, the peer is marked down.
+Marking a
 peer down also aborts the tunnels of the CONNECTs still waiting for its answer, and the connects
 of acquires, whose connections have another source to go to (`expect_answer`, `acquire(abortable=True)`): egress replays their bytes there instead of
 waiting out --response-timeout. This is the sub-second failover the heartbeats (seconds) only
@@ -46,7 +51,15 @@ from collections import deque
 from collections.abc import Iterable
 
 from controlplane.api.logsetup import fields
-from controlplane.peerwire.client import ExchangeFailed, PeerConnection, PeerUnreachable, first_success
+from controlplane.peerwire.client import (
+    ExchangeFailed,
+    Gateway,
+    PeerConnection,
+    PeerError,
+    PeerUnreachable,
+    describe,
+    first_success,
+)
 from controlplane.tlsconfig import PeerTLS
 
 from .config import Limits
@@ -135,6 +148,11 @@ class TunnelPool:
         self._waiting: weakref.WeakSet[PeerConnection] = weakref.WeakSet()
         self._connecting: set[asyncio.Future[PeerConnection]] = set()  # abortable acquires' connects
         self._probing = 0  # idle tunnels out for a probe (they count as idle: no refill for them)
+        # Gateways of the peer whose probe failed (the peer is down only when all of them are):
+        # connects leave them out while another gateway is up; the probes try them again.
+        self._down_gateways: set[Gateway] = set()
+        # Tunnels aborted because their gateway was marked down (egress retries them on another).
+        self._given_up: weakref.WeakSet[PeerConnection] = weakref.WeakSet()
         self._lent_at = -demand_window  # when a tunnel was last lent (probing runs while in use)
 
     @property
@@ -161,6 +179,7 @@ class TunnelPool:
         if old.gateways != peer.gateways:
             self.announced = False  # to be learned again from the new gateways' answers
             keep = set(peer.gateways)
+            self._down_gateways &= keep
             for conn in [c for c in self._idle if c.gateway not in keep]:
                 self._idle.remove(conn)
                 conn.close()
@@ -276,6 +295,36 @@ class TunnelPool:
     def answered(self, conn: PeerConnection) -> None:
         self._waiting.discard(conn)
 
+    def gave_up(self, conn: PeerConnection) -> bool:
+        """Whether the pool aborted `conn` because its gateway was marked down (the peer has others)."""
+        return conn in self._given_up
+
+    def _gateway_down(self, gateway: Gateway, detail: object) -> None:
+        """A probe to one gateway of a peer with several failed: new tunnels go to the others, and
+        the CONNECTs waiting on a tunnel to it are aborted (egress retries them)."""
+        if gateway not in self._down_gateways:
+            self._down_gateways.add(gateway)
+            log.warning("Gateway %s of peer %s is marked down for new tunnels from this gateway (probe): %s",
+                        describe(gateway), self.name, detail,
+                        extra=fields(peer=self.name, result="down", reason="probe", gateway=describe(gateway)))
+            self._metrics.child(self._metrics.gateway_reachable, self.name, describe(gateway)).set(0)
+        for conn in [c for c in self._idle if c.gateway == gateway]:
+            self._idle.remove(conn)
+            conn.stream.set_watcher(None)
+            conn.abort()
+        self._changed()
+        for conn in [c for c in self._waiting if c.gateway == gateway]:
+            self._waiting.discard(conn)
+            self._given_up.add(conn)
+            conn.abort()
+
+    def _gateway_up(self, gateway: Gateway) -> None:
+        if gateway in self._down_gateways:
+            self._down_gateways.discard(gateway)
+            log.info("Gateway %s of peer %s answers probes again: marked up", describe(gateway), self.name,
+                     extra=fields(peer=self.name, result="up", reason="probe", gateway=describe(gateway)))
+        self._metrics.child(self._metrics.gateway_reachable, self.name, describe(gateway)).set(1)
+
     def _peer_down(self, reason: str, detail: object) -> None:
         if self._health.mark(self.name, False, reason):
             log.warning("Peer %s is marked down for new connections from this gateway (%s): %s", self.name,
@@ -318,9 +367,11 @@ class TunnelPool:
 
     async def _connect(self, *, timeout: float | None = None, reason: str = "connect") -> PeerConnection:
         """A new tunnel to the first gateway of the peer that answers (within `timeout`, default
-        --connect-timeout); when none does, the peer is marked down (for `reason`)."""
+        --connect-timeout), of those not marked down (all when every one is); when none does, the
+        peer is marked down (for `reason`)."""
         peer = self.peer
-        if not peer.gateways:
+        gateways = [g for g in peer.gateways if g not in self._down_gateways] or list(peer.gateways)
+        if not gateways:
             self._peer_down(reason, "it has no gateways")
             raise PeerUnreachable(f"peer {peer.name!r} has no gateways")
         context = self._tls.client_context()
@@ -332,7 +383,7 @@ class TunnelPool:
                                                liveness_timeout=liveness)
 
         try:
-            conn, _ = await first_success([attempt(g) for g in peer.gateways], name=f"connect-{peer.name}",
+            conn, _ = await first_success([attempt(g) for g in gateways], name=f"connect-{peer.name}",
                                           on_extra=self._adopt)
         except PeerUnreachable as exc:
             self._metrics.child(self._metrics.tunnel_failures, peer.name, "connect").inc()
@@ -391,9 +442,12 @@ class TunnelPool:
                 self._throttle.warning(f"keepalive:{self.name}", "A pooled tunnel to peer %s failed its health "
                                        "check and was dropped: %s", self.name, exc)
 
-    async def _check(self, conn: PeerConnection, timeout: float, reason: str) -> None:
+    async def _check(self, conn: PeerConnection, timeout: float, reason: str, *, make_room: bool = False) -> None:
         """`GET /healthz` on a tunnel taken out of the pool: answered, it goes back (if still wanted);
-        not, it is aborted, counted as a tunnel failure for `reason`, and ExchangeFailed raised."""
+        not, it is aborted, counted as a tunnel failure for `reason`, and ExchangeFailed raised.
+        `make_room`: a new tunnel to a gateway the pool had none to; when the pool is full it takes
+        the place of the longest unused tunnel to another gateway (next time the probe finds it
+        idle instead of paying a handshake, and the pool spreads over the peer's gateways)."""
         try:
             await conn.healthz(timeout=timeout)
         except ExchangeFailed:
@@ -404,6 +458,13 @@ class TunnelPool:
             conn.abort()
             raise
         self.learn(conn)
+        if make_room and not self._closed and conn.usable and len(self._idle) >= self.target():
+            others = [c for c in self._idle if c.gateway != conn.gateway]
+            if others:
+                evicted = min(others, key=lambda c: c.last_used)
+                self._idle.remove(evicted)
+                evicted.stream.set_watcher(None)
+                evicted.close()
         if self._closed or len(self._idle) >= self.target() or not conn.usable:  # e.g. its request cap reached
             conn.close()
         else:
@@ -428,40 +489,64 @@ class TunnelPool:
         self._changed()
 
     async def _probe(self) -> None:
-        """Probe the peer on an idle tunnel every probe_interval while the pool is in use (see the
-        module docstring); an unanswered probe marks the peer down, an answered one up."""
+        """Probe the peer every probe_interval while the pool is in use (see the module docstring):
+        each of its gateways on an idle tunnel to it, or a new one. A gateway that does not answer
+        is marked down (new tunnels go to the others); when none answers, the peer is marked down;
+        when one does, the peer is up."""
         interval, timeout = self._limits.probe_interval, self._limits.probe_timeout
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
             if now - self._lent_at > self._demand.window:
                 continue  # not in use: the keepalive checks are enough
-            usable = [c for c in self._idle if c.usable]
-            if usable:
-                conn = min(usable, key=lambda c: c.last_used)
-                self._idle.remove(conn)
-                conn.stream.set_watcher(None)
-            else:
-                # All lent (e.g. taken by connections now waiting for a frozen peer): probe on a new
-                # tunnel, which has the probe's time for its handshake too (and joins the pool).
-                try:
-                    conn = await self._connect(timeout=timeout, reason="probe")
-                except PeerUnreachable:
-                    self._wake.set()
-                    continue  # marked down; the waiting CONNECTs were aborted
-            self._probing += 1  # counts as idle meanwhile: no refill handshake for it
-            try:
-                await self._check(conn, timeout, "probe")
-            except ExchangeFailed as exc:
-                self._peer_down("probe", exc)
-                self._wake.set()  # the upkeep replaces it (and its connect tells more)
+            gateways = list(self.peer.gateways)
+            if not gateways:
                 continue
-            finally:
-                self._probing -= 1
-                self._changed()
+            failures = await asyncio.gather(*(self._probe_gateway(g, timeout) for g in gateways))
+            failed = [(g, why) for g, why in zip(gateways, failures, strict=True) if why is not None]
+            if len(failed) == len(gateways):
+                for gateway in gateways:
+                    self._metrics.child(self._metrics.gateway_reachable, self.name, describe(gateway)).set(0)
+                self._peer_down("probe", "; ".join(f"{describe(g)}: {why}" for g, why in failed))
+                self._wake.set()  # the upkeep replaces what was dropped (and its connect tells more)
+                continue
+            for gateway, why in failed:
+                if len(gateways) > 1:
+                    self._gateway_down(gateway, why)
+            if failed:
+                self._wake.set()
             if self._health.mark(self.name, True, "probe"):
                 log.info("Peer %s answers probes again: marked up", self.name,
                          extra=fields(peer=self.name, result="up", reason="probe"))
+
+    async def _probe_gateway(self, gateway: Gateway, timeout: float) -> str | None:
+        """Probe one gateway: None when it answered, else why not."""
+        usable = [c for c in self._idle if c.usable and c.gateway == gateway]
+        if usable:
+            conn = min(usable, key=lambda c: c.last_used)
+            self._idle.remove(conn)
+            conn.stream.set_watcher(None)
+        else:
+            # No idle tunnel to it (all lent, e.g. to connections now waiting for a frozen peer; or
+            # the pool's tunnels go to its other gateways; or it was marked down): a new tunnel,
+            # with the probe's time for its handshake too. It joins the pool.
+            try:
+                conn = await PeerConnection.open(gateway, peer_name=self.name, context=self._tls.client_context(),
+                                                 timeout=timeout, liveness_timeout=self._limits.liveness_timeout)
+            except PeerError as exc:
+                self._metrics.child(self._metrics.tunnel_failures, self.name, "probe").inc()
+                return str(exc) or type(exc).__name__
+            self._count_handshake(conn)
+        self._probing += 1  # counts as idle meanwhile: no refill handshake for it
+        try:
+            await self._check(conn, timeout, "probe", make_room=not usable)
+        except ExchangeFailed as exc:
+            return str(exc) or type(exc).__name__
+        finally:
+            self._probing -= 1
+            self._changed()
+        self._gateway_up(gateway)
+        return None
 
     async def run(self) -> None:
         """Refill and check the pool (and probe the peer) until cancelled."""
