@@ -12,8 +12,9 @@ import logging
 import os
 import random
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import grpc
@@ -219,6 +220,8 @@ class SnapshotFeed:
         self.name = name or f"{role} {node or socket.gethostname()} pid {os.getpid()}"
         self._acknowledge = acknowledge
         self._streams = 0
+        self._stub: Any = None  # while a stream is open: for `report`
+        self._reports = True  # false once the control plane said it does not take reports
 
     def _set_connected(self, value: bool) -> None:
         if value != self.connected:
@@ -248,6 +251,7 @@ class SnapshotFeed:
                                   metadata=_metadata(self.endpoint))
                 await call.initial_metadata()  # the server sends it once the stream is accepted
                 self._set_connected(True)
+                self._stub = stub
                 async for snap in call:
                     self._set_connected(True)
                     backoff = self._min_backoff
@@ -268,10 +272,29 @@ class SnapshotFeed:
                 else:
                     log.debug("snapshot stream from %s broke: %s", self.endpoint.address, self.last_error)
             finally:
+                self._stub = None
                 self._set_connected(False)
                 await channel.close()
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, self._max_backoff)
+
+    async def report(self, denials: Sequence[pb.Denial]) -> bool:
+        """Send policy denials on the open stream's channel; False when none is open, the call
+        failed, or the control plane does not take reports (older: then never again)."""
+        stub = self._stub
+        if stub is None or not self._reports or not denials:
+            return False
+        try:
+            await stub.Report(pb.ReportRequest(instance=self.name, denials=list(denials)),
+                              metadata=_metadata(self.endpoint), timeout=ACK_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                log.info("the control plane at %s does not take denial reports", self.endpoint.address)
+                self._reports = False
+            else:
+                log.debug("reporting %d denials failed: %s", len(denials), exc.details())
+            return False
+        return True
 
     async def _ack(self, stub, instance: str, version: int) -> None:  # type: ignore[no-untyped-def]
         try:

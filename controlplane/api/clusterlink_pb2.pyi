@@ -203,6 +203,34 @@ class Rollout(_message.Message):
     silent: int
     def __init__(self, waited: _Optional[bool] = ..., complete: _Optional[bool] = ..., confirmed: _Optional[int] = ..., pending: _Optional[_Iterable[str]] = ..., gateway_version: _Optional[int] = ..., silent: _Optional[int] = ...) -> None: ...
 
+class Denial(_message.Message):
+    __slots__ = ("direction", "namespace", "name", "peer", "policy", "count")
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    direction: str
+    namespace: str
+    name: str
+    peer: str
+    policy: str
+    count: int
+    def __init__(self, direction: _Optional[str] = ..., namespace: _Optional[str] = ..., name: _Optional[str] = ..., peer: _Optional[str] = ..., policy: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
+class ReportRequest(_message.Message):
+    __slots__ = ("instance", "denials")
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    DENIALS_FIELD_NUMBER: _ClassVar[int]
+    instance: str
+    denials: _containers.RepeatedCompositeFieldContainer[Denial]
+    def __init__(self, instance: _Optional[str] = ..., denials: _Optional[_Iterable[_Union[Denial, _Mapping]]] = ...) -> None: ...
+
+class ReportResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class RegisterRequest(_message.Message):
     __slots__ = ("node",)
     NODE_FIELD_NUMBER: _ClassVar[int]

@@ -49,6 +49,11 @@ class ControlPlaneStub:
                 request_serializer=clusterlink__pb2.AckRequest.SerializeToString,
                 response_deserializer=clusterlink__pb2.AckResponse.FromString,
                 _registered_method=True)
+        self.Report = channel.unary_unary(
+                '/clusterlink.v1.ControlPlane/Report',
+                request_serializer=clusterlink__pb2.ReportRequest.SerializeToString,
+                response_deserializer=clusterlink__pb2.ReportResponse.FromString,
+                _registered_method=True)
 
 
 class ControlPlaneServicer:
@@ -72,6 +77,12 @@ class ControlPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Report(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlPlaneServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +100,11 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.Ack,
                     request_deserializer=clusterlink__pb2.AckRequest.FromString,
                     response_serializer=clusterlink__pb2.AckResponse.SerializeToString,
+            ),
+            'Report': grpc.unary_unary_rpc_method_handler(
+                    servicer.Report,
+                    request_deserializer=clusterlink__pb2.ReportRequest.FromString,
+                    response_serializer=clusterlink__pb2.ReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -172,6 +188,33 @@ class ControlPlane:
             '/clusterlink.v1.ControlPlane/Ack',
             clusterlink__pb2.AckRequest.SerializeToString,
             clusterlink__pb2.AckResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Report(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clusterlink.v1.ControlPlane/Report',
+            clusterlink__pb2.ReportRequest.SerializeToString,
+            clusterlink__pb2.ReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

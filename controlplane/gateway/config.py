@@ -79,6 +79,7 @@ class GatewayConfig:
     event_loop: str = "auto"
     serve_unconfigured_peers: bool = False  # --unconfigured-peers serve
     access_log: bool = False  # --access-log on
+    denial_report_interval: float = 10.0
     worker_index: int | None = None
     runtime_dir: Path | None = None
     supervisor_pid: int | None = None
@@ -187,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
               help="on: one line per connection when it ends (logger clusterlink.access, info level whatever "
                    "--log-level says, in --log-format): connection id, direction, Import or Export, peer, "
                    "client attributes, bytes each way, duration, setup time and result")
+    flags.add(p, "--denial-report-interval", default=10.0, type=_positive_float,
+              help="Seconds between reports of policy denials to the control plane (counts per Import or "
+                   "Export, peer and policy; in Kubernetes it records them as Events on the Import or Export)")
     flags.add(p, "--max-connections", default=d.max_connections, type=_positive_int,
               help="Concurrent client connections (peer, agent and import ports together), split between workers")
     flags.add(p, "--max-requests-per-connection", default=d.max_requests, type=_positive_int,
@@ -259,6 +263,6 @@ def load_config(argv: Sequence[str] | None = None) -> GatewayConfig:
         token_lifetime=a.token_lifetime, pool_size=a.pool_size, pool_keepalive=a.pool_keepalive,
         pool_max_size=a.pool_max_size, pool_demand_window=a.pool_demand_window,
         framed_tunnels=a.framed_tunnels == "on", serve_unconfigured_peers=a.unconfigured_peers == "serve",
-        access_log=a.access_log == "on",
+        access_log=a.access_log == "on", denial_report_interval=a.denial_report_interval,
         limits=limits, log_level=a.log_level, log_format=a.log_format, event_loop=a.event_loop,
         worker_index=a.worker_index, runtime_dir=a.runtime_dir, supervisor_pid=a.supervisor_pid)

@@ -37,6 +37,7 @@ from .authorizer import AuthzRefused, RemoteAuthorizer
 from .config import Limits
 from .counters import SharedCounters
 from .decisions import egress_check, egress_src
+from .denials import DenialReports
 from .health import PeerHealth
 from .lb import RANDOM, ROUND_ROBIN, source_order
 from .logthrottle import LogThrottle, attributes
@@ -72,7 +73,7 @@ class _Client:
 class Egress:
     def __init__(self, *, state: Callable[[], GatewayState], pools: TunnelPools, authorizer: RemoteAuthorizer,
                  counters: SharedCounters, health: PeerHealth, metrics: GatewayMetrics, limits: Limits,
-                 meter: RelayMeter, access: AccessLog | None = None) -> None:
+                 meter: RelayMeter, access: AccessLog | None = None, denials: DenialReports | None = None) -> None:
         self._state = state
         self._pools = pools
         self._authorizer = authorizer
@@ -84,6 +85,7 @@ class Egress:
         self._throttle = LogThrottle(log, interval=10.0)
         self._credentials = AgentCredentials()
         self._access = access or AccessLog(False)
+        self._denials = denials if denials is not None else DenialReports()
 
     # --- entry points ------------------------------------------------------------------------
 
@@ -208,6 +210,7 @@ class Egress:
                 self._metrics.child(self._metrics.authz_decisions, DIRECTION, verdict, decision.tier.value).inc()
                 if not decision.allowed:
                     result = "denied"
+                    self._denials.add(DIRECTION, imp.namespace, imp.name, peer.name, decision.policy)
                     client_text = attributes(src)
                     self._throttle.info(f"denied:{imp.ref}:{peer.name}:{decision.policy}", "Egress for Import %s to "
                                         "%s/%s on peer %s denied by policy %s (client: %s)", imp.ref,

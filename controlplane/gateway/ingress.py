@@ -39,6 +39,7 @@ from .accessgrants import VerifiedGrants
 from .accesslog import AccessLog
 from .config import Limits
 from .decisions import ingress_check
+from .denials import DenialReports
 from .logthrottle import LogThrottle, attributes
 from .metrics import UNCONFIGURED_PEER_LABEL, UNKNOWN_LABEL, GatewayMetrics
 from .relay import Relay, RelayMeter
@@ -77,7 +78,7 @@ class _Close(Exception):
 class Ingress:
     def __init__(self, *, state: Callable[[], GatewayState], metrics: GatewayMetrics, limits: Limits,
                  meter: RelayMeter, framing: bool = True, serve_unconfigured_peers: bool = False,
-                 access: AccessLog | None = None) -> None:
+                 access: AccessLog | None = None, denials: DenialReports | None = None) -> None:
         self._state = state
         self._serve_unconfigured = serve_unconfigured_peers
         self._framing_header = (_FRAMING,) if framing else ()
@@ -92,6 +93,7 @@ class Ingress:
         self._meter = meter
         self._throttle = LogThrottle(log, interval=10.0)
         self._access = access or AccessLog(False)
+        self._denials = denials if denials is not None else DenialReports()
 
     def certificates_changed(self) -> int:
         """Our certificates (or the CA) changed: a connection authenticated with the old ones must
@@ -296,19 +298,23 @@ class Ingress:
             # connection when it has none cached): it gets its access-log line here.
             conn = self._access.new_id()
             self._end(conn, started, export.ref, presenting, "denied", authz.src_attributes)
-            self._log_denial(export.ref, presenting, check.decision.policy, authz.src_attributes, conn)
+            self._log_denial(export, presenting, check.decision.policy, authz.src_attributes, conn)
             return 403, [], f"access to {export.ref} denied by policy {check.decision.policy}\n".encode()
         if state.authority is None:
             return 503, [], b"this gateway has no token key yet\n"
         token = state.authority.mint_access_token(presenting, export.namespace, export.name, check.src)
         return 200, [(codec.ACCESS_TOKEN_HEADER, token)], b""
 
-    def _log_denial(self, export: str, peer: str, policy: str, src: Mapping[str, str], conn: str = "") -> None:
-        """A policy denial at info level, at most one line per (Export, peer, policy) per 10 s."""
+    def _log_denial(self, export: ExportView, peer: str, policy: str, src: Mapping[str, str], conn: str = "") -> None:
+        """A policy denial at info level, at most one line per (Export, peer, policy) per 10 s; and
+        in the next report to the control plane (configured peers only)."""
+        if peer in self._state().peers:
+            self._denials.add(DIRECTION, export.namespace, export.name, peer, policy)
         client = attributes(src)
-        self._throttle.info(f"denied:{export}:{peer}:{policy}", "Ingress from peer %s to Export %s denied by "
-                            "policy %s (client: %s)", peer, export, policy, client,
-                            extra=fields(conn=conn, direction=DIRECTION, export=export, peer=peer, verdict="deny",
+        ref = export.ref
+        self._throttle.info(f"denied:{ref}:{peer}:{policy}", "Ingress from peer %s to Export %s denied by "
+                            "policy %s (client: %s)", peer, ref, policy, client,
+                            extra=fields(conn=conn, direction=DIRECTION, export=ref, peer=peer, verdict="deny",
                                          policy=policy, client=client))
 
     def _peer_label(self, peer: str) -> str:
@@ -369,7 +375,7 @@ class Ingress:
         self._count_decision(check.decision)
         if not check.decision.allowed:
             self._end(conn, started, ref, presenting, "denied", client)
-            self._log_denial(ref, presenting, check.decision.policy, client, conn)
+            self._log_denial(export, presenting, check.decision.policy, client, conn)
             return await self._refuse(stream, http, 403, f"access to {ref} denied by policy {check.decision.policy}")
 
         try:

@@ -35,6 +35,7 @@ from .authorizer import RemoteAuthorizer
 from .config import EXIT_CONFIG, GatewayConfig
 from .counters import COUNTERS_FILE, CountersError, SharedCounters
 from .decisions import egress_check, egress_src
+from .denials import DenialReports
 from .egress import Egress
 from .health import PeerHealth
 from .ingress import Ingress
@@ -211,6 +212,14 @@ class Worker:
                 log.warning("Reset %d connections: nothing from the other gateway on their tunnel for %g s",
                             len(reset), timeout)
 
+    async def _report_denials(self) -> None:
+        """Policy denials to the control plane every --denial-report-interval (it records Events)."""
+        while True:
+            await asyncio.sleep(self.config.denial_report_interval)
+            batch = self.denials.take()
+            if batch:
+                await self.feed.report(batch)  # best effort: dropped when it fails
+
     async def _upkeep(self) -> None:
         while True:
             await asyncio.sleep(UPKEEP_INTERVAL)
@@ -269,12 +278,14 @@ class Worker:
                 self.authorizer = authorizer = RemoteAuthorizer(self.pools, cache=TokenCache(), tasks=background,
                                                                 metrics=metrics, limits=self.limits)
                 access = AccessLog(config.access_log)
+                self.denials = denials = DenialReports()
                 self.ingress = Ingress(state=self.state, metrics=metrics, limits=self.limits, meter=self.meter,
                                        framing=config.framed_tunnels,
-                                       serve_unconfigured_peers=config.serve_unconfigured_peers, access=access)
+                                       serve_unconfigured_peers=config.serve_unconfigured_peers, access=access,
+                                       denials=denials)
                 self.egress = Egress(state=self.state, pools=self.pools, authorizer=authorizer, counters=counters,
                                      health=health, metrics=metrics, limits=self.limits, meter=self.meter,
-                                     access=access)
+                                     access=access, denials=denials)
                 self.feed = SnapshotFeed(endpoint, role="gateway", on_snapshot=self._on_snapshot,
                                          on_connected=self._on_connected,
                                          name=f"gateway {self.tls.name} worker {config.worker_index} "
@@ -282,7 +293,7 @@ class Worker:
                 feed = group.create_task(self.feed.run(), name="snapshot-feed")
                 watch = group.create_task(self.tls.watch(on_reload=self._certificates_changed), name="tls-reload")
                 await _first(self._ready.wait(), stop.wait())
-                upkeep = liveness = None
+                upkeep = liveness = reports = None
                 if self._ready.is_set() and not stop.is_set():
                     await self._open_listeners()
                     # What start-up made (modules, grpc, the first state: ~40,000 objects) lives as
@@ -291,6 +302,7 @@ class Worker:
                     gc.freeze()
                     upkeep = group.create_task(self._upkeep(), name="upkeep")
                     liveness = group.create_task(self._liveness(), name="liveness")
+                    reports = group.create_task(self._report_denials(), name="denial-reports")
                     await stop.wait()
                 self._stopping = True
                 metrics.serving.set(0)
@@ -303,7 +315,7 @@ class Worker:
                     log.warning("Worker %d reset %d connections still open after %g s", config.worker_index,
                                 cancelled, self.limits.drain_timeout)
                 self.admission.abort_all()
-                for task in (feed, watch, upkeep, liveness):
+                for task in (feed, watch, upkeep, liveness, reports):
                     if task is not None:
                         task.cancel()
                 background.cancel_all()

@@ -10,7 +10,10 @@ went down. The control plane records an Event when:
   it was not (Normal `PeerReachable`); the first heartbeat after a start records nothing when the
   peer answers;
 - the store rejects an object (any ClusterLink kind, policies included) as malformed (Warning
-  `Rejected`, with the field and the problem).
+  `Rejected`, with the field and the problem);
+- a gateway's policies deny connections (Warning `PolicyDenied` on the Import for egress, on the
+  Export for ingress, naming the peer and the policy; the gateways report counts every
+  --denial-report-interval, and repeats are one Event with a growing count).
 
 Only in Kubernetes mode (`store.kube_events.KubeEvents` writes them; a standalone control plane
 has nowhere to put them and logs the same facts), and only by the leader.
@@ -28,6 +31,7 @@ from controlplane.model.objects import Object
 NORMAL = "Normal"
 WARNING = "Warning"
 
+POLICY_DENIED = "PolicyDenied"
 PEER_UNREACHABLE = "PeerUnreachable"
 PEER_REACHABLE = "PeerReachable"
 REJECTED = "Rejected"
@@ -56,14 +60,14 @@ class EventNote:
 
 
 class Events(Protocol):
-    def record(self, ref: ObjectRef, note: EventNote) -> None:
-        """Record (never blocks, never raises: Events are best effort)."""
+    def record(self, ref: ObjectRef, note: EventNote, count: int = 1) -> None:
+        """Record `count` occurrences (never blocks, never raises: Events are best effort)."""
 
 
 class NoEvents:
     """Standalone mode: no Events (the log has the same facts)."""
 
-    def record(self, ref: ObjectRef, note: EventNote) -> None:
+    def record(self, ref: ObjectRef, note: EventNote, count: int = 1) -> None:
         return None
 
 
@@ -90,6 +94,18 @@ def peer_note(peer: str, reachable: bool, before: bool | None) -> EventNote | No
                          "other sources of the Imports it serves", "Heartbeat")
     if reachable and before is False:
         return EventNote(NORMAL, PEER_REACHABLE, f"peer {peer} answers heartbeats again", "Heartbeat")
+    return None
+
+
+def denial_note(direction: str, peer: str, policy: str) -> tuple[str, EventNote] | None:
+    """(the kind of object it goes on, the Event) for denials a gateway reported; None when the
+    direction is not one we know."""
+    if direction == "egress":
+        return "Import", EventNote(WARNING, POLICY_DENIED, f"connections to peer {peer} denied by policy "
+                                   f"{policy} (egress)", "Authorize")
+    if direction == "ingress":
+        return "Export", EventNote(WARNING, POLICY_DENIED, f"connections from peer {peer} denied by policy "
+                                   f"{policy} (ingress)", "Authorize")
     return None
 
 

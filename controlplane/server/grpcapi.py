@@ -27,12 +27,14 @@ from controlplane.model.objects import ModelError, Object, parse_documents
 from controlplane.store.base import Store, StoreError
 from controlplane.tokens import TokenAuthority
 
+from .events import Events, NoEvents, ObjectRef, denial_note
 from .reconciler import Reconciler
 from .rollout import RolloutResult, Rollouts
 
 log = logging.getLogger(__name__)
 
 MAX_WAIT = 300.0  # seconds: the longest a management call waits for its change to be in force
+MAX_DENIALS_PER_REPORT = 1024
 RequestHook = Callable[[str, str], None]  # (method, code)
 WatcherHook = Callable[[str, int], None]  # (role, delta)
 
@@ -61,8 +63,9 @@ async def _require(context: grpc.aio.ServicerContext, *tokens: str) -> None:
 class ControlPlaneService(pb_grpc.ControlPlaneServicer):
     def __init__(self, reconciler: Reconciler, credentials: Credentials, authority: TokenAuthority, *,
                  credential_lifetime: float, on_watcher: WatcherHook | None = None,
-                 on_request: RequestHook | None = None) -> None:
+                 on_request: RequestHook | None = None, events: Events | None = None) -> None:
         self.reconciler = reconciler
+        self._events: Events = events or NoEvents()
         self.credentials = credentials
         self.authority = authority
         self.credential_lifetime = credential_lifetime
@@ -97,6 +100,24 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
     async def Ack(self, request: pb.AckRequest, context: grpc.aio.ServicerContext) -> pb.AckResponse:
         await _require(context, self.credentials.join_token)
         return pb.AckResponse(known=self.rollouts.ack(request.instance, request.version))
+
+    async def Report(self, request: pb.ReportRequest, context: grpc.aio.ServicerContext) -> pb.ReportResponse:
+        """A gateway's policy denials: Events on the Imports and Exports they were for (only
+        objects and peers that exist: what a gateway names cannot grow anything)."""
+        await _require(context, self.credentials.join_token)
+        store = self.reconciler.store
+        system = self.reconciler.config.system_namespace
+        for denial in request.denials[:MAX_DENIALS_PER_REPORT]:
+            found = denial_note(denial.direction, denial.peer, denial.policy)
+            if found is None or store.get(S.PEER.kind, system, denial.peer) is None:
+                continue
+            kind, note = found
+            obj = store.get(kind, denial.namespace, denial.name)
+            if obj is not None:
+                self._events.record(ObjectRef.of(obj), note, count=denial.count)
+        if self._on_request:
+            self._on_request("Report", "OK")
+        return pb.ReportResponse()
 
     async def Register(self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext) -> pb.RegisterResponse:
         await _require(context, self.credentials.join_token)

@@ -57,7 +57,7 @@ class KubeEvents:
         self._leading = leading
         self._instance = instance or socket.gethostname()
         self._repeat_interval = repeat_interval
-        self._queue: queue.Queue[tuple[ObjectRef, EventNote]] = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue[tuple[ObjectRef, EventNote, int]] = queue.Queue(maxsize=queue_size)
         self._series: OrderedDict[tuple[ObjectRef, str, str], _Series] = OrderedDict()
         self._max_series = max_series
         self._clock = clock
@@ -67,11 +67,11 @@ class KubeEvents:
         self.failed = 0
 
     # -- producers (any thread) ---------------------------------------------------------------------
-    def record(self, ref: ObjectRef, note: EventNote) -> None:
+    def record(self, ref: ObjectRef, note: EventNote, count: int = 1) -> None:
         if not self._leading():
             return
         try:
-            self._queue.put_nowait((ref, note))
+            self._queue.put_nowait((ref, note, max(1, count)))
         except queue.Full:
             self.dropped += 1
 
@@ -80,11 +80,11 @@ class KubeEvents:
         """Write until `stop` is set (the thread's body)."""
         while not stop.is_set():
             try:
-                ref, note = self._queue.get(timeout=poll)
+                ref, note, count = self._queue.get(timeout=poll)
             except queue.Empty:
                 self.flush()
                 continue
-            self.write(ref, note)
+            self.write(ref, note, count)
         self.drain()
 
     def start(self, stop: threading.Event) -> threading.Thread:
@@ -96,21 +96,21 @@ class KubeEvents:
         """Write everything queued now, then the counts due (tests; the end of `run`)."""
         while True:
             try:
-                ref, note = self._queue.get_nowait()
+                ref, note, count = self._queue.get_nowait()
             except queue.Empty:
                 break
-            self.write(ref, note)
+            self.write(ref, note, count)
         self.flush()
 
-    def write(self, ref: ObjectRef, note: EventNote) -> None:
+    def write(self, ref: ObjectRef, note: EventNote, count: int = 1) -> None:
         key = (ref, note.reason, note.message)
         now = self._clock()
         series = self._series.get(key)
         if series is None:
-            self._create(key, ref, note, now)
+            self._create(key, ref, note, now, count)
             return
         self._series.move_to_end(key)
-        series.count += 1
+        series.count += count
         self._patch_if_due(key, series, now)
 
     def flush(self) -> None:
@@ -120,7 +120,8 @@ class KubeEvents:
             if series.count != series.written_count:
                 self._patch_if_due(key, series, now)
 
-    def _create(self, key: tuple[ObjectRef, str, str], ref: ObjectRef, note: EventNote, now: float) -> None:
+    def _create(self, key: tuple[ObjectRef, str, str], ref: ObjectRef, note: EventNote, now: float,
+                count: int = 1) -> None:
         namespace = ref.namespace or self._fallback_namespace
         name = f"{ref.name}.{secrets.token_hex(8)}"
         regarding = {"apiVersion": f"{S.GROUP}/{S.VERSION}", "kind": ref.kind, "name": ref.name}
@@ -135,13 +136,15 @@ class KubeEvents:
             "reportingInstance": self._instance[:128], "action": note.action, "reason": note.reason,
             "type": note.type, "note": note.message[:NOTE_LIMIT], "regarding": regarding,
         }
+        if count > 1:  # several occurrences already (a gateway's report)
+            body["series"] = {"count": count, "lastObservedTime": _micro_time(now)}
         try:
             self._api.create(EVENTS, namespace, body)
         except KubeError as exc:
             self._failed(f"recording Event {note.reason} on {ref.kind} {ref.namespace}/{ref.name}", exc)
             return
         self.written += 1
-        self._series[key] = _Series(note, name, namespace, 1, 1, now)
+        self._series[key] = _Series(note, name, namespace, count, count, now)
         while len(self._series) > self._max_series:
             self._series.popitem(last=False)
 

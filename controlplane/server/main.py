@@ -243,7 +243,7 @@ async def run(config: Config) -> None:
         metrics.watchers.labels(role=role).inc(delta)
 
     control = ControlPlaneService(reconciler, credentials, authority, credential_lifetime=config.credential_lifetime,
-                                  on_watcher=on_watcher, on_request=on_request)
+                                  on_watcher=on_watcher, on_request=on_request, events=events)
     def status() -> dict:
         from .status import build_status
 

@@ -125,9 +125,11 @@ def fabric(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fabric]:
     servers = {name: NamedServer(name) for name in ("echo", "a", "b", "c")}
     cp_east = ControlPlaneFixture(root / "cp-east.sock", snapshot(0, "east", key=east_key))
     cp_west = ControlPlaneFixture(root / "cp-west.sock", snapshot(0, "west", key=west_key))
-    # The access log is on for both (test_accesslog reads it; every other test exercises it).
-    east = GatewayProcess("east", certs.east, cp_east.socket_path, root, extra=[*TEST_LIMITS, "--access-log", "on"])
-    west = GatewayProcess("west", certs.west, cp_west.socket_path, root, extra=[*TEST_LIMITS, "--access-log", "on"])
+    # The access log is on for both (test_accesslog reads it; every other test exercises it), and
+    # denials are reported quickly (test_policy).
+    extra = [*TEST_LIMITS, "--access-log", "on", "--denial-report-interval", "0.5"]
+    east = GatewayProcess("east", certs.east, cp_east.socket_path, root, extra=extra)
+    west = GatewayProcess("west", certs.west, cp_west.socket_path, root, extra=extra)
     fab = Fabric(certs, east_key, west_key, cp_east, cp_west, east, west, servers, echo_port=free_port())
     try:
         cp_east.start()

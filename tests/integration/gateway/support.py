@@ -53,6 +53,11 @@ class _ControlPlane(pb_grpc.ControlPlaneServicer):
         return pb.RegisterResponse(credential=authority.mint_agent_credential(request.node or "n1"),
                                    expires_unix=int(time.time() + 3600))
 
+    async def Report(self, request, context):  # type: ignore[no-untyped-def]
+        await self.fixture.check(context)
+        self.fixture.reports.append(request)
+        return pb.ReportResponse()
+
     async def Watch(self, request, context):  # type: ignore[no-untyped-def]
         await self.fixture.check(context)
         sent = request.known_version
@@ -67,11 +72,13 @@ class _ControlPlane(pb_grpc.ControlPlaneServicer):
 
 
 class ControlPlaneFixture:
-    """A control plane that serves the snapshots a test publishes (Watch) and Register."""
+    """A control plane that serves the snapshots a test publishes (Watch) and Register, and keeps
+    the denial reports it receives (`reports`)."""
 
     def __init__(self, socket_path: Path, snapshot: pb.Snapshot) -> None:
         self.socket_path = socket_path
         self.snapshot = snapshot
+        self.reports: list[pb.ReportRequest] = []
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"cp-{socket_path.name}", daemon=True)
         self._thread.start()

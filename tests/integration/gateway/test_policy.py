@@ -137,3 +137,37 @@ def test_denials_are_logged_at_info_but_rate_limited(net: Fabric) -> None:
     lines = _denials(net.west, "not-east-in")
     assert 1 <= len(lines) <= 2, lines
     assert " INFO " in lines[0] and "from peer east to Export" in lines[0], lines
+
+
+def _reported(cp, direction: str, policy_name: str, want: int, timeout: float = 5.0) -> int:  # type: ignore[no-untyped-def]
+    """Denials of `policy_name` the gateway reported to its control plane (each worker reports its
+    own: waits until `want` arrived, then a little longer for any extra)."""
+    deadline = time.monotonic() + timeout
+
+    def total() -> int:
+        return sum(d.count for r in list(cp.reports) for d in r.denials
+                   if d.direction == direction and d.policy.endswith(policy_name))
+
+    while total() < want and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # two report intervals: a count too high would show now
+    return total()
+
+
+def test_denials_are_reported_to_the_control_plane_per_import_export_and_peer(net: Fabric) -> None:
+    """The control plane turns these reports into Events on the Import or Export (Kubernetes)."""
+    net.publish_east(policies=[policy("allow-all", ALLOW_ALL), deny("no-echo-rep", to={A.EXPORT_NAME: "echo"})])
+    for _ in range(4):
+        expect_reset(lambda: open_import(net.echo_port))
+    assert _reported(net.cp_east, "egress", "no-echo-rep", 4) == 4
+    (denial,) = {(d.namespace, d.name, d.peer) for r in net.cp_east.reports for d in r.denials
+                 if d.policy.endswith("no-echo-rep")}
+    assert denial == ("default", "echo", "west")
+    net.publish_east()
+    net.publish_west(policies=[policy("allow-all", ALLOW_ALL), deny("not-east-rep", from_={A.PEER_NAME: "east"})])
+    for _ in range(3):
+        expect_reset(lambda: open_import(net.echo_port))
+    assert _reported(net.cp_west, "ingress", "not-east-rep", 1) >= 1  # east caches no token for a refusal
+    (denial,) = {(d.namespace, d.name, d.peer) for r in net.cp_west.reports for d in r.denials
+                 if d.policy.endswith("not-east-rep")}
+    assert denial == ("default", "echo", "east")

@@ -21,7 +21,7 @@ class Recorded:
     def __init__(self) -> None:
         self.notes: list[tuple[E.ObjectRef, E.EventNote]] = []
 
-    def record(self, ref: E.ObjectRef, note: E.EventNote) -> None:
+    def record(self, ref: E.ObjectRef, note: E.EventNote, count: int = 1) -> None:
         self.notes.append((ref, note))
 
 
