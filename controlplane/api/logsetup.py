@@ -42,6 +42,12 @@ def fields(**values: Any) -> dict[str, dict[str, Any]]:
     return {_FIELDS_ATTR: {k.rstrip("_"): v for k, v in values.items() if v not in (None, "")}}
 
 
+def printable(text: str) -> str:
+    """`text` with every unprintable character (a newline, an escape: a remote peer may send them)
+    as `?`, so that one log line stays one line and a terminal shows it as it is."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def record_fields(record: logging.LogRecord) -> Mapping[str, Any]:
     """The structured fields of a record ({} when it has none)."""
     return getattr(record, _FIELDS_ATTR, None) or {}
@@ -85,7 +91,7 @@ class TextFormatter(logging.Formatter):
 def _text_value(value: Any) -> str:
     if isinstance(value, Mapping):
         value = ",".join(f"{k}={v}" for k, v in sorted(value.items()))
-    text = "".join(c if c.isprintable() else "?" for c in str(value))
+    text = printable(str(value))
     return json.dumps(text) if (not text or any(c.isspace() or c == '"' for c in text)) else text
 
 

@@ -274,11 +274,7 @@ class Egress:
                 client.unread(bytes(replay))
                 replay = bytearray()
                 conn.send_connect(grant.token, framed=framed)
-            # Watched by the pool: a peer marked down moves it to the next source (fallback); a
-            # gateway of the peer marked down (the peer has others) has it retried on another.
-            watched = fallback or len(peer.gateways) > 1
-            if watched:
-                pool.expect_answer(conn)
+            pool.expect_answer(conn, fallback=fallback)
             try:
                 response = await conn.connect_response(self._limits.response_timeout)
             except ExchangeFailed as exc:
@@ -303,8 +299,7 @@ class Egress:
                 relay.abort()
                 raise
             finally:
-                if watched:
-                    pool.answered(conn)
+                pool.answered(conn)
 
             if 200 <= response.status < 300 and response.framing != framed:
                 # We framed our bytes for a gateway that answered with a raw tunnel (or the other

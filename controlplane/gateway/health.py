@@ -11,9 +11,12 @@ reported with its reason (`connect`, `probe`) to `on_change`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from .state import PeerView
+
+Gateway = tuple[str, int]
 
 
 class PeerHealth:
@@ -39,3 +42,22 @@ class PeerHealth:
 
     def forget(self, peer: str) -> None:
         self._seen.pop(peer, None)
+
+
+@dataclass(frozen=True)
+class ProbeVerdict:
+    """What one round of probes of a peer's gateways says (`judge_probes`)."""
+
+    peer_up: bool  # some gateway answered: the peer is up (False: mark it down)
+    gateways_down: tuple[Gateway, ...]  # to mark down by themselves (the peer has others that answer)
+    gateways_up: tuple[Gateway, ...]  # answered
+
+
+def judge_probes(results: Mapping[Gateway, str | None]) -> ProbeVerdict:
+    """`results`: each gateway of the peer probed, None when it answered, else why not. A peer is
+    down only when none answered; a gateway is marked down by itself only when another answered
+    (a peer with one gateway is simply up or down)."""
+    up = tuple(g for g, why in results.items() if why is None)
+    if not up:
+        return ProbeVerdict(False, (), ())
+    return ProbeVerdict(True, tuple(g for g, why in results.items() if why is not None), up)

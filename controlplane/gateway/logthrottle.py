@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from controlplane.api.logsetup import printable
+
 
 class LogThrottle:
     def __init__(self, logger: logging.Logger, *, interval: float = 10.0,
@@ -51,6 +53,5 @@ class LogThrottle:
 def attributes(attrs: Mapping[str, str], limit: int = 300) -> str:
     """Client attributes for a log line: `k=v, ...` in key order, cut at `limit` characters, anything
     unprintable (a remote peer sends them) as `?`."""
-    text = ", ".join(f"{k}={v}" for k, v in sorted(attrs.items())) or "none known"
-    text = "".join(c if c.isprintable() else "?" for c in text)
+    text = printable(", ".join(f"{k}={v}" for k, v in sorted(attrs.items())) or "none known")
     return text if len(text) <= limit else text[:limit] + "..."

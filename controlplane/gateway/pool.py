@@ -46,9 +46,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import ssl
 import weakref
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 
 from controlplane.api.logsetup import fields
 from controlplane.peerwire.client import (
@@ -63,7 +64,7 @@ from controlplane.peerwire.client import (
 from controlplane.tlsconfig import PeerTLS
 
 from .config import Limits
-from .health import PeerHealth
+from .health import PeerHealth, judge_probes
 from .logthrottle import LogThrottle
 from .metrics import GatewayMetrics
 from .state import PeerView
@@ -144,8 +145,9 @@ class TunnelPool:
         # implementation, which also take application bytes right behind a CONNECT.
         self.announced = False
         self._use_framing = framing  # we may frame tunnels (--framed-tunnels)
-        # CONNECTs waiting for the peer's answer whose connection could go to another source.
-        self._waiting: weakref.WeakSet[PeerConnection] = weakref.WeakSet()
+        # CONNECTs waiting for the peer's answer (`expect_answer`), and whether their connection
+        # could go to another source (then marking the peer down aborts them too).
+        self._waiting: weakref.WeakKeyDictionary[PeerConnection, bool] = weakref.WeakKeyDictionary()
         self._connecting: set[asyncio.Future[PeerConnection]] = set()  # abortable acquires' connects
         self._probing = 0  # idle tunnels out for a probe (they count as idle: no refill for them)
         # Gateways of the peer whose probe failed (the peer is down only when all of them are):
@@ -181,8 +183,7 @@ class TunnelPool:
             keep = set(peer.gateways)
             self._down_gateways &= keep
             for conn in [c for c in self._idle if c.gateway not in keep]:
-                self._idle.remove(conn)
-                conn.close()
+                self._take_idle(conn).close()
             self._changed()
             self._wake.set()
 
@@ -287,13 +288,15 @@ class TunnelPool:
         self._changed()
         self._wake.set()
 
-    def expect_answer(self, conn: PeerConnection) -> None:
-        """`conn`'s CONNECT waits for the peer, and its connection has another source: abort it
-        when the peer is marked down (`answered` when the answer came)."""
-        self._waiting.add(conn)
+    def expect_answer(self, conn: PeerConnection, *, fallback: bool) -> None:
+        """`conn`'s CONNECT waits for the peer (`answered` when the answer came). It is aborted
+        when its gateway is marked down (the peer has others: egress retries it there, `gave_up`)
+        and, when its connection has another source (`fallback`), when the peer is marked down."""
+        if fallback or len(self.peer.gateways) > 1:
+            self._waiting[conn] = fallback
 
     def answered(self, conn: PeerConnection) -> None:
-        self._waiting.discard(conn)
+        self._waiting.pop(conn, None)
 
     def gave_up(self, conn: PeerConnection) -> bool:
         """Whether the pool aborted `conn` because its gateway was marked down (the peer has others)."""
@@ -309,12 +312,10 @@ class TunnelPool:
                         extra=fields(peer=self.name, result="down", reason="probe", gateway=describe(gateway)))
             self._metrics.child(self._metrics.gateway_reachable, self.name, describe(gateway)).set(0)
         for conn in [c for c in self._idle if c.gateway == gateway]:
-            self._idle.remove(conn)
-            conn.stream.set_watcher(None)
-            conn.abort()
+            self._take_idle(conn).abort()
         self._changed()
         for conn in [c for c in self._waiting if c.gateway == gateway]:
-            self._waiting.discard(conn)
+            del self._waiting[conn]
             self._given_up.add(conn)
             conn.abort()
 
@@ -329,10 +330,10 @@ class TunnelPool:
         if self._health.mark(self.name, False, reason):
             log.warning("Peer %s is marked down for new connections from this gateway (%s): %s", self.name,
                         reason, detail, extra=fields(peer=self.name, result="down", reason=reason))
-        waiting = list(self._waiting)
-        self._waiting.clear()
-        for conn in waiting:
-            conn.abort()  # egress sees the exchange fail, the peer down: it goes to the next source
+        for conn, fallback in list(self._waiting.items()):
+            if fallback:
+                del self._waiting[conn]
+                conn.abort()  # egress sees the exchange fail, the peer down: it goes to the next source
         current = asyncio.current_task()
         for task in list(self._connecting):
             if task is not current:
@@ -376,11 +377,9 @@ class TunnelPool:
             raise PeerUnreachable(f"peer {peer.name!r} has no gateways")
         context = self._tls.client_context()
         timeout = self._limits.connect_timeout if timeout is None else timeout
-        liveness = self._limits.liveness_timeout
 
-        def attempt(gateway: tuple[str, int]):  # type: ignore[no-untyped-def]
-            return lambda: PeerConnection.open(gateway, peer_name=peer.name, context=context, timeout=timeout,
-                                               liveness_timeout=liveness)
+        def attempt(gateway: Gateway):  # type: ignore[no-untyped-def]
+            return lambda: self._open(gateway, timeout, context)
 
         try:
             conn, _ = await first_success([attempt(g) for g in gateways], name=f"connect-{peer.name}",
@@ -394,6 +393,18 @@ class TunnelPool:
         if self._health.mark(peer.name, True, "connect"):
             log.info("Peer %s is reachable again from this gateway", peer.name,
                      extra=fields(peer=peer.name, result="up", reason="connect"))
+        return conn
+
+    def _open(self, gateway: Gateway, timeout: float, context: ssl.SSLContext | None = None) -> Awaitable[PeerConnection]:
+        """A new tunnel to one gateway of the peer (raises PeerUnreachable)."""
+        return PeerConnection.open(gateway, peer_name=self.name, context=context or self._tls.client_context(),
+                                   timeout=timeout, liveness_timeout=self._limits.liveness_timeout)
+
+    def _take_idle(self, conn: PeerConnection) -> PeerConnection:
+        """Out of the idle tunnels (no longer watched for its other side closing); the caller
+        closes, aborts, lends or checks it."""
+        self._idle.remove(conn)
+        conn.stream.set_watcher(None)
         return conn
 
     # --- background upkeep -------------------------------------------------------------------
@@ -433,8 +444,7 @@ class TunnelPool:
         for conn in list(self._idle):
             if conn not in self._idle or now - conn.last_used < self._keepalive:
                 continue
-            self._idle.remove(conn)
-            conn.stream.set_watcher(None)
+            self._take_idle(conn)
             self._changed()
             try:
                 await self._check(conn, self._limits.response_timeout, "keepalive")
@@ -461,10 +471,7 @@ class TunnelPool:
         if make_room and not self._closed and conn.usable and len(self._idle) >= self.target():
             others = [c for c in self._idle if c.gateway != conn.gateway]
             if others:
-                evicted = min(others, key=lambda c: c.last_used)
-                self._idle.remove(evicted)
-                evicted.stream.set_watcher(None)
-                evicted.close()
+                self._take_idle(min(others, key=lambda c: c.last_used)).close()
         if self._closed or len(self._idle) >= self.target() or not conn.usable:  # e.g. its request cap reached
             conn.close()
         else:
@@ -472,8 +479,7 @@ class TunnelPool:
 
     def _drop_dead(self) -> None:
         for conn in [c for c in self._idle if not c.usable]:
-            self._idle.remove(conn)
-            conn.abort()
+            self._take_idle(conn).abort()
             self._metrics.child(self._metrics.tunnel_failures, self.name, "keepalive").inc()
         self._changed()
 
@@ -483,9 +489,7 @@ class TunnelPool:
         if excess <= 0:
             return
         for conn in sorted(self._idle, key=lambda c: c.last_used)[:excess]:
-            self._idle.remove(conn)
-            conn.stream.set_watcher(None)
-            conn.close()
+            self._take_idle(conn).close()
         self._changed()
 
     async def _probe(self) -> None:
@@ -502,18 +506,20 @@ class TunnelPool:
             gateways = list(self.peer.gateways)
             if not gateways:
                 continue
-            failures = await asyncio.gather(*(self._probe_gateway(g, timeout) for g in gateways))
-            failed = [(g, why) for g, why in zip(gateways, failures, strict=True) if why is not None]
-            if len(failed) == len(gateways):
+            answers = await asyncio.gather(*(self._probe_gateway(g, timeout) for g in gateways))
+            results = dict(zip(gateways, answers, strict=True))
+            verdict = judge_probes(results)
+            if not verdict.peer_up:
                 for gateway in gateways:
                     self._metrics.child(self._metrics.gateway_reachable, self.name, describe(gateway)).set(0)
-                self._peer_down("probe", "; ".join(f"{describe(g)}: {why}" for g, why in failed))
+                self._peer_down("probe", "; ".join(f"{describe(g)}: {why}" for g, why in results.items()))
                 self._wake.set()  # the upkeep replaces what was dropped (and its connect tells more)
                 continue
-            for gateway, why in failed:
-                if len(gateways) > 1:
-                    self._gateway_down(gateway, why)
-            if failed:
+            for gateway in verdict.gateways_up:
+                self._gateway_up(gateway)
+            for gateway in verdict.gateways_down:
+                self._gateway_down(gateway, results[gateway])
+            if verdict.gateways_down:
                 self._wake.set()
             if self._health.mark(self.name, True, "probe"):
                 log.info("Peer %s answers probes again: marked up", self.name,
@@ -523,16 +529,13 @@ class TunnelPool:
         """Probe one gateway: None when it answered, else why not."""
         usable = [c for c in self._idle if c.usable and c.gateway == gateway]
         if usable:
-            conn = min(usable, key=lambda c: c.last_used)
-            self._idle.remove(conn)
-            conn.stream.set_watcher(None)
+            conn = self._take_idle(min(usable, key=lambda c: c.last_used))
         else:
             # No idle tunnel to it (all lent, e.g. to connections now waiting for a frozen peer; or
             # the pool's tunnels go to its other gateways; or it was marked down): a new tunnel,
             # with the probe's time for its handshake too. It joins the pool.
             try:
-                conn = await PeerConnection.open(gateway, peer_name=self.name, context=self._tls.client_context(),
-                                                 timeout=timeout, liveness_timeout=self._limits.liveness_timeout)
+                conn = await self._open(gateway, timeout)
             except PeerError as exc:
                 self._metrics.child(self._metrics.tunnel_failures, self.name, "probe").inc()
                 return str(exc) or type(exc).__name__
@@ -545,7 +548,6 @@ class TunnelPool:
         finally:
             self._probing -= 1
             self._changed()
-        self._gateway_up(gateway)
         return None
 
     async def run(self) -> None:

@@ -22,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from controlplane.gateway.logthrottle import LogThrottle
 from controlplane.model import schema as S
 from controlplane.store.kube import KubeWriter
 from controlplane.store.kubeapi import EVENTS, KubeError, NotFound
@@ -61,7 +62,7 @@ class KubeEvents:
         self._series: OrderedDict[tuple[ObjectRef, str, str], _Series] = OrderedDict()
         self._max_series = max_series
         self._clock = clock
-        self._last_error_log = float("-inf")
+        self._throttle = LogThrottle(log, interval=60.0)
         self.dropped = 0
         self.written = 0
         self.failed = 0
@@ -154,9 +155,9 @@ class KubeEvents:
         patch = {"series": {"count": series.count, "lastObservedTime": _micro_time(now)}}
         try:
             self._api.patch(EVENTS, series.namespace, series.name, patch)
-        except NotFound:  # expired (the API server keeps Events for an hour): start a new one
+        except NotFound:  # expired (the API server keeps Events for an hour): a new one for what was not written
             del self._series[key]
-            self._create(key, key[0], series.note, now)
+            self._create(key, key[0], series.note, now, series.count - series.written_count)
             return
         except KubeError as exc:
             self._failed(f"counting Event {series.namespace}/{series.name}", exc)
@@ -168,8 +169,6 @@ class KubeEvents:
 
     def _failed(self, what: str, exc: KubeError) -> None:
         self.failed += 1
-        now = time.monotonic()
-        if now - self._last_error_log >= 60.0:
-            self._last_error_log = now
-            log.warning("%s failed (Events are best effort; %d failed so far): %s", what, self.failed, exc)
+        self._throttle.warning("write", "%s failed (Events are best effort; %d failed so far): %s", what,
+                               self.failed, exc)
 

@@ -13,8 +13,8 @@ import logging
 import os
 import secrets
 import signal
-import threading
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -284,8 +284,7 @@ async def run(config: Config) -> None:
             metrics.leader.set(1 if leading else 0)
             reconciler.mark_dirty()
             if leading:  # what was rejected before we led (the first list, typically): say it now
-                for (kind, namespace, name), why in kube.store.invalid().items():
-                    events.record(ObjectRef(kind, namespace, name), rejected_note(why))
+                kube.store.replay_invalid()
 
         kube.on_leadership(on_leadership)
         kube.store.on_cluster_change(reconciler.mark_dirty)

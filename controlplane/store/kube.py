@@ -220,6 +220,7 @@ class _Cache:
         default_factory=lambda: {kind: {} for kind in CLUSTERLINK})
     versions: dict[tuple[str, str, str], str] = field(default_factory=dict)  # (kind, ns, name) -> resourceVersion
     invalid: dict[tuple[str, str, str], str] = field(default_factory=dict)  # rejected by the model -> why
+    invalid_uids: dict[tuple[str, str, str], str] = field(default_factory=dict)  # their uids (for Events)
     services: dict[tuple[str, str], ServiceView] = field(default_factory=dict)
     slices: dict[tuple[str, str], SliceView] = field(default_factory=dict)
     gateway_pods: dict[str, GatewayPod] = field(default_factory=dict)
@@ -315,11 +316,13 @@ class KubeStore:
             obj = object_from_raw(raw, resource)
         except FieldError as exc:
             why = str(exc)
+            uid = str((raw.get("metadata") or {}).get("uid") or "")
             if self._cache.invalid.get(ckey) != why:
                 log.error("%s %s/%s is invalid and ignored: %s", resource.kind, ns, name, why)
                 if self.on_invalid is not None:
-                    self.on_invalid(resource.kind, ns, name, str((raw.get("metadata") or {}).get("uid") or ""), why)
+                    self.on_invalid(resource.kind, ns, name, uid, why)
             self._cache.invalid[ckey] = why
+            self._cache.invalid_uids[ckey] = uid
             self._drop_object(resource, (ns, name))
             return None
         self._cache.invalid.pop(ckey, None)
@@ -367,6 +370,14 @@ class KubeStore:
     def exists(self, kind: str, namespace: str, name: str) -> bool:
         """Whether the object exists in the cluster, even if the model rejected it."""
         return self.get(kind, namespace, name) is not None or (kind, namespace, name) in self._cache.invalid
+
+    def replay_invalid(self) -> None:
+        """Tell `on_invalid` of every object rejected now, again (a new leader says what was
+        rejected before it led: the first list comes before the election)."""
+        if self.on_invalid is None:
+            return
+        for (kind, namespace, name), why in list(self._cache.invalid.items()):
+            self.on_invalid(kind, namespace, name, self._cache.invalid_uids.get((kind, namespace, name), ""), why)
 
     def invalid(self) -> dict[tuple[str, str, str], str]:
         """Objects the model rejected: (kind, namespace, name) → why."""

@@ -106,3 +106,29 @@ def test_the_age_of_the_oldest_idle_tunnel_is_published(net: Fabric) -> None:
     while net.east.metric("clusterlink_gateway_tunnel_pool_oldest_seconds", peer="west") <= 0:
         assert time.monotonic() < deadline, "no tunnel pool age for west"
         time.sleep(0.2)
+
+
+def test_a_service_vanishing_mid_transfer_is_logged_as_reset_with_the_bytes_so_far(net: Fabric) -> None:
+    sock = open_import(net.echo_port, timeout=10)
+    assert read_line(sock) == b"echo"
+    sock.sendall(b"GEN 100000000000\n")
+    received = len(sock.recv(1 << 20))
+    assert received > 0
+    count = len(_access_lines(net.east))
+    net.servers["echo"].kill_connections()  # the service resets its connection mid-transfer
+    try:
+        sock.settimeout(5)
+        try:
+            while chunk := sock.recv(1 << 20):
+                received += len(chunk)
+        except ConnectionResetError:
+            pass
+        line = _wait_line(net.east, lambda f: f.get("result") == "reset" and len(_access_lines(net.east)) > count)
+        west = _wait_line(net.west, lambda f: f.get("result") == "reset" and f.get("export") == "default/echo")
+    finally:
+        net.servers["echo"].revive()
+        sock.close()
+    assert line["import"] == "default/echo" and line["peer"] == "west"
+    # what reached the client is what east relayed (the bytes counted are those written to it)
+    assert 0 < received <= int(line["bytes_to_client"]) <= int(west["bytes_to_client"])
+    assert line["setup_ms"] != "-"

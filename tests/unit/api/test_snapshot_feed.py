@@ -1,10 +1,13 @@
-"""SnapshotFeed when its CA file is bad: it keeps retrying (the file may be mounted or fixed
-later), says why once, and never raises out of its task."""
+"""SnapshotFeed: when its CA file is bad it keeps retrying (the file may be mounted or fixed
+later), says why once, and never raises out of its task; denial reports reach a real grpc
+control plane, and one that answers UNIMPLEMENTED (older) is not asked again."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+
+import grpc
 
 from controlplane.api.client import Endpoint, SnapshotFeed
 
@@ -32,3 +35,68 @@ def test_a_bad_ca_file_is_retried_and_reported_once(tmp_path, caplog):
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [f"cannot connect to the control plane at 127.0.0.1:1: the CA file {bad} holds no PEM "
                       "certificate"], errors
+
+
+class _ControlPlane:
+    """A real grpc.aio control plane on a unix socket that serves one snapshot and either takes
+    denial reports or answers them UNIMPLEMENTED (an older control plane)."""
+
+    def __init__(self, takes_reports: bool) -> None:
+        from controlplane.api import clusterlink_pb2 as pb
+        from controlplane.api import clusterlink_pb2_grpc as pb_grpc
+
+        outer = self
+        self.reports: list = []
+        self.calls = 0
+
+        class Servicer(pb_grpc.ControlPlaneServicer):
+            async def Watch(self, request, context):  # type: ignore[no-untyped-def]
+                yield pb.Snapshot(version=1, peer_name="cl1")
+                await asyncio.Event().wait()
+
+            async def Report(self, request, context):  # type: ignore[no-untyped-def]
+                outer.calls += 1
+                if not takes_reports:
+                    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
+                outer.reports.append(request)
+                return pb.ReportResponse()
+
+        self.servicer = Servicer()
+
+
+def _report_twice(tmp_path, takes_reports: bool):  # type: ignore[no-untyped-def]
+    from controlplane.api import clusterlink_pb2 as pb
+    from controlplane.api import clusterlink_pb2_grpc as pb_grpc
+
+    cp = _ControlPlane(takes_reports)
+
+    async def run() -> list[bool]:
+        server = grpc.aio.server()
+        pb_grpc.add_ControlPlaneServicer_to_server(cp.servicer, server)
+        server.add_insecure_port(f"unix:{tmp_path / 'cp.sock'}")
+        await server.start()
+        got = asyncio.Event()
+        feed = SnapshotFeed(Endpoint(address=f"unix:{tmp_path / 'cp.sock'}", token="t"), role="gateway",
+                            on_snapshot=lambda s: got.set(), acknowledge=False)
+        task = asyncio.create_task(feed.run())
+        try:
+            await asyncio.wait_for(got.wait(), 10)
+            denial = pb.Denial(direction="egress", namespace="default", name="web", peer="cl2", policy="p", count=3)
+            return [await feed.report([denial]), await feed.report([denial])]
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await server.stop(None)
+
+    return asyncio.run(run()), cp
+
+
+def test_reports_reach_the_control_plane(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    sent, cp = _report_twice(tmp_path, takes_reports=True)
+    assert sent == [True, True] and cp.calls == 2
+    assert [(d.name, d.count) for d in cp.reports[0].denials] == [("web", 3)]
+
+
+def test_an_older_control_plane_is_not_asked_again(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    sent, cp = _report_twice(tmp_path, takes_reports=False)
+    assert sent == [False, False] and cp.calls == 1  # after UNIMPLEMENTED, no second call

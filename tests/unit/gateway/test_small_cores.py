@@ -140,3 +140,17 @@ def test_client_attributes_in_a_log_line_are_sorted_printable_and_bounded() -> N
     assert attributes({"x": "evil\nINFO forged line\x1b[31m"}) == "x=evil?INFO forged line?[31m"
     long = attributes({"k": "v" * 1000})
     assert len(long) == 303 and long.endswith("...")
+
+
+def test_probe_verdicts_mark_a_peer_down_only_when_no_gateway_answers() -> None:
+    from controlplane.gateway.health import judge_probes
+
+    a, b = ("10.0.0.1", 443), ("10.0.0.2", 443)
+    one_frozen = judge_probes({a: None, b: "no answer within 0.5 s"})
+    assert one_frozen.peer_up and one_frozen.gateways_down == (b,) and one_frozen.gateways_up == (a,)
+    none = judge_probes({a: "refused", b: "no answer"})
+    assert not none.peer_up and none.gateways_down == () and none.gateways_up == ()
+    single = judge_probes({a: "no answer"})  # one gateway: the peer is down, not the gateway alone
+    assert not single.peer_up and single.gateways_down == ()
+    assert judge_probes({a: None, b: None}) == judge_probes({a: None, b: None})
+    assert judge_probes({a: None, b: None}).gateways_down == ()

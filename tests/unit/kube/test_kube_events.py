@@ -197,3 +197,19 @@ def test_a_malformed_policy_is_reported_once_with_its_problem(cluster) -> None: 
     kind, namespace, name, uid, why = rejected[0]
     assert (kind, namespace, name, uid) == ("AccessPolicy", "default", "broken", stored["metadata"]["uid"])
     assert "action" in why
+    # a new leader hears of it again, with the same uid (so its Event names the same object)
+    store.replay_invalid()
+    assert rejected[1] == rejected[0]
+
+
+def test_counts_not_written_before_an_event_expired_go_into_its_successor() -> None:
+    api, clock = FakeKube(), Clock()
+    events = KubeEvents(api, fallback_namespace=SYSTEM, leading=lambda: True, clock=clock, repeat_interval=60.0)
+    note = E.EventNote(E.WARNING, "PolicyDenied", "connections to peer cl2 denied", "Authorize")
+    events.write(REF, note)
+    events.write(REF, note, count=4)  # within the interval: counted, not written
+    api.objects.clear()  # expired meanwhile
+    clock.now += 61
+    events.flush()
+    (event,) = events_of(api)
+    assert event["series"]["count"] == 4 and event["reason"] == "PolicyDenied"
