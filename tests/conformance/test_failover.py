@@ -44,7 +44,7 @@ def test_new_connections_fail_over_to_the_other_peer(trio, fault: str) -> None: 
     outcomes, fault_at = measure(trio.clients["cl0"], access.url(), cl1, fault, load_s=LOAD_SECONDS,
                                  fault_after=FAULT_AFTER)
     r = recovery(outcomes, fault_at)
-    report = f"{fault}: {r}\n{fab.logs()}"
+    report = f"{fault}: {r}\n{_egress_results(cl0)}\n{fab.logs()}"
     assert sum(1 for o in outcomes if o.end < fault_at and o.ok) > 20, report  # the load ran before the fault
     assert {o.server for o in outcomes if o.end < fault_at} == {"cl1", "cl2"}, report
     # What started after the fault never failed: it went to cl2 (only connections in flight inside
@@ -55,3 +55,14 @@ def test_new_connections_fail_over_to_the_other_peer(trio, fault: str) -> None: 
     assert set(r.servers_after) == {"cl2"} and r.servers_after["cl2"] > 50, report
     # cl1 back (restarted, thawed, healed): the probes or a refill's connect mark it up again
     access.expect("cl1", timeout=30)
+
+
+def _egress_results(peer) -> str:  # type: ignore[no-untyped-def]
+    """cl0's egress connection results per peer (why a source was skipped, when a case fails)."""
+    try:
+        text = peer.metrics("gateway")
+    except (OSError, RuntimeError) as exc:
+        return f"(no gateway metrics: {exc})"
+    return "\n".join(line for line in text.splitlines()
+                     if line.startswith(("clusterlink_gateway_connections_total{", "clusterlink_gateway_peer_down_total{",
+                                         "clusterlink_gateway_authz_requests_total{")))
