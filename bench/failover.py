@@ -19,7 +19,7 @@ from typing import Any
 
 from bench.settings import Settings
 from bench.world import ALLOW_ALL, manifest
-from fabric.faults import FAULTS, measure, recovery
+from fabric.faults import FAULTS, before_fault, measure, recovery
 from fabric.peer import ClusterLinkFabric, Peer, Pod
 from fabric.workloads import EXIT_OK
 
@@ -98,7 +98,7 @@ def run_failover(settings: Settings, progress: Callable[[str], None]) -> list[di
                           "failed": r.failed, "failed_after_fault": r.failed_new,
                           "disturbed": r.disturbed, "slow_threshold_ms": round(r.slow * 1000, 1),
                           "connections_after_fault": r.connections,
-                          "connections_before_fault": sum(1 for o in outcomes if o.end < fault_at),
+                          "connections_before_fault": len(before_fault(outcomes, fault_at)),
                           "servers_after_recovery": dict(r.servers_after), "disturbances": r.disturbances,
                           "failures": r.failures}
                 records.append(record)

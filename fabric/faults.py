@@ -9,8 +9,10 @@ Input of the figures: the lines `python -m fabric.workloads http-load` printed (
 `start`, `end` in CLOCK_MONOTONIC seconds, which every process of the machine shares, `code` an
 EXIT_* value, `server` the echoing server's name) and the moment the fault was injected.
 
-A *new* connection is one that started after the fault was in effect (`fault_at` is taken when the
-injection returned). It is *disturbed* when it failed, or when it took longer than `slow` (default:
+The fault has two moments (`FaultTime`): `injected`, taken just before the injection began, and
+`in_effect`, when it returned (a kill reaped, the drop rules loaded). A connection that ended before
+`injected` ran *before the fault*; one that ended after it can have been hit by it (a kill's resets
+come while it is being reaped). A *new* connection is one that started after `in_effect`. It is *disturbed* when it failed, or when it took longer than `slow` (default:
 ten times the median of the connections that ended before the fault, at least `MIN_SLOW` seconds):
 it waited for the faulty peer before going elsewhere. *Recovery* is the time from the fault to the
 end of the last disturbed new connection that started within `window` seconds after it (0 when none
@@ -58,6 +60,16 @@ class Outcome:
         return self.end - self.start
 
 
+@dataclass(frozen=True)
+class FaultTime:
+    injected: float  # just before the injection began
+    in_effect: float  # when it had returned
+
+    @classmethod
+    def at(cls, moment: "FaultTime | float") -> "FaultTime":
+        return moment if isinstance(moment, FaultTime) else cls(moment, moment)
+
+
 @dataclass
 class Recovery:
     recovery: float  # seconds from the fault to the end of the last disturbed connection
@@ -86,23 +98,31 @@ def parse_load(text: str) -> list[Outcome]:
     return sorted(out, key=lambda o: o.start)
 
 
-def recovery(outcomes: list[Outcome], fault_at: float, *, window: float = 10.0,
+def recovery(outcomes: list[Outcome], fault: FaultTime | float, *, window: float = 10.0,
              slow: float | None = None) -> Recovery:
-    """The failover figures of `outcomes` around a fault injected at `fault_at` (see the module docstring)."""
-    before = [o.seconds for o in outcomes if o.end < fault_at and o.ok]
+    """The failover figures of `outcomes` around a fault (its `FaultTime`, or one moment for both; see
+    the module docstring)."""
+    t = FaultTime.at(fault)
+    before = [o.seconds for o in outcomes if o.end < t.injected and o.ok]
     if slow is None:
         slow = max(MIN_SLOW, 10 * statistics.median(before)) if before else MIN_SLOW
-    relevant = [o for o in outcomes if o.end >= fault_at and o.start < fault_at + window]
-    new = [o for o in relevant if o.start >= fault_at]
+    relevant = [o for o in outcomes if o.end >= t.injected and o.start < t.in_effect + window]
+    new = [o for o in relevant if o.start >= t.in_effect]
     failed = [o for o in relevant if not o.ok]
     disturbed = [o for o in new if not o.ok or o.seconds > slow]
-    last = max((o.end for o in disturbed), default=fault_at)
+    last = max((o.end for o in disturbed), default=t.in_effect)
     after = Counter(o.server for o in new if o.start >= last and o.ok)
-    return Recovery(recovery=max(0.0, last - fault_at), failed=len(failed), failed_new=sum(1 for o in new if not o.ok),
+    return Recovery(recovery=max(0.0, last - t.in_effect), failed=len(failed), failed_new=sum(1 for o in new if not o.ok),
                     disturbed=len(disturbed), slow=slow, connections=len(new), servers_after=after,
                     failures=[f"{o.code}: {o.server}" for o in failed[:5]],
-                    disturbances=[f"{o.start - fault_at:+.3f} s {o.seconds:.3f} s {o.code} {o.server}"
+                    disturbances=[f"{o.start - t.in_effect:+.3f} s {o.seconds:.3f} s {o.code} {o.server}"
                                   for o in disturbed[:5]])
+
+
+def before_fault(outcomes: list[Outcome], fault: FaultTime | float) -> list[Outcome]:
+    """The connections that ended before the fault was injected (none of them can have been hit by it)."""
+    t = FaultTime.at(fault)
+    return [o for o in outcomes if o.end < t.injected]
 
 
 def inject(peer: Peer, fault: str) -> None:
@@ -122,7 +142,7 @@ def undo(peer: Peer, fault: str) -> None:
 
 
 def measure(client: Pod, url: str, peer: Peer, fault: str, *, load_s: float, fault_after: float,
-            interval: float = 0.01, concurrency: int = 4, timeout: float = 15.0) -> tuple[list[Outcome], float]:
+            interval: float = 0.01, concurrency: int = 4, timeout: float = 15.0) -> tuple[list[Outcome], FaultTime]:
     """New connections to `url` from `client` for `load_s` seconds, `fault` injected into `peer`
     `fault_after` seconds in (and undone after the load): the connections and the fault's time."""
     if fault not in FAULTS:
@@ -135,8 +155,9 @@ def measure(client: Pod, url: str, peer: Peer, fault: str, *, load_s: float, fau
     try:
         load.wait_log("^http-load ready$", timeout=20)
         time.sleep(fault_after)
+        injected = time.monotonic()
         inject(peer, fault)
-        fault_at = time.monotonic()  # in effect from here on (a kill has been reaped, the rules loaded)
+        fault_at = FaultTime(injected, time.monotonic())  # in effect from here on (a kill reaped, the rules loaded)
         try:
             load.wait(load_s + timeout + 10)
         finally:
