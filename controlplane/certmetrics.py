@@ -11,7 +11,8 @@ logged once per change of the file.
     registry.register(CertificateExpiry("gateway", {"peer": path, "ca": path}))
 
 It lives beside the PKI rather than in `controlplane.api` because the agent (which holds no
-certificate) may import only the API contract, and this needs `controlplane.pki`.
+certificate) may import only the API contract, and this needs `controlplane.peercerts` (which reads
+the expiry without `cryptography`, so that the gateway's processes need not load it).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 
-from controlplane.pki import CA_FILE, CERT_FILE, PKIError, parse_certificates
+from controlplane.peercerts import CA_FILE, CERT_FILE, PKIError, not_after, pem_certificates
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,8 @@ class CertificateExpiry:
             return cached[1]
         value = None
         try:
-            value = parse_certificates(path.read_bytes(), str(path))[0].not_valid_after_utc.timestamp()
-        except (OSError, PKIError) as exc:
+            value = not_after(pem_certificates(path.read_bytes(), str(path))[0]).timestamp()
+        except (OSError, PKIError, ValueError) as exc:
             log.warning("Certificate %s (%s) cannot be read: %s", name, path,
                         getattr(exc, "strerror", None) or exc)
         self._cache[name] = (key, value)

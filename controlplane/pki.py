@@ -36,7 +36,6 @@ import datetime
 import os
 import re
 import secrets
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -47,29 +46,31 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from controlplane.peercerts import (  # noqa: F401  (the layout and names live there; re-exported)
+    CA_FILE,
+    CERT_FILE,
+    KEY_FILE,
+    MAX_PEER_NAME_LENGTH,
+    PEER_NAME_RULE,
+    PeerFiles,
+    PeerIdentity,
+    PKIError,
+    peer_name_problem,
+    read_file,
+    read_peer_dir,
+    validate_peer_name,
+)
+
 DEFAULT_FABRIC = "default_fabric"
-CERT_FILE = "cert.pem"
-KEY_FILE = "key.pem"
-CA_FILE = "ca.pem"
 
 CA_DAYS = 3650
 PEER_DAYS = 365
 CLOCK_SKEW = datetime.timedelta(minutes=5)
-MAX_PEER_NAME_LENGTH = 253
 
 # Keys a fabric CA may have: ours are P-256, the original ClusterLink's are RSA-4096.
 _SIGNING_KEYS = (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)
 
-_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _FABRIC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-_PEER_NAME_RULE = (
-    "a peer name is a DNS name of lowercase RFC 1123 labels, as it becomes the certificate's SAN, "
-    "the TLS server name and the Peer object's name"
-)
-
-
-class PKIError(Exception):
-    """A certificate, key or name that cannot be created, read or trusted; the message says why."""
 
 
 class CertKey(NamedTuple):
@@ -79,49 +80,7 @@ class CertKey(NamedTuple):
     key: CertificateIssuerPrivateKeyTypes
 
 
-@dataclass(frozen=True)
-class PeerIdentity:
-    """A validated peer certificate directory: who we are, where the files are, until when."""
-
-    name: str
-    cert_path: Path
-    key_path: Path
-    ca_path: Path
-    not_after: datetime.datetime  # timezone-aware, UTC
-    serial: int
-
-
 # --- names -------------------------------------------------------------------------------------
-
-
-def peer_name_problem(name: object) -> str | None:
-    """Why `name` is not a valid peer name, or None when it is."""
-    if not isinstance(name, str):
-        return f"expected a string, got {type(name).__name__}"
-    if not name:
-        return "it is empty"
-    if len(name) > MAX_PEER_NAME_LENGTH:
-        return f"it is {len(name)} characters long (at most {MAX_PEER_NAME_LENGTH})"
-    for label in name.split("."):
-        if not label:
-            return "it has an empty label (leading, trailing or doubled '.')"
-        if len(label) > 63:
-            return f"label {label[:20]!r}... is {len(label)} characters long (at most 63)"
-        if not _LABEL.fullmatch(label):
-            if label != label.lower():
-                return f"label {label!r} has uppercase letters"
-            if label.startswith("-") or label.endswith("-"):
-                return f"label {label!r} starts or ends with '-'"
-            return f"label {label!r} has characters other than a-z, 0-9 and '-'"
-    return None
-
-
-def validate_peer_name(name: str) -> str:
-    """Return `name` if it is a valid peer name, else raise PKIError saying which rule it breaks."""
-    problem = peer_name_problem(name)
-    if problem is not None:
-        raise PKIError(f"invalid peer name {name!r}: {problem}; {_PEER_NAME_RULE}")
-    return name
 
 
 def validate_fabric_name(name: str) -> str:
@@ -423,17 +382,6 @@ def peer_identity_from_pem(
 # --- file shell --------------------------------------------------------------------------------
 
 
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise PKIError(f"{what} {path} does not exist") from None
-    except IsADirectoryError:
-        raise PKIError(f"{what} {path} is a directory, not a file") from None
-    except OSError as exc:
-        raise PKIError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
-
-
 def _refuse_existing(paths: list[Path]) -> None:
     for path in paths:
         if path.exists() or path.is_symlink():
@@ -495,9 +443,9 @@ def load_fabric(path: Path | str, name: str = DEFAULT_FABRIC) -> CertKey:
             f"fabric {name!r} not found at {directory} (missing {missing}): "
             f"run `clusterlink create fabric --name {name}{hint}` first"
         )
-    certs = parse_certificates(_read(cert_path, "fabric CA certificate"), str(cert_path))
+    certs = parse_certificates(read_file(cert_path, "fabric CA certificate"), str(cert_path))
     cert = certs[0]
-    key = parse_private_key(_read(key_path, "fabric CA key"), str(key_path))
+    key = parse_private_key(read_file(key_path, "fabric CA key"), str(key_path))
     if not isinstance(key, _SIGNING_KEYS):
         raise PKIError(f"{key_path} holds a {type(key).__name__}, which cannot sign certificates")
     if not _key_matches(key, cert):
@@ -548,29 +496,6 @@ def create_peer_cert(
         days = max(1, (ca.cert.not_valid_after_utc - now).days)
     peer = issue_peer_cert(ca, name, days=days, now=now)
     return write_peer_dir(directory, peer, ca.cert, force=force)
-
-
-class PeerFiles(NamedTuple):
-    """The raw contents of a peer certificate directory."""
-
-    cert: bytes
-    key: bytes
-    ca: bytes
-
-
-def read_peer_dir(certs_dir: Path | str) -> PeerFiles:
-    """Read `<certs_dir>/{cert,key,ca}.pem` as bytes (PKIError naming a missing/unreadable file)."""
-    certs_dir = Path(certs_dir)
-    if not certs_dir.is_dir():
-        raise PKIError(
-            f"peer certificate directory {certs_dir} does not exist: "
-            "run `clusterlink create peer-cert --name <peer>` and pass <path>/<fabric>/<peer>"
-        )
-    return PeerFiles(
-        _read(certs_dir / CERT_FILE, "peer certificate"),
-        _read(certs_dir / KEY_FILE, "peer key"),
-        _read(certs_dir / CA_FILE, "fabric CA certificate"),
-    )
 
 
 def load_peer_identity(

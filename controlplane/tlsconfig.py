@@ -1,7 +1,7 @@
 """TLS contexts of the peer mTLS link (stdlib `ssl`), reloaded when the certificate files change.
 
 `PeerTLS(certs_dir)` reads a peer certificate directory (`cert.pem`, `key.pem`, `ca.pem`, as
-written by `clusterlink create peer-cert`), validates it with `controlplane.pki` and builds:
+written by `clusterlink create peer-cert`), validates it and builds:
 
 - `server_context()`: TLS 1.3 only, our certificate, client certificates required and verified
   against `ca.pem`. The other side's identity is the DNS SAN of its certificate:
@@ -48,6 +48,11 @@ TLS_AES_256_GCM_SHA384; TLS_AES_128_GCM_SHA256 moves about a third more data per
 puts it first; it takes effect only for a process started with `OPENSSL_CONF=<path>` in its
 environment (OpenSSL reads the file once, when it initialises, i.e. at `import ssl`). Optional and
 off by default: nothing here sets it.
+
+Validation. `check=` says how a directory is validated: `full_check` (the default: every rule of
+the certificate profile, with `cryptography`, in `controlplane.pki`) or `handshake_check` (OpenSSL
+verifying a handshake of the certificate with itself, in `controlplane.peercerts`). The gateway's
+processes use the second, so that none of them maps `cryptography` (about 10 MB each).
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from controlplane import pki
+from controlplane import peercerts
 
 logger = logging.getLogger(__name__)
 
@@ -184,9 +189,26 @@ class ResumingClientContext(ssl.SSLContext):
         )
 
 
+# How a directory's files are validated: (files, directory, expected name) -> identity, or PKIError.
+IdentityCheck = Callable[[peercerts.PeerFiles, Path, "str | None"], peercerts.PeerIdentity]
+
+
+def full_check(files: peercerts.PeerFiles, certs_dir: Path, expected_name: str | None) -> peercerts.PeerIdentity:
+    """Every rule of the certificate profile, with `cryptography` (`controlplane.pki`)."""
+    from controlplane.pki import peer_identity_from_pem  # imported by the processes that use it only
+
+    return peer_identity_from_pem(files.cert, files.key, files.ca, certs_dir=certs_dir, expected_name=expected_name)
+
+
+def handshake_check(files: peercerts.PeerFiles, certs_dir: Path, expected_name: str | None) -> peercerts.PeerIdentity:
+    """OpenSSL's verification of a handshake with itself, no `cryptography` (`controlplane.peercerts`):
+    what the gateway's processes use."""
+    return peercerts.check_by_handshake(files, certs_dir, expected_name=expected_name)
+
+
 @dataclass(frozen=True)
 class _Material:
-    identity: pki.PeerIdentity
+    identity: peercerts.PeerIdentity
     digest: bytes
     server_context: ssl.SSLContext
     client_context: ResumingClientContext
@@ -198,8 +220,10 @@ _Signature = tuple[tuple[int, int, int, int, int] | None, ...]
 class PeerTLS:
     """Server and client TLS contexts of one peer, from a certificate directory, hot-reloaded."""
 
-    def __init__(self, certs_dir: Path | str, *, expected_name: str | None = None) -> None:
+    def __init__(self, certs_dir: Path | str, *, expected_name: str | None = None,
+                 check: IdentityCheck | None = None) -> None:
         self._dir = Path(certs_dir)
+        self._check = check or full_check
         signature = self._signature()
         self._material = self._load(expected_name)
         self._name = self._material.identity.name
@@ -213,7 +237,7 @@ class PeerTLS:
         return self._name
 
     @property
-    def identity(self) -> pki.PeerIdentity:
+    def identity(self) -> peercerts.PeerIdentity:
         """The certificate in use (name, files, serial, expiry)."""
         return self._material.identity
 
@@ -302,7 +326,7 @@ class PeerTLS:
 
     def _signature(self) -> _Signature:
         entries = []
-        for filename in (pki.CERT_FILE, pki.KEY_FILE, pki.CA_FILE):
+        for filename in (peercerts.CERT_FILE, peercerts.KEY_FILE, peercerts.CA_FILE):
             try:
                 st = os.stat(self._dir / filename)
             except FileNotFoundError:
@@ -314,10 +338,10 @@ class PeerTLS:
             entries.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
         return tuple(entries)
 
-    def _read(self) -> tuple[pki.PeerFiles, bytes]:
+    def _read(self) -> tuple[peercerts.PeerFiles, bytes]:
         try:
-            files = pki.read_peer_dir(self._dir)
-        except pki.PKIError as exc:
+            files = peercerts.read_peer_dir(self._dir)
+        except peercerts.PKIError as exc:
             raise TLSConfigError(str(exc)) from exc
         return files, hashlib.sha256(b"\0".join(files)).digest()
 
@@ -327,10 +351,8 @@ class PeerTLS:
         for _attempt in range(3):
             files, digest = self._read()
             try:
-                identity = pki.peer_identity_from_pem(
-                    files.cert, files.key, files.ca, certs_dir=self._dir, expected_name=expected_name
-                )
-            except pki.PKIError as exc:
+                identity = self._check(files, self._dir, expected_name)
+            except peercerts.PKIError as exc:
                 raise TLSConfigError(str(exc)) from exc
             cadata = "\n".join(m.decode("ascii") for m in _PEM_CERT.findall(files.ca))
             server = self._build(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), identity, cadata)
@@ -341,7 +363,7 @@ class PeerTLS:
                 return _Material(identity, digest, server, client)
         raise TLSConfigError(f"the peer certificate files in {self._dir} kept changing while being loaded")
 
-    def _build(self, context: ssl.SSLContext, identity: pki.PeerIdentity, cadata: str) -> ssl.SSLContext:
+    def _build(self, context: ssl.SSLContext, identity: peercerts.PeerIdentity, cadata: str) -> ssl.SSLContext:
         context.minimum_version = ssl.TLSVersion.TLSv1_3
         context.verify_mode = ssl.CERT_REQUIRED
         try:

@@ -43,9 +43,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import jwt
+from controlplane import jws
 
-ALGORITHM = "HS256"
+ALGORITHM = jws.ALGORITHM
 LEEWAY = 1.0
 MIN_KEY_BYTES = 32
 MAX_TOKEN_LENGTH = 8192
@@ -135,7 +135,7 @@ class TokenAuthority:
     def _mint(self, claims: dict[str, Any], lifetime: float) -> str:
         now = self._clock()
         claims.update(iss=self._peer_name, iat=int(now), exp=int(now + lifetime))
-        return jwt.encode(claims, self._key, algorithm=ALGORITHM)
+        return jws.sign(json.dumps(claims, separators=(",", ":")).encode(), self._key)
 
     def mint_access_token(
         self,
@@ -178,12 +178,10 @@ class TokenAuthority:
         if len(token) > MAX_TOKEN_LENGTH:
             raise TokenError("malformed", f"the token is longer than {MAX_TOKEN_LENGTH} characters")
         try:
-            payload = jwt.api_jws.decode(token, self._key, algorithms=[ALGORITHM])
-        except jwt.InvalidSignatureError as exc:
-            raise TokenError("bad-signature", "the token's signature does not verify") from exc
-        except jwt.InvalidAlgorithmError as exc:
-            raise TokenError("bad-signature", f"the token is not signed with {ALGORITHM}") from exc
-        except jwt.PyJWTError as exc:
+            payload = jws.verify(token, self._key)
+        except jws.JWSError as exc:
+            if exc.reason == "bad-signature":
+                raise TokenError("bad-signature", str(exc)) from exc
             raise TokenError("malformed", f"the token is not a well-formed JWT ({exc})") from exc
         try:
             claims = json.loads(payload)
@@ -254,9 +252,8 @@ def decode_unverified_expiry(token: str) -> float | None:
     if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
         return None
     try:
-        decoded = jwt.api_jws.decode_complete(token, options={"verify_signature": False})
-        claims = json.loads(decoded["payload"])
-    except (jwt.PyJWTError, ValueError, UnicodeDecodeError):
+        claims = json.loads(jws.unverified_payload(token))
+    except (jws.JWSError, ValueError, UnicodeDecodeError):
         return None  # not a JWT: no expiry to cache by; the caller treats it as uncacheable
     if not isinstance(claims, dict) or not _is_number(claims.get("exp")):
         return None

@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from controlplane.tlsconfig import PeerTLS, TLSConfigError
+from controlplane.tlsconfig import PeerTLS, TLSConfigError, handshake_check
 
 from .config import EXIT_CONFIG, ConfigError, GatewayConfig
 from .counters import COUNTERS_FILE, SharedCounters
@@ -48,7 +48,7 @@ class Supervisor:
 
     def run(self) -> int:
         try:
-            tls = PeerTLS(self.config.certs)
+            tls = PeerTLS(self.config.certs, check=handshake_check)
             _check_token_file(self.config.join_token_file)
         except (TLSConfigError, ConfigError) as exc:
             log.error("The gateway cannot start: %s", exc)

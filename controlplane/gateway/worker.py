@@ -28,7 +28,7 @@ from controlplane.api.client import APIError, Endpoint, SnapshotFeed, read_token
 from controlplane.peerwire import framing
 from controlplane.peerwire.stream import Stream, StreamError, TcpStream
 from controlplane.peerwire.tlsstream import TlsStream
-from controlplane.tlsconfig import PeerTLS, TLSConfigError
+from controlplane.tlsconfig import PeerTLS, TLSConfigError, handshake_check
 
 from .accesslog import AccessLog
 from .authorizer import RemoteAuthorizer
@@ -237,7 +237,7 @@ class Worker:
         config = self.config
         assert config.runtime_dir is not None
         try:
-            self.tls = PeerTLS(config.certs)
+            self.tls = PeerTLS(config.certs, check=handshake_check)
             token = read_token(config.join_token_file)
             counters = SharedCounters(config.runtime_dir / COUNTERS_FILE)
         except (TLSConfigError, APIError, CountersError) as exc:

@@ -13,6 +13,7 @@ import time
 from controlplane.tokens import TokenAuthority
 
 from .conftest import WEST_LABELS, Fabric
+from .hostile import children
 from .support import (
     authz_request,
     greeting,
@@ -206,3 +207,16 @@ def test_the_gateway_reports_its_build_certificates_and_processes(net: Fabric) -
     for process in ["supervisor"] + [f"worker-{i}" for i in range(net.east.workers)]:
         assert metric_value(text, "clusterlink_process_resident_memory_bytes", process=process) > 2**20, process
         assert metric_value(text, "clusterlink_process_open_fds", process=process) > 3, process
+
+
+def test_no_gateway_process_maps_cryptography(net: Fabric) -> None:
+    """The gateway checks its certificates with OpenSSL and its tokens with the standard library:
+    neither the supervisor nor a worker loads `cryptography` (about 10 MB each, bench memory section).
+    The other components still may: the test reads the live processes' memory maps."""
+    pids = [net.east.proc.pid, *children(net.east.proc.pid)]
+    assert len(pids) == 1 + net.east.workers
+    for pid in pids:
+        with open(f"/proc/{pid}/maps") as maps:
+            mapped = {line.split()[-1] for line in maps if "/" in line}
+        assert any("_ssl" in path for path in mapped), pid  # the reading works: OpenSSL is there
+        assert not [path for path in mapped if "/cryptography/" in path or "_cffi_backend" in path], pid
