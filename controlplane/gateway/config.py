@@ -151,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "the local network's address, never the WAN side")
     flags.add(p, "--workers", default=available_cpus(), type=_positive_int,
               help="Worker processes; each serves every port (SO_REUSEPORT) on its own core (default: the CPUs "
-                   "this process may use: its affinity and its cgroup's CPU quota, rounded up)")
+                   "this process may use: its affinity and its cgroup's CPU quota, rounded up). With 1 there is no "
+                   "supervisor: the gateway process is the worker and the orchestrator restarts it if it dies")
     flags.add(p, "--metrics-listen", default=DEFAULT_METRICS_LISTEN, type=_optional_host_port,
               help="Address of the Prometheus /metrics endpoint (all workers aggregated); 'off' disables it")
     flags.add(p, "--token-lifetime", default=30.0, type=_positive_float,

@@ -1,6 +1,7 @@
 """`clusterlink-gateway`: the entry point. Without --worker-index it is the supervisor
 (`supervisor.Supervisor`), with it one of the workers (`worker.run_worker`); both parse the same
-flags (`config`)."""
+flags (`config`). With --workers 1 there is no supervisor: the process is the worker
+(`single.run_single`)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_worker(config)
     setup_logging(config.log_level, config.log_format, component="gateway")
+    if config.workers == 1:
+        from .single import run_single
+        return run_single(config)
     from .supervisor import Supervisor
 
     return Supervisor(config, args).run()

@@ -49,7 +49,7 @@ class Supervisor:
     def run(self) -> int:
         try:
             tls = PeerTLS(self.config.certs, check=handshake_check)
-            _check_token_file(self.config.join_token_file)
+            check_token_file(self.config.join_token_file)
         except (TLSConfigError, ConfigError) as exc:
             log.error("The gateway cannot start: %s", exc)
             return EXIT_CONFIG
@@ -63,7 +63,7 @@ class Supervisor:
             log.info("Gateway of peer %s starting %d workers", tls.name, self.config.workers)
             return asyncio.run(self._run(runtime))
         finally:
-            shutil.rmtree(runtime, onerror=_report_removal_error)
+            shutil.rmtree(runtime, onerror=report_removal_error)
 
     async def _run(self, runtime: Path) -> int:
         from prometheus_client import CollectorRegistry, multiprocess
@@ -176,7 +176,7 @@ class Supervisor:
             await asyncio.wait(pending)
 
 
-def _check_token_file(path: Path) -> None:
+def check_token_file(path: Path) -> None:
     """The join token file must be readable and not empty (the workers read it themselves)."""
     try:
         text = path.read_text().strip()
@@ -186,5 +186,5 @@ def _check_token_file(path: Path) -> None:
         raise ConfigError(f"the join token file {path} is empty")
 
 
-def _report_removal_error(function, path, exc_info) -> None:  # type: ignore[no-untyped-def]
+def report_removal_error(function, path, exc_info) -> None:  # type: ignore[no-untyped-def]
     log.warning("Cannot remove %s from the gateway's runtime directory: %s", path, exc_info[1])

@@ -53,10 +53,14 @@ UPKEEP_INTERVAL = 5.0
 
 
 class Worker:
-    def __init__(self, config: GatewayConfig) -> None:
+    """`serve_metrics`: this worker is the whole gateway (`--workers 1`, `single.py`) and serves
+    /metrics, /healthz and /readyz itself, from its own registry."""
+
+    def __init__(self, config: GatewayConfig, *, serve_metrics: bool = False) -> None:
         if config.worker_index is None or config.runtime_dir is None:
             raise ValueError("a worker needs --worker-index and --runtime-dir (set by the supervisor)")
         self.config = config
+        self._serve_metrics = serve_metrics
         self.limits = config.limits
         self._state: GatewayState | None = None
         self._problems: frozenset[str] = frozenset()
@@ -263,8 +267,10 @@ class Worker:
                 metrics.peer_down.labels(peer=peer, reason=reason).inc()
 
         self.health = health = PeerHealth(on_change=on_reachability)
-
+        server = None
         try:
+            if self._serve_metrics and config.metrics_listen is not None:
+                server = self._start_metrics_server(metrics)
             async with asyncio.TaskGroup() as group:
                 def on_error(kind: str) -> None:
                     metrics.internal_errors.labels(where=kind).inc()
@@ -325,8 +331,40 @@ class Worker:
             log.error("Worker %d cannot listen: %s", config.worker_index, exc.strerror or exc)
             return 1
         finally:
+            if server is not None:
+                server.stop()
             counters.close()
         return 0
+
+    def _start_metrics_server(self, metrics: GatewayMetrics):  # type: ignore[no-untyped-def]
+        """/metrics of the one-process gateway: this worker's registry (values in memory, not in
+        multiprocess files), build info, certificate expiry and process figures (as worker-0, like
+        a supervisor's worker), and the supervisor's two figures (1 worker, no restart)."""
+        from controlplane.api import buildinfo
+        from controlplane.api.metricsserver import start_metrics_server
+        from controlplane.certmetrics import CertificateExpiry, peer_certificates
+
+        from .metrics import SupervisorMetrics
+
+        config = self.config
+        registry = metrics.registry
+        pid = os.getpid()
+        buildinfo.register(registry, "gateway", event_loop=eventloop.resolve(config.event_loop),
+                           processes=lambda: {f"worker-{config.worker_index}": pid})
+        registry.register(CertificateExpiry("gateway", peer_certificates(config.certs)))
+        SupervisorMetrics(registry).workers.set(1)
+        assert config.metrics_listen is not None
+        host, port = config.metrics_listen
+        try:
+            return start_metrics_server(registry, host, port, ready=self._not_ready)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from exc
+
+    def _not_ready(self) -> str | None:
+        """/readyz of the one-process gateway (from the metrics thread: reads only)."""
+        if self._stopping:
+            return "stopping"
+        return None if self._listening else "waiting for the first snapshot from the control plane"
 
 
 async def _first(*aws) -> None:  # type: ignore[no-untyped-def]
@@ -360,7 +398,7 @@ def _die_with_parent() -> None:
         log.warning("Cannot ask to be stopped with the supervisor: %s", os.strerror(ctypes.get_errno()))
 
 
-def _raise_fd_limit() -> None:
+def raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -372,5 +410,5 @@ def run_worker(config: GatewayConfig) -> int:
     if config.supervisor_pid is not None and os.getppid() != config.supervisor_pid:
         log.error("Worker %s: the supervisor (pid %d) is already gone", config.worker_index, config.supervisor_pid)
         return 1
-    _raise_fd_limit()
+    raise_fd_limit()
     return eventloop.run(Worker(config).run(), config.event_loop)

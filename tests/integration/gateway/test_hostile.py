@@ -75,12 +75,12 @@ class Solo:
 
     def __post_init__(self) -> None:
         assert self.gateway.proc is not None
-        (pid,) = children(self.gateway.proc.pid)
-        self.worker = Worker(pid)
+        assert children(self.gateway.proc.pid) == []  # --workers 1: the gateway process is the worker
+        self.worker = Worker(self.gateway.proc.pid)
 
     def baseline_fds(self) -> int:
         """The worker's descriptors after one served request (files opened on first use, such as
-        the metrics' multiprocess files, are then open)."""
+        the metrics server's, are then open)."""
         with tls_connect(self.gateway.peer_port, self.certs, "west") as sock:
             assert http_exchange(sock, HEALTHZ)[0] == 200
         return self.worker.settle_fds(0, timeout=0.5)
