@@ -218,6 +218,25 @@ def _contexts(cert_path: Path, key_path: Path, cadata: str) -> tuple[ssl.SSLCont
     return server, client
 
 
+def _step(call, untrusted: str, refused: str) -> bool:  # type: ignore[no-untyped-def]
+    """One step of the in-memory handshake: True when done, False when it waits for the other side,
+    PKIError for a certificate OpenSSL refuses (`untrusted`) or any other TLS failure (`refused`)."""
+    try:
+        call()
+        return True
+    except ssl.SSLWantReadError:
+        return False
+    except ssl.SSLCertVerificationError as exc:
+        raise PKIError(f"{untrusted}: {exc.verify_message}") from exc
+    except ssl.SSLError as exc:
+        raise PKIError(f"{refused}: {exc.reason or exc}") from exc
+
+
+def pem_text(data: bytes) -> str:
+    """The certificate blocks of a PEM blob, anything around them dropped (what `cadata=` takes)."""
+    return "\n".join(m.group(0).decode("ascii") for m in _PEM_CERT.finditer(data))
+
+
 def _handshake(server: ssl.SSLContext, client: ssl.SSLContext, what: str) -> dict:
     """One mutual handshake between the two contexts in memory: the certificate the client saw."""
     to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
@@ -227,29 +246,14 @@ def _handshake(server: ssl.SSLContext, client: ssl.SSLContext, what: str) -> dic
     done = {"client": False, "server": False}
     for _round in range(_HANDSHAKE_ROUNDS):
         for side, obj in (("client", c), ("server", s)):
-            if done[side]:
-                continue
-            try:
-                obj.do_handshake()
-                done[side] = True
-            except ssl.SSLWantReadError:
-                pass
-            except ssl.SSLCertVerificationError as exc:
-                raise PKIError(f"{what} is not trusted by the fabric CA: {exc.verify_message}") from exc
-            except ssl.SSLError as exc:
-                raise PKIError(f"{what} cannot make a TLS handshake: {exc.reason or exc}") from exc
+            if not done[side]:
+                done[side] = _step(obj.do_handshake, f"{what} is not trusted by the fabric CA",
+                                   f"{what} cannot make a TLS handshake")
         to_server.write(from_client.read())
         to_client.write(from_server.read())
         if all(done.values()):
             # The server verifies the client's certificate in the client's last flight.
-            try:
-                s.read(1)
-            except ssl.SSLWantReadError:
-                pass
-            except ssl.SSLCertVerificationError as exc:
-                raise PKIError(f"{what} is not trusted as a client: {exc.verify_message}") from exc
-            except ssl.SSLError as exc:
-                raise PKIError(f"{what} is refused as a client: {exc.reason or exc}") from exc
+            _step(lambda: s.read(1), f"{what} is not trusted as a client", f"{what} is refused as a client")
             peercert = c.getpeercert()
             if not peercert:
                 raise PKIError(f"{what} was not presented in the handshake")
@@ -269,7 +273,7 @@ def _ca_count(pem: str) -> tuple[int, int]:
 
 
 def _check_ca_flags(cert_pem: bytes, cadata: str, what: str, ca_path: Path) -> None:
-    leaf = "\n".join(m.group(0).decode("ascii") for m in _PEM_CERT.finditer(cert_pem))
+    leaf = pem_text(cert_pem)
     try:
         _, leaf_cas = _ca_count(leaf)
         total, cas = _ca_count(cadata)
@@ -309,7 +313,7 @@ def check_by_handshake(files: PeerFiles, certs_dir: Path, *, expected_name: str 
     pem_certificates(files.ca, str(ca_path))
     if b"ENCRYPTED" in files.key:
         raise PKIError(f"{key_path} is an encrypted private key; an unencrypted key is needed")
-    cadata = "\n".join(m.group(0).decode("ascii") for m in _PEM_CERT.finditer(files.ca))
+    cadata = pem_text(files.ca)
     _check_ca_flags(files.cert, cadata, what, ca_path)
     server, client = _contexts(cert_path, key_path, cadata)
     peercert = _handshake(server, client, what)

@@ -61,7 +61,6 @@ import asyncio
 import hashlib
 import logging
 import os
-import re
 import ssl
 import time
 from collections import OrderedDict
@@ -76,7 +75,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_RELOAD_INTERVAL = 5.0
 MAX_CACHED_SESSIONS = 1024
 
-_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n.*?-----END CERTIFICATE-----", re.DOTALL)
 
 OPENSSL_CONF_AES128 = """\
 # OpenSSL configuration written by clusterlink (controlplane.tlsconfig.write_openssl_conf).
@@ -354,7 +352,7 @@ class PeerTLS:
                 identity = self._check(files, self._dir, expected_name)
             except peercerts.PKIError as exc:
                 raise TLSConfigError(str(exc)) from exc
-            cadata = "\n".join(m.decode("ascii") for m in _PEM_CERT.findall(files.ca))
+            cadata = peercerts.pem_text(files.ca)
             server = self._build(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), identity, cadata)
             server.sni_callback = self._select_current
             client = self._build(ResumingClientContext(ssl.PROTOCOL_TLS_CLIENT), identity, cadata)

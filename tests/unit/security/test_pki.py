@@ -315,19 +315,19 @@ def test_identity_encrypted_key(peer_dir):
         pki.load_peer_identity(peer_dir)
 
 
-@pytest.mark.parametrize(
-    "kwargs, why",
-    [
-        ({"sans": (x509.DNSName("peer-a"), x509.DNSName("peer-b"))}, "exactly one subjectAltName"),
-        ({"sans": (x509.IPAddress(ipaddress.ip_address("10.0.0.1")),)}, "exactly one subjectAltName"),
-        ({"sans": (x509.UniformResourceIdentifier("spiffe://x/peer-a"),)}, "exactly one subjectAltName"),
-        ({"sans": ()}, "no subjectAltName"),
-        ({"cn": "peer-b"}, "CN 'peer-b' but DNS SAN 'peer-a'"),
-        ({"sans": (x509.DNSName("Peer_A"),), "cn": "Peer_A"}, "not a valid peer name"),
-        ({"eku": True}, "lacks extended key usage clientAuth"),
-        ({"is_ca": True}, "is a CA certificate"),
-    ],
-)
+BAD_PROFILES = [  # (the leaf's _custom_leaf arguments, what the refusal says); test_peercerts too
+    ({"sans": (x509.DNSName("peer-a"), x509.DNSName("peer-b"))}, "exactly one subjectAltName"),
+    ({"sans": (x509.IPAddress(ipaddress.ip_address("10.0.0.1")),)}, "exactly one subjectAltName"),
+    ({"sans": (x509.UniformResourceIdentifier("spiffe://x/peer-a"),)}, "exactly one subjectAltName"),
+    ({"sans": ()}, "no subjectAltName"),
+    ({"cn": "peer-b"}, "CN 'peer-b' but DNS SAN 'peer-a'"),
+    ({"sans": (x509.DNSName("Peer_A"),), "cn": "Peer_A"}, "not a valid peer name"),
+    ({"eku": True}, "lacks extended key usage clientAuth"),
+    ({"is_ca": True}, "is a CA certificate"),
+]
+
+
+@pytest.mark.parametrize("kwargs, why", BAD_PROFILES)
 def test_identity_refuses_bad_certificate_profiles(peer_dir, fabric_ca, kwargs, why):
     key = ec.generate_private_key(ec.SECP256R1())
     _write_cert(peer_dir, _custom_leaf(fabric_ca, key, **kwargs))
