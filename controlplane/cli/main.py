@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         module.register(subparsers)
     version = subparsers.add_parser("version", help="print the version of clusterlink and of what it runs on",
                                     description="Print the clusterlink version, Python's, and the versions of "
-                                                "the libraries that matter (grpcio, cryptography, protobuf).")
+                                                "the libraries that matter (grpcio, h2, cryptography, protobuf).")
     version.add_argument("-o", "--output", choices=("text", "json"), default="text", help="text (default) or json")
     version.set_defaults(handler=_print_version)
     return parser
@@ -52,7 +52,7 @@ def _print_version(args: argparse.Namespace) -> int:
     import platform
 
     info = {"clusterlink": buildinfo.version(), "python": platform.python_version()}
-    for dist in ("grpcio", "cryptography", "protobuf", "PyJWT", "h11"):
+    for dist in ("grpcio", "h2", "cryptography", "protobuf", "h11"):
         try:
             info[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

@@ -209,10 +209,11 @@ def test_the_gateway_reports_its_build_certificates_and_processes(net: Fabric) -
         assert metric_value(text, "clusterlink_process_open_fds", process=process) > 3, process
 
 
-def test_no_gateway_process_maps_cryptography(net: Fabric) -> None:
-    """The gateway checks its certificates with OpenSSL and its tokens with the standard library:
-    neither the supervisor nor a worker loads `cryptography` (about 10 MB each, bench memory section).
-    The other components still may: the test reads the live processes' memory maps."""
+def test_no_gateway_process_maps_cryptography_or_grpcio(net: Fabric) -> None:
+    """The gateway checks its certificates with OpenSSL and its tokens with the standard library,
+    and talks gRPC to its control plane through grpcwire: neither the supervisor nor a worker loads
+    `cryptography` or grpcio's C core (about 10 MB each, bench memory section). The other
+    components still may: the test reads the live processes' memory maps."""
     pids = [net.east.proc.pid, *children(net.east.proc.pid)]
     assert len(pids) == 1 + net.east.workers
     for pid in pids:
@@ -220,3 +221,4 @@ def test_no_gateway_process_maps_cryptography(net: Fabric) -> None:
             mapped = {line.split()[-1] for line in maps if "/" in line}
         assert any("_ssl" in path for path in mapped), pid  # the reading works: OpenSSL is there
         assert not [path for path in mapped if "/cryptography/" in path or "_cffi_backend" in path], pid
+        assert not [path for path in mapped if "/grpc/" in path], pid

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from controlplane.api import buildinfo
+
 from tests.unit.chart.test_chart import VARIANTS, render
 
 REPO = Path(__file__).resolve().parents[3]
@@ -68,7 +70,10 @@ def test_the_image_provides_every_program_the_chart_runs():
 def test_image_names_and_versions_agree():
     chart = yaml.safe_load((REPO / "charts/clusterlink/Chart.yaml").read_text())
     values = yaml.safe_load((REPO / "charts/clusterlink/values.yaml").read_text())
-    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert project["project"]["dynamic"] == ["version"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "controlplane.api.buildinfo.VERSION"}
+    version = buildinfo.VERSION
     assert chart["appVersion"] == version
     dry = subprocess.run(["make", "-n", "image"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert dry.returncode == 0, dry.stderr
