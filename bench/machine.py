@@ -8,7 +8,6 @@ import platform
 import re
 import ssl
 import subprocess
-import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,8 +48,7 @@ def _sysctl(name: str) -> str:
 
 
 def project_version() -> dict[str, object]:
-    with open(ROOT / "pyproject.toml", "rb") as f:
-        version = tomllib.load(f)["project"]["version"]
+    from controlplane.api.buildinfo import VERSION as version  # noqa: PLC0415 - pyproject.toml reads it there
     dirty = _git("status", "--porcelain", "--untracked-files=no")
     return {"version": version, "git_commit": _git("rev-parse", "HEAD"), "git_describe": _git("describe", "--always"),
             "git_dirty": bool(dirty)}
