@@ -28,8 +28,17 @@ ACK_TIMEOUT = 5.0  # seconds for one snapshot acknowledgement
 KEEPALIVE = 10.0  # seconds between pings on an idle connection
 KEEPALIVE_TIMEOUT = 5.0  # seconds a ping may go unanswered before the connection counts as dead
 
-_CONTROL_PLANE = "/clusterlink.v1.ControlPlane/"
-_MANAGEMENT = "/clusterlink.v1.Management/"
+
+
+def _paths(service: str) -> dict[str, str]:
+    """The HTTP/2 paths of a service's methods (`/clusterlink.v1.ControlPlane/Watch`), from the
+    generated descriptor: the proto stays the one place that names them."""
+    desc = pb.DESCRIPTOR.services_by_name[service]
+    return {name: f"/{desc.full_name}/{name}" for name in desc.methods_by_name}
+
+
+_CONTROL_PLANE = _paths("ControlPlane")
+_MANAGEMENT = _paths("Management")
 
 
 class APIError(RuntimeError):
@@ -155,12 +164,12 @@ class ControlPlaneClient:
         return await _unary(self._channel, self.endpoint, path, request, reply, self.timeout + extra_time)
 
     async def register(self, node: str) -> pb.RegisterResponse:
-        return await self._call(_CONTROL_PLANE + "Register", pb.RegisterRequest(node=node), pb.RegisterResponse)
+        return await self._call(_CONTROL_PLANE["Register"], pb.RegisterRequest(node=node), pb.RegisterResponse)
 
     async def apply(self, yaml_text: str, *, wait: float = 0.0) -> Applied:
         """Store the objects; with `wait` > 0 the answer comes once the change is in force on the
         gateways and agents (or `wait` seconds passed: see `Applied.rollout`)."""
-        resp = await self._call(_MANAGEMENT + "Apply", pb.ApplyRequest(yaml=yaml_text, wait_seconds=wait),
+        resp = await self._call(_MANAGEMENT["Apply"], pb.ApplyRequest(yaml=yaml_text, wait_seconds=wait),
                                 pb.ApplyResponse, extra_time=wait)
         return Applied(list(resp.results), Rollout.from_pb(resp.rollout))
 
@@ -168,17 +177,17 @@ class ControlPlaneClient:
         """This peer as its control plane sees it (see controlplane.server.status)."""
         import json
 
-        resp = await self._call(_MANAGEMENT + "Status", pb.StatusRequest(), pb.StatusResponse)
+        resp = await self._call(_MANAGEMENT["Status"], pb.StatusRequest(), pb.StatusResponse)
         return json.loads(resp.status_json)
 
     async def get(self, kind: str, namespace: str = "", name: str = "") -> str:
-        resp = await self._call(_MANAGEMENT + "Get", pb.GetRequest(kind=kind, namespace=namespace, name=name),
+        resp = await self._call(_MANAGEMENT["Get"], pb.GetRequest(kind=kind, namespace=namespace, name=name),
                                 pb.GetResponse)
         return resp.objects_json
 
     async def delete(self, kind: str, namespace: str, name: str, *, wait: float = 0.0) -> Rollout:
         """Delete one object (APIError NOT_FOUND if it does not exist); `wait` as in `apply`."""
-        resp = await self._call(_MANAGEMENT + "Delete",
+        resp = await self._call(_MANAGEMENT["Delete"],
                                 pb.DeleteRequest(kind=kind, namespace=namespace, name=name, wait_seconds=wait),
                                 pb.DeleteResponse, extra_time=wait)
         return Rollout.from_pb(resp.rollout)
@@ -242,7 +251,7 @@ class SnapshotFeed:
             try:
                 request = pb.WatchRequest(role=self.role, node=self.node, known_version=self.version,
                                           instance=instance)
-                call = channel.stream(_CONTROL_PLANE + "Watch", request.SerializeToString(),
+                call = channel.stream(_CONTROL_PLANE["Watch"], request.SerializeToString(),
                                       metadata=_metadata(self.endpoint))
                 await call.accepted()  # the server sends its headers once the stream is accepted
                 self._set_connected(True)
@@ -284,7 +293,7 @@ class SnapshotFeed:
         if channel is None or not self._reports or not denials:
             return False
         try:
-            await _unary(channel, self.endpoint, _CONTROL_PLANE + "Report",
+            await _unary(channel, self.endpoint, _CONTROL_PLANE["Report"],
                          pb.ReportRequest(instance=self.name, denials=list(denials)), pb.ReportResponse, ACK_TIMEOUT)
         except APIError as exc:
             if exc.code == "UNIMPLEMENTED":
@@ -297,7 +306,7 @@ class SnapshotFeed:
 
     async def _ack(self, channel: Channel, instance: str, version: int) -> None:
         try:
-            await _unary(channel, self.endpoint, _CONTROL_PLANE + "Ack",
+            await _unary(channel, self.endpoint, _CONTROL_PLANE["Ack"],
                          pb.AckRequest(instance=instance, version=version), pb.AckResponse, ACK_TIMEOUT)
         except APIError as exc:
             if exc.code == "UNIMPLEMENTED":  # an older control plane: it cannot wait for us

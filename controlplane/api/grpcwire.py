@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 import struct
 from collections.abc import AsyncIterator, Sequence
@@ -51,6 +52,8 @@ DEFAULT_MAX_RECEIVE = 64 * 1024 * 1024
 _WINDOW = 16 * 1024 * 1024  # what we let the server send ahead, per stream and per connection
 _READ_SIZE = 256 * 1024
 _HEADER = struct.Struct(">BI")
+
+log = logging.getLogger(__name__)
 
 
 class RPCError(Exception):
@@ -90,6 +93,7 @@ class _Stream:
         self.messages: asyncio.Queue[bytes | None] = asyncio.Queue()  # None: the call ended
         self.error: RPCError | None = None
         self.ended = False
+        self.received = 0  # complete messages so far
         self._buf = bytearray()
 
     def on_headers(self, headers: dict[str, str], ended: bool) -> None:
@@ -123,6 +127,7 @@ class _Stream:
             if len(buf) < 5 + length:
                 break
             self.messages.put_nowait(bytes(buf[5:5 + length]))
+            self.received += 1
             del buf[:5 + length]
         return None
 
@@ -212,6 +217,9 @@ class Connection:
                 data = await self._reader.read(_READ_SIZE)
         except (OSError, ssl.SSLError) as exc:
             self._shut(RPCError("UNAVAILABLE", f"the connection to the control plane broke: {exc}"))
+        except Exception as exc:  # a bug of ours or h2's: end every call now instead of leaving them waiting
+            log.exception("gRPC connection to %s failed", self.authority)
+            self._shut(RPCError("INTERNAL", f"the client failed reading the connection: {exc!r}"))
 
     def _handle(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.DataReceived):
@@ -292,6 +300,14 @@ class Connection:
         headers += [(k.lower(), v) for k, v in metadata]
         stream = _Stream(self._max_receive)
         self._streams[sid] = stream
+        try:
+            await self._send(sid, headers, request)
+        except (h2.exceptions.H2Error, OSError, ssl.SSLError) as exc:  # the connection broke or is closing
+            self._streams.pop(sid, None)
+            raise self.closed or RPCError("UNAVAILABLE", f"cannot send the call {path}: {exc}") from None
+        return sid, stream
+
+    async def _send(self, sid: int, headers: list[tuple[str, str]], request: bytes) -> None:
         self._h2.send_headers(sid, headers)
         body = memoryview(frame(request))
         while body:
@@ -308,7 +324,6 @@ class Connection:
         self._h2.end_stream(sid)
         self._flush()
         await self._writer.drain()
-        return sid, stream
 
     def abandon(self, stream_id: int, stream: _Stream) -> None:
         """The caller gave up on a call (cancelled, deadline): reset it if it is still open."""
@@ -351,7 +366,7 @@ class StreamCall:
         """Return once the server accepted the call (sent its headers); RPCError if it refused it."""
         _, _, stream = await self._start()
         await stream.accepted.wait()
-        if stream.error is not None and stream.messages.qsize() <= 1:
+        if stream.error is not None and not stream.received:  # refused (or broken) before any message
             raise stream.error
 
     async def __aiter__(self) -> AsyncIterator[bytes]:

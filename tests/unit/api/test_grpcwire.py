@@ -94,6 +94,18 @@ async def grpc_server(address: str, tls: tuple[bytes, bytes] | None = None) -> A
         await server.stop(0)
 
 
+@contextlib.asynccontextmanager
+async def served(tmp_path: Path, **channel_options: object) -> AsyncIterator[tuple[_Service, Channel]]:
+    """A grpcio server on a unix socket and a channel to it (closed after)."""
+    address = f"unix:{tmp_path / 'g.sock'}"
+    async with grpc_server(address) as service:
+        channel = Channel(address, **channel_options)  # type: ignore[arg-type]
+        try:
+            yield service, channel
+        finally:
+            await channel.close()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -102,84 +114,59 @@ def _free_port() -> int:
 
 def test_unary_calls_carry_metadata_and_answers(tmp_path: Path) -> None:
     async def go() -> None:
-        address = f"unix:{tmp_path / 'g.sock'}"
-        async with grpc_server(address) as service:
-            channel = Channel(address)
-            try:
-                assert await channel.unary("/cltest.T/Echo", b"hello", metadata=[("authorization", "Bearer t0k")],
-                                           timeout=5) == b"echo:hello"
-                assert ("authorization", "Bearer t0k") in service.metadata
-                assert await channel.unary("/cltest.T/Echo", b"", timeout=5) == b"echo:"  # same connection
-            finally:
-                await channel.close()
+        async with served(tmp_path) as (service, channel):
+            assert await channel.unary("/cltest.T/Echo", b"hello", metadata=[("authorization", "Bearer t0k")],
+                                       timeout=5) == b"echo:hello"
+            assert ("authorization", "Bearer t0k") in service.metadata
+            assert await channel.unary("/cltest.T/Echo", b"", timeout=5) == b"echo:"  # same connection
     run(go())
 
 
 def test_status_codes_and_messages_come_through(tmp_path: Path) -> None:
     async def go() -> None:
-        address = f"unix:{tmp_path / 'g.sock'}"
-        async with grpc_server(address):
-            channel = Channel(address)
-            try:
-                with pytest.raises(RPCError) as denied:
-                    await channel.unary("/cltest.T/Fail", b"", timeout=5)
-                assert (denied.value.code, denied.value.details) == ("PERMISSION_DENIED",
-                                                                     "denied: 100% sure, ünïcode")
-                with pytest.raises(RPCError) as missing:
-                    await channel.unary("/cltest.T/NoSuchMethod", b"", timeout=5)
-                assert missing.value.code == "UNIMPLEMENTED"
-            finally:
-                await channel.close()
+        async with served(tmp_path) as (_, channel):
+            with pytest.raises(RPCError) as denied:
+                await channel.unary("/cltest.T/Fail", b"", timeout=5)
+            assert (denied.value.code, denied.value.details) == ("PERMISSION_DENIED",
+                                                                 "denied: 100% sure, ünïcode")
+            with pytest.raises(RPCError) as missing:
+                await channel.unary("/cltest.T/NoSuchMethod", b"", timeout=5)
+            assert missing.value.code == "UNIMPLEMENTED"
     run(go())
 
 
 def test_a_deadline_fails_the_call_and_cancels_it_on_the_server(tmp_path: Path) -> None:
     async def go() -> None:
-        address = f"unix:{tmp_path / 'g.sock'}"
-        async with grpc_server(address) as service:
-            channel = Channel(address)
-            try:
-                loop = asyncio.get_running_loop()
-                start = loop.time()
-                with pytest.raises(RPCError) as late:
-                    await channel.unary("/cltest.T/Slow", b"", timeout=0.3)
-                assert late.value.code == "DEADLINE_EXCEEDED" and loop.time() - start < 3
-                await asyncio.wait_for(service.cancelled.wait(), 5)
-                assert await channel.unary("/cltest.T/Echo", b"after", timeout=5) == b"echo:after"
-            finally:
-                await channel.close()
+        async with served(tmp_path) as (service, channel):
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            with pytest.raises(RPCError) as late:
+                await channel.unary("/cltest.T/Slow", b"", timeout=0.3)
+            assert late.value.code == "DEADLINE_EXCEEDED" and loop.time() - start < 3
+            await asyncio.wait_for(service.cancelled.wait(), 5)
+            assert await channel.unary("/cltest.T/Echo", b"after", timeout=5) == b"echo:after"
     run(go())
 
 
 def test_a_server_stream_delivers_every_message_in_order(tmp_path: Path) -> None:
     async def go() -> None:
-        address = f"unix:{tmp_path / 'g.sock'}"
-        async with grpc_server(address):
-            channel = Channel(address)
-            try:
-                call = channel.stream("/cltest.T/Count", b"200")
-                await call.accepted()
-                got = [m async for m in call]
-                assert got == [str(i).encode() * (i + 1) for i in range(200)]
-                big = 3 * 1024 * 1024 + 7  # many DATA frames and window updates
-                assert [len(m) async for m in channel.stream("/cltest.T/Big", str(big).encode())] == [big]
-            finally:
-                await channel.close()
+        async with served(tmp_path) as (_, channel):
+            call = channel.stream("/cltest.T/Count", b"200")
+            await call.accepted()
+            got = [m async for m in call]
+            assert got == [str(i).encode() * (i + 1) for i in range(200)]
+            big = 3 * 1024 * 1024 + 7  # many DATA frames and window updates
+            assert [len(m) async for m in channel.stream("/cltest.T/Big", str(big).encode())] == [big]
     run(go())
 
 
 def test_a_message_over_the_limit_is_refused(tmp_path: Path) -> None:
     async def go() -> None:
-        address = f"unix:{tmp_path / 'g.sock'}"
-        async with grpc_server(address):
-            channel = Channel(address, max_receive=1000)
-            try:
-                with pytest.raises(RPCError) as big:
-                    [m async for m in channel.stream("/cltest.T/Big", b"1001")]
-                assert big.value.code == "RESOURCE_EXHAUSTED" and "1001 bytes" in big.value.details
-                assert [m async for m in channel.stream("/cltest.T/Big", b"1000")] == [b"x" * 1000]
-            finally:
-                await channel.close()
+        async with served(tmp_path, max_receive=1000) as (_, channel):
+            with pytest.raises(RPCError) as big:
+                [m async for m in channel.stream("/cltest.T/Big", b"1001")]
+            assert big.value.code == "RESOURCE_EXHAUSTED" and "1001 bytes" in big.value.details
+            assert [m async for m in channel.stream("/cltest.T/Big", b"1000")] == [b"x" * 1000]
     run(go())
 
 

@@ -100,3 +100,75 @@ def test_reports_reach_the_control_plane(tmp_path) -> None:  # type: ignore[no-u
 def test_an_older_control_plane_is_not_asked_again(tmp_path) -> None:  # type: ignore[no-untyped-def]
     sent, cp = _report_twice(tmp_path, takes_reports=False)
     assert sent == [False, False] and cp.calls == 1  # after UNIMPLEMENTED, no second call
+
+
+def _feed_against(address: str, seconds: float) -> tuple[bool, SnapshotFeed]:
+    """Run a feed against `address` for `seconds`; whether its task was still running, and the feed."""
+    feed = SnapshotFeed(Endpoint(address=address, token="t"), role="agent", node="n1", on_snapshot=lambda s: None,
+                        min_backoff=0.01, max_backoff=0.05, acknowledge=False)
+
+    async def run() -> bool:
+        task = asyncio.create_task(feed.run())
+        await asyncio.sleep(seconds)
+        alive = not task.done()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return alive
+
+    return asyncio.run(run()), feed
+
+
+def test_a_control_plane_that_resets_every_connection_is_retried(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Resets at any moment (while the call is being sent, or after): the feed's task never dies
+    of it, keeps reconnecting, and says why it is not connected."""
+    import socket
+    import struct
+    import threading
+
+    path = tmp_path / "reset.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen(64)
+    accepted = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.sendall(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")  # an empty SETTINGS frame, then RST
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        alive, feed = _feed_against(f"unix:{path}", 1.0)
+    finally:
+        listener.close()
+        thread.join(5)
+    assert alive, "the feed's task ended"
+    assert len(accepted) >= 3, accepted  # it reconnected, with backoff
+    assert not feed.connected and feed.last_error.startswith("UNAVAILABLE: "), feed.last_error
+
+
+def test_an_undecodable_snapshot_breaks_the_stream_not_the_feed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    async def watch(request: bytes, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        yield b"\xff\xff\xff\xff"  # not a Snapshot
+
+    async def run() -> tuple[bool, SnapshotFeed]:
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("clusterlink.v1.ControlPlane", {
+            "Watch": grpc.unary_stream_rpc_method_handler(watch)})])
+        server.add_insecure_port(f"unix:{tmp_path / 'cp.sock'}")
+        await server.start()
+        try:
+            return await asyncio.to_thread(_feed_against, f"unix:{tmp_path / 'cp.sock'}", 0.5)
+        finally:
+            await server.stop(None)
+
+    alive, feed = asyncio.run(run())
+    assert alive and feed.version == 0 and not feed.connected
+    assert feed.last_error.startswith("INTERNAL: undecodable snapshot"), feed.last_error
