@@ -23,6 +23,7 @@ import yaml
 
 from bench import haproxy, paths
 from bench.haproxy import HAProxyPair, Route
+from fabric import netns
 from fabric.peer import ClusterLinkFabric, Peer, Pod
 from fabric.places import Place
 from fabric.process import Proc
@@ -37,6 +38,14 @@ HAPROXY_PORTS = {"iperf": (21000, 21443), "echo": (21001, 21444)}
 SERVICE_PORTS = {"iperf": IPERF_PORT, "echo": ECHO_PORT}
 IMPORTS = {"iperf": "bench-iperf", "echo": "bench-echo"}
 READY_TIMEOUT_S = 30.0
+# Namespaces whose processes open many short connections to one address: the client (it closes
+# first, so the TIME_WAIT ports are its own) and each gateway netns (the gateways, and the HAProxy
+# pair beside them, connect to the same server for every request). With tcp_tw_reuse=0 (the
+# kernel's default outside loopback) connect() skips every port in TIME_WAIT towards that address:
+# past about 14,000 of them in 60 s (half the default port range, the half connect() tries first)
+# every connect() scans thousands of ports, and a run measures the kernel's port search instead of
+# the path (bench/README.md, "Method"; the chart's gateway.sysctls for deployments).
+TIME_WAIT_REUSE = {"net.ipv4.tcp_tw_reuse": 1}
 
 ALLOW_ALL = """apiVersion: clusterlink.net/v1alpha1
 kind: AccessPolicy
@@ -89,6 +98,8 @@ class World:
         self.servers = {"east": east.add_pod("server", node="n2", labels={"app": "bench-server"}),
                         "west": west.add_pod("server", node="n1", labels={"app": "bench-server"})}
         fab.start(agents=False)
+        for ns in (self.client.netns, east.netns, west.netns):
+            netns.sysctl(ns, TIME_WAIT_REUSE)
         east.start_agent("n1")
         for side, pod in self.servers.items():
             self.server_procs[(side, "iperf")] = self._start_iperf_server(pod)

@@ -238,7 +238,8 @@ class TunnelPool:
             self._demand.observe(len(self._lent), now)
         else:
             self._taken = True
-        if len(self._idle) + self._probing + self._returning(now) < self.size:
+        have = len(self._idle) + self._probing
+        if have < self.size and have + self._returning(now) < self.size:  # counting the lent ones costs O(lent)
             self._wake.set()  # the upkeep loop refills
 
     def _returning(self, now: float) -> int:
