@@ -98,7 +98,7 @@ class World:
         self.servers = {"east": east.add_pod("server", node="n2", labels={"app": "bench-server"}),
                         "west": west.add_pod("server", node="n1", labels={"app": "bench-server"})}
         fab.start(agents=False)
-        for ns in (self.client.netns, east.netns, west.netns):
+        for ns in (self.client.net.netns, east.net.netns, west.net.netns):
             netns.sysctl(ns, TIME_WAIT_REUSE)
         east.start_agent("n1")
         for side, pod in self.servers.items():
