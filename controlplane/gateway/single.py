@@ -24,6 +24,7 @@ from controlplane.api import eventloop
 
 from .config import EXIT_CONFIG, ConfigError, GatewayConfig
 from .counters import COUNTERS_FILE, SharedCounters
+from .ports import log_connect_limits
 from .supervisor import check_token_file, report_removal_error
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ def run_single(config: GatewayConfig) -> int:
         SharedCounters.create(runtime / COUNTERS_FILE)
         raise_fd_limit()
         log.info("Gateway starting as one process (--workers 1)")
+        log_connect_limits(log)
         worker = Worker(dataclasses.replace(config, worker_index=0, runtime_dir=runtime), serve_metrics=True)
         return eventloop.run(worker.run(), config.event_loop)
     finally:

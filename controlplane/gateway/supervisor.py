@@ -29,6 +29,7 @@ from controlplane.tlsconfig import PeerTLS, TLSConfigError, handshake_check
 
 from .config import EXIT_CONFIG, ConfigError, GatewayConfig
 from .counters import COUNTERS_FILE, SharedCounters
+from .ports import log_connect_limits
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class Supervisor:
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
             SharedCounters.create(runtime / COUNTERS_FILE)
             log.info("Gateway of peer %s starting %d workers", tls.name, self.config.workers)
+            log_connect_limits(log)
             return asyncio.run(self._run(runtime))
         finally:
             shutil.rmtree(runtime, onerror=report_removal_error)

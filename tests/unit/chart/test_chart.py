@@ -61,6 +61,8 @@ VARIANTS = {
                                                  "tolerations": [{"key": "infra", "operator": "Exists"}]}},
     "no-rbac-no-dashboard": {"rbac": {"create": False}, "dashboard": {"enabled": False}},
     "network-policy": {"networkPolicy": {"enabled": True, "nodeCIDRs": ["10.0.0.0/24", "10.0.1.0/24"]}},
+    "gateway-sysctls": {"gateway": {"sysctls": [{"name": "net.ipv4.tcp_tw_reuse", "value": "1"},
+                                                {"name": "net.ipv4.ip_local_port_range", "value": "20000 60999"}]}},
 }
 
 
@@ -189,6 +191,15 @@ def test_gateway_access_log_is_off_unless_asked(default_docs):
     assert args_of(by(default_docs, "Deployment", "-gateway"))["--access-log"] == "off"
     on = render({"gateway": {"accessLog": True}})
     assert args_of(by(on, "Deployment", "-gateway"))["--access-log"] == "on"
+
+
+def test_gateway_sysctls_reach_the_pod_security_context_and_none_by_default(default_docs):
+    def pod_context(docs):
+        return by(docs, "Deployment", "-gateway")["spec"]["template"]["spec"]["securityContext"]
+
+    assert "sysctls" not in pod_context(default_docs)  # unsafe ones would stop pods on a default kubelet
+    assert pod_context(render(VARIANTS["gateway-sysctls"]))["sysctls"] == \
+        VARIANTS["gateway-sysctls"]["gateway"]["sysctls"]
 
 
 def test_gateway_service_annotations_and_ranges():
@@ -653,6 +664,8 @@ def test_values_and_schema_describe_the_same_settings():
     ({"logLevel": "chatty"}, "logLevel"),
     ({"peer": {"name": "Not_A_DNS_Name"}}, "name"),
     ({"agent": {"cgroup": "relative/path"}}, "cgroup"),
+    ({"gateway": {"sysctls": [{"name": "net.ipv4.tcp_tw_reuse", "value": 1}]}}, "value"),
+    ({"gateway": {"sysctls": [{"name": "tcp_tw_reuse", "value": "1"}]}}, "name"),
 ])
 def test_values_schema_rejects_mistakes(bad, where):
     with helm.Chart.load(str(CHART)) as chart:
