@@ -52,6 +52,9 @@ class Config:
     gateway_selector: str = "app.kubernetes.io/name=clusterlink,app.kubernetes.io/component=gateway"
     lease_name: str = "clusterlink-controlplane"
     cluster_domain: str = "cluster.local"
+    mcs: bool = False
+    dns_listen: tuple[str, int] | None = None
+    dns_zone: str = "clusterset.local"
 
     @property
     def kubernetes(self) -> bool:
@@ -106,6 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add(p, "--cluster-domain", default="cluster.local",
               help="Kubernetes: the cluster's DNS domain (an Export without spec.host targets "
                    "<name>.<namespace>.svc.<domain>)")
+    flags.add(p, "--mcs", choices=("off", "on"), default="off",
+              help="Kubernetes: serve the Multi-Cluster Services API (multicluster.x-k8s.io/v1alpha1; its "
+                   "CRDs must be installed): a ServiceExport makes the Export of its Service, every Import "
+                   "with a service address gets a ServiceImport (for <name>.<namespace>.svc.clusterset.local)")
+    flags.add(p, "--dns-listen", default="none",
+              help="host:port (UDP) of a DNS responder answering <import>.<namespace>.svc.<--dns-zone> with "
+                   "the Import's VIP (A records, TTL 5 s), for a cluster DNS to forward the zone to; 'none' "
+                   "(the default) disables it")
+    flags.add(p, "--dns-zone", default="clusterset.local",
+              help="The zone of --dns-listen (the MCS API's clusterset.local)")
     flags.add(p, "--log-level", default="info", help="debug, info, warning or error")
     flags.add(p, "--log-format", default="auto", help="text, json, or auto (text on a terminal)")
     return p
@@ -133,6 +146,12 @@ def load_config(argv: Sequence[str] | None = None) -> Config:
     except ValueError as exc:
         parser.error(str(exc))
     metrics = None if a.metrics_listen in ("", "none") else flags.host_port(a.metrics_listen)
+    try:
+        dns = None if a.dns_listen in ("", "none") else flags.host_port(a.dns_listen)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(f"--dns-listen: {exc}")
+    if a.mcs == "on" and a.store != "kubernetes":
+        parser.error("--mcs on needs --store kubernetes (the MCS API's objects live in the Kubernetes API)")
     return Config(
         certs=a.certs, name=a.name, store=a.store, api_listen=a.api_listen,
         admin_token_file=a.admin_token_file or state_dir / "admin.token",
@@ -144,7 +163,7 @@ def load_config(argv: Sequence[str] | None = None) -> Config:
         credential_lifetime=a.credential_lifetime, probe_timeout=a.probe_timeout,
         log_level=a.log_level, log_format=a.log_format,
         gateway_selector=a.gateway_selector, lease_name=a.lease_name,
-        cluster_domain=a.cluster_domain,
+        cluster_domain=a.cluster_domain, mcs=a.mcs == "on", dns_listen=dns, dns_zone=a.dns_zone,
     )
 
 
@@ -190,7 +209,8 @@ async def run(config: Config) -> None:
         from controlplane.store.kube_backend import KubeBackend, KubeSettings, parse_selector
 
         kube = KubeBackend.from_environment(KubeSettings(namespace=config.namespace, lease_name=config.lease_name,
-                                                         gateway_selector=parse_selector(config.gateway_selector)))
+                                                         gateway_selector=parse_selector(config.gateway_selector),
+                                                         mcs=config.mcs))
         await kube.start()
         store = kube.store
     else:
@@ -233,7 +253,8 @@ async def run(config: Config) -> None:
                          gateway_agent_address=config.gateway_agent_address, kubernetes=kube is not None,
                          cluster_domain=config.cluster_domain),
         store, token_key=token_key, reachable=heartbeats.reachable, on_peers_changed=heartbeats.sync,
-        services=kube.services if kube is not None else None, events=events)
+        services=kube.services if kube is not None else None, events=events,
+        front_door=kube.mcs if kube is not None else None)
     reconciler.reconcile_seconds = metrics.reconcile.observe
 
     def on_request(method: str, code: str) -> None:
@@ -274,6 +295,19 @@ async def run(config: Config) -> None:
             ready=lambda: None if reconciler.publication.gateway is not None
             else "no snapshot yet: the first reconcile has not finished")
         log.info("metrics on http://%s:%d/metrics", host, port)
+    dns_transport = None
+    if config.dns_listen:
+        from .dns import Responder, serve_dns
+
+        def import_vip(namespace: str, name: str) -> str | None:
+            imp = store.get(S.IMPORT.kind, namespace, name)
+            return None if imp is None else str(imp.status.get("vip") or "")
+
+        def on_dns(result: str) -> None:
+            metrics.dns_queries.labels(result=result).inc()
+
+        dns_transport = await serve_dns(Responder(import_vip, zone=config.dns_zone, on_answer=on_dns),
+                                        *config.dns_listen)
     if kube is None:
         metrics.leader.set(1)
     else:  # every replica serves snapshots; only the Lease holder writes
@@ -323,6 +357,8 @@ async def run(config: Config) -> None:
     finally:
         await heartbeats.stop()
         await stop_server(server)
+        if dns_transport is not None:
+            dns_transport.close()
         if metrics_server is not None:
             metrics_server.stop()
         if kube is not None:

@@ -32,4 +32,7 @@ class ControlPlaneMetrics:
                                     "API calls, by method and gRPC code", ["method", "code"], registry=r)
         self.reconcile = Histogram("clusterlink_controlplane_reconcile_seconds", "Time of one reconcile pass",
                                    registry=r, buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5))
+        self.dns_queries = Counter("clusterlink_controlplane_dns_queries_total",
+                                   "Queries to the DNS responder (--dns-listen), by result: answer, nodata, "
+                                   "nxdomain, refused, formerr, notimp, servfail, ignored", ["result"], registry=r)
         self.leader = Gauge("clusterlink_controlplane_leader", "1 while this replica writes status", registry=r)

@@ -63,6 +63,16 @@ class ServiceProvider(Protocol):
         """Ensure the service of every (Import, target port; 0 = none valid); leader only."""
 
 
+class FrontDoor(Protocol):
+    """Another API onto the same objects (Kubernetes: the MCS API, `store.kube_mcs`); leader only."""
+
+    def reconcile_exports(self) -> None:
+        """Make the Exports it asks for (before the pass reads them)."""
+
+    def reconcile_imports(self, imports: Sequence[Object]) -> None:
+        """Mirror the Imports, with the statuses this pass wrote."""
+
+
 @dataclass
 class Publication:
     """The latest views; watchers wait on `changed` and read what they need."""
@@ -76,8 +86,10 @@ class Reconciler:
     def __init__(self, config: ReconcilerConfig, store: Store, *, token_key: bytes,
                  reachable: Callable[[], Mapping[str, bool]] = dict,
                  on_peers_changed: Callable[[], None] | None = None, rng: random.Random | None = None,
-                 services: ServiceProvider | None = None, events: Events | None = None) -> None:
+                 services: ServiceProvider | None = None, events: Events | None = None,
+                 front_door: FrontDoor | None = None) -> None:
         self.config = config
+        self._front_door = front_door
         self._events: Events = events or NoEvents()
         self.store = store
         self._services = services
@@ -164,6 +176,8 @@ class Reconciler:
 
     def reconcile_once(self) -> None:
         """Plan and write statuses; then render the desired state for snapshots."""
+        if self.leader and self._front_door is not None:
+            self._front_door.reconcile_exports()
         imports = self.store.list(S.IMPORT.kind)
         if self._services is not None:
             services = self._services.local_services()
@@ -176,6 +190,8 @@ class Reconciler:
             self._write_imports(imports)
             self._write_exports(exports)
             imports = self.store.list(S.IMPORT.kind)
+            if self._front_door is not None:
+                self._front_door.reconcile_imports(imports)
         self._state = DesiredState(
             peer_name=self.config.peer_name,
             peer_labels=self.config.peer_labels,

@@ -42,6 +42,8 @@ from .kubeapi import (
     ENDPOINT_SLICES,
     PODS,
     SECRETS,
+    SERVICE_EXPORTS,
+    SERVICE_IMPORTS,
     SERVICES,
     AlreadyExists,
     Conflict,
@@ -59,6 +61,7 @@ LABEL_IMPORT_NAME = "clusterlink.net/import-name"
 LABEL_IMPORT_NAMESPACE = "clusterlink.net/import-namespace"
 SECRET_PREFIX = "clusterlink-"
 WATCHED: tuple[Resource, ...] = (*CLUSTERLINK.values(), SERVICES, ENDPOINT_SLICES, PODS)
+MCS_WATCHED: tuple[Resource, ...] = (SERVICE_EXPORTS, SERVICE_IMPORTS)  # with --mcs on (their CRDs installed)
 
 
 class KubeWriter(Protocol):
@@ -154,6 +157,50 @@ class GatewayPod:
                    ready=ready and not meta.get("deletionTimestamp"))
 
 
+@dataclass(frozen=True)
+class ServiceExportView:
+    """An MCS ServiceExport: its existence asks to export the Service of the same name."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    annotations: Mapping[str, str]
+    status: Mapping[str, Any]
+
+    @classmethod
+    def from_raw(cls, raw: Mapping[str, Any]) -> ServiceExportView:
+        meta = raw.get("metadata") or {}
+        status = raw.get("status")
+        return cls(namespace=str(meta.get("namespace") or ""), name=str(meta.get("name") or ""),
+                   uid=str(meta.get("uid") or ""), generation=int(meta.get("generation") or 0),
+                   annotations=dict(meta.get("annotations") or {}),
+                   status=dict(status) if isinstance(status, Mapping) else {})
+
+
+@dataclass(frozen=True)
+class ServiceImportView:
+    """An MCS ServiceImport made from an Import (only ClusterLink's are watched)."""
+
+    namespace: str
+    name: str
+    uid: str
+    labels: Mapping[str, str]
+    spec: Mapping[str, Any]
+    status: Mapping[str, Any]
+    owner_references: tuple[Mapping[str, Any], ...] = ()
+
+    @classmethod
+    def from_raw(cls, raw: Mapping[str, Any]) -> ServiceImportView:
+        meta = raw.get("metadata") or {}
+        spec, status = raw.get("spec"), raw.get("status")
+        return cls(namespace=str(meta.get("namespace") or ""), name=str(meta.get("name") or ""),
+                   uid=str(meta.get("uid") or ""), labels=dict(meta.get("labels") or {}),
+                   spec=dict(spec) if isinstance(spec, Mapping) else {},
+                   status=dict(status) if isinstance(status, Mapping) else {},
+                   owner_references=tuple(dict(r) for r in meta.get("ownerReferences") or ()))
+
+
 # -- helpers --------------------------------------------------------------------------------------
 
 
@@ -224,12 +271,16 @@ class _Cache:
     services: dict[tuple[str, str], ServiceView] = field(default_factory=dict)
     slices: dict[tuple[str, str], SliceView] = field(default_factory=dict)
     gateway_pods: dict[str, GatewayPod] = field(default_factory=dict)
+    service_exports: dict[tuple[str, str], ServiceExportView] = field(default_factory=dict)
+    service_imports: dict[tuple[str, str], ServiceImportView] = field(default_factory=dict)
 
 
 class KubeStore:
-    def __init__(self, api: KubeWriter, *, namespace: str) -> None:
+    def __init__(self, api: KubeWriter, *, namespace: str, mcs: bool = False) -> None:
         self._api = api
         self.namespace = namespace
+        self.mcs = mcs
+        self.watched = WATCHED + (MCS_WATCHED if mcs else ())
         self._cache = _Cache()
         self._listeners: list[Listener] = []
         self._cluster_listeners: list[Callable[[], None]] = []
@@ -284,7 +335,7 @@ class KubeStore:
 
     def is_synced(self) -> bool:
         """True once every watched resource has been listed (before that the cache is incomplete)."""
-        return all(r.plural in self._synced for r in WATCHED)
+        return all(r.plural in self._synced for r in self.watched)
 
     def _table(self, resource: Resource) -> dict[Any, Any]:
         if resource is SERVICES:
@@ -293,6 +344,10 @@ class KubeStore:
             return self._cache.slices
         if resource is PODS:
             return self._cache.gateway_pods
+        if resource is SERVICE_EXPORTS and self.mcs:
+            return self._cache.service_exports
+        if resource is SERVICE_IMPORTS and self.mcs:
+            return self._cache.service_imports
         raise ValueError(f"the Kubernetes store does not cache {resource.plural}")
 
     @staticmethod
@@ -304,6 +359,10 @@ class KubeStore:
             return ServiceView.from_raw(raw)
         if resource is ENDPOINT_SLICES:
             return SliceView.from_raw(raw)
+        if resource is SERVICE_EXPORTS:
+            return ServiceExportView.from_raw(raw)
+        if resource is SERVICE_IMPORTS:
+            return ServiceImportView.from_raw(raw)
         return GatewayPod.from_raw(raw)
 
     def _put_object(self, resource: Resource, raw: Mapping[str, Any], *, from_list: bool = False) -> Object | None:
@@ -351,7 +410,8 @@ class KubeStore:
             hook()
 
     def _service_matters(self, key: tuple[str, str]) -> bool:
-        if key in self._cache.objects[S.EXPORT.kind] or key in self._cache.objects[S.IMPORT.kind]:
+        if (key in self._cache.objects[S.EXPORT.kind] or key in self._cache.objects[S.IMPORT.kind]
+                or key in self._cache.service_exports):
             return True
         view = self._cache.services.get(key)
         return view is not None and view.managed_by == MANAGER
@@ -411,6 +471,23 @@ class KubeStore:
 
     def forget_slice(self, namespace: str, name: str) -> None:
         self._cache.slices.pop((namespace, name), None)
+
+    @property
+    def service_exports(self) -> Mapping[tuple[str, str], ServiceExportView]:
+        return self._cache.service_exports
+
+    @property
+    def service_imports(self) -> Mapping[tuple[str, str], ServiceImportView]:
+        return self._cache.service_imports
+
+    def put_mcs(self, resource: Resource, raw: Mapping[str, Any]) -> Any:
+        """Write-through of a ServiceExport status or a ServiceImport we wrote."""
+        view = self._view(resource, raw)
+        self._table(resource)[(view.namespace, view.name)] = view
+        return view
+
+    def forget_mcs(self, resource: Resource, namespace: str, name: str) -> None:
+        self._table(resource).pop((namespace, name), None)
 
     # -- writing ----------------------------------------------------------------------------------
     def _resource(self, kind: str) -> Resource:

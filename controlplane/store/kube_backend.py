@@ -2,7 +2,7 @@
 
 `KubeBackend.start()` runs one reflector thread per watched resource (the five ClusterLink kinds,
 Peers only in the ClusterLink namespace; every Service; ClusterLink's EndpointSlices; the gateway
-pods) feeding the store on the event loop through `LoopSink`, and returns once every cache has
+pods; with `mcs`, every ServiceExport and ClusterLink's ServiceImports) feeding the store on the event loop through `LoopSink`, and returns once every cache has
 been listed, so that nothing is planned from a partial picture. `run_leader_election()` keeps
 the Lease and flips `store.leader` plus the hooks registered with `on_leadership`. `stop()` stops
 the watches and releases the Lease.
@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .base import StoreError
-from .kube import MANAGER, KubeStore
+from .kube import LABEL_MANAGED_BY, MANAGER, KubeStore
+from .kube_mcs import MultiClusterServices
 from .kube_lease import LeaderElector, LeaseConfig
 from .kube_reflector import Reflector, start_thread
 from .kube_services import LABEL_SLICE_MANAGED_BY, ImportServices
-from .kubeapi import CLUSTERLINK, ENDPOINT_SLICES, PODS, SERVICES, KubeAPI, Resource
+from .kubeapi import CLUSTERLINK, ENDPOINT_SLICES, PODS, SERVICE_EXPORTS, SERVICE_IMPORTS, SERVICES, KubeAPI, Resource
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class KubeSettings:
     identity: str = field(default_factory=socket.gethostname)
     resync_period: float = 600.0
     sync_timeout: float = 120.0
+    mcs: bool = False  # watch ServiceExports and ClusterLink's ServiceImports (kube_mcs)
 
 
 class LoopSink:
@@ -76,9 +78,10 @@ class KubeBackend:
     def __init__(self, api: KubeAPI, settings: KubeSettings) -> None:
         self.api = api
         self.settings = settings
-        self.store = KubeStore(api, namespace=settings.namespace)
+        self.store = KubeStore(api, namespace=settings.namespace, mcs=settings.mcs)
         self.services = ImportServices(api, self.store, system_namespace=settings.namespace,
                                        gateway_selector=settings.gateway_selector)
+        self.mcs = MultiClusterServices(api, self.store) if settings.mcs else None
         self.elector = LeaderElector(api, LeaseConfig(settings.namespace, settings.lease_name, settings.identity))
         self._stop = threading.Event()
         self._reflectors: list[Reflector] = []
@@ -98,6 +101,10 @@ class KubeBackend:
                              resync_period=period))
         out.append(Reflector(self.api, PODS, sink, namespace=ns,
                              label_selector=selector_text(self.settings.gateway_selector), resync_period=period))
+        if self.settings.mcs:
+            out.append(Reflector(self.api, SERVICE_EXPORTS, sink, resync_period=period))
+            out.append(Reflector(self.api, SERVICE_IMPORTS, sink, label_selector=f"{LABEL_MANAGED_BY}={MANAGER}",
+                                 resync_period=period))
         return out
 
     async def start(self) -> None:
@@ -111,7 +118,8 @@ class KubeBackend:
             if asyncio.get_running_loop().time() > deadline:
                 missing = [r.name for r in self._reflectors if r.lists == 0]
                 raise StoreError(f"Kubernetes caches not filled after {self.settings.sync_timeout:.0f} s: "
-                                 f"{', '.join(missing) or 'unknown'} (are the CRDs installed and the RBAC right?)")
+                                 f"{', '.join(missing) or 'unknown'} (are the CRDs installed and the RBAC right? "
+                                 f"--mcs on also needs the MCS API's CRDs)")
             await asyncio.sleep(0.05)
         log.info("Kubernetes caches filled (namespace %s, %d resources watched)", self.settings.namespace,
                  len(self._reflectors))

@@ -1,7 +1,8 @@
 """The control plane's small wrapper around the Kubernetes API: the only module importing `kubernetes`.
 
 Plain dicts in and out, for the few resources the control plane touches (the five ClusterLink
-kinds, Services, EndpointSlices, gateway Pods, Leases, one Secret, Events; CRDs and Namespaces for tests):
+kinds, Services, EndpointSlices, gateway Pods, Leases, one Secret, Events, the MCS API's
+ServiceExports and ServiceImports; CRDs and Namespaces for tests):
 `list`, `watch`, `get`, `create`, `replace`, `patch` (JSON merge patch), `patch_status`, `delete`.
 Every failure is translated once, here, into `KubeError` subclasses that say what to do next:
 
@@ -85,6 +86,11 @@ ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "Endpoint
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease", True)
 EVENTS = Resource("events.k8s.io", "v1", "events", "Event", True)
 CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False)
+# The Kubernetes Multi-Cluster Services API (KEP-1645, sigs.k8s.io/mcs-api), its released version.
+MCS_GROUP = "multicluster.x-k8s.io"
+MCS_VERSION = "v1alpha1"
+SERVICE_EXPORTS = Resource(MCS_GROUP, MCS_VERSION, "serviceexports", "ServiceExport", True)
+SERVICE_IMPORTS = Resource(MCS_GROUP, MCS_VERSION, "serviceimports", "ServiceImport", True)
 
 
 # -- errors -----------------------------------------------------------------------------------------

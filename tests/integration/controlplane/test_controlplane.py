@@ -352,3 +352,55 @@ def test_diagnose_without_a_control_plane_is_a_failed_check(tmp_path):
     out = subprocess.run([str(Path(sys.executable).parent / "clusterlink"), "diagnose"], env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and out.stdout.startswith("FAIL  control-plane  cannot reach the control plane")
+
+
+def test_the_dns_responder_answers_with_the_vip_of_an_import(tmp_path):
+    """A real control plane with --dns-listen: an Import's name resolves to its VIP once leased, a
+    name that is no Import is NXDOMAIN, and garbage before a query changes nothing."""
+    import socket
+    import struct
+
+    from tests.integration.controlplane.conftest import RunningControlPlane
+
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    cp = RunningControlPlane(tmp_path)
+    cp.start("--dns-listen", f"127.0.0.1:{port}")
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.settimeout(2)
+    try:
+        def resolve(name: str, ident: int):  # type: ignore[no-untyped-def]
+            qname = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+            client.sendto(b"\x01garbage", ("127.0.0.1", port))
+            client.sendto(struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 0) + qname + b"\0\x01\0\x01",
+                          ("127.0.0.1", port))
+            while True:
+                reply = client.recv(512)
+                if struct.unpack_from("!H", reply)[0] == ident:
+                    break
+            rcode, answers = reply[3] & 0xF, struct.unpack_from("!H", reply, 6)[0]
+            return rcode, socket.inet_ntoa(reply[-4:]) if answers else None
+
+        assert wait_for(lambda: resolve("reviews.default.svc.clusterset.local", 1)[0] == 3, 10)  # no Import yet
+        cp.apply(IMPORT.format(name="reviews", target=""))
+        vip = wait_for(lambda: (cp.get("Import", "reviews", "default")[0].get("status") or {}).get("vip"))
+        assert vip and wait_for(lambda: resolve("reviews.default.svc.clusterset.local", 2) == (0, vip))
+        assert resolve("ratings.default.svc.clusterset.local", 3) == (3, None)
+        assert resolve("example.com", 4) == (5, None)
+    finally:
+        client.close()
+        cp.stop()
+    assert "DNS responder for *.svc.clusterset.local on 127.0.0.1" in (tmp_path / "controlplane.log").read_text()
+
+
+def test_mcs_needs_the_kubernetes_store_and_dns_a_valid_address(tmp_path):
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "controlplane.server.main", "--certs", str(tmp_path)]
+    mcs = subprocess.run([*base, "--mcs", "on"], capture_output=True, text=True, timeout=30)
+    assert mcs.returncode == 2 and "--mcs on needs --store kubernetes" in mcs.stderr
+    dns = subprocess.run([*base, "--dns-listen", "localhost"], capture_output=True, text=True, timeout=30)
+    assert dns.returncode == 2 and "--dns-listen" in dns.stderr and "host:port" in dns.stderr

@@ -61,6 +61,8 @@ VARIANTS = {
                                                  "tolerations": [{"key": "infra", "operator": "Exists"}]}},
     "no-rbac-no-dashboard": {"rbac": {"create": False}, "dashboard": {"enabled": False}},
     "network-policy": {"networkPolicy": {"enabled": True, "nodeCIDRs": ["10.0.0.0/24", "10.0.1.0/24"]}},
+    "mcs": {"mcs": {"enabled": True}, "controlplane": {"dns": {"enabled": True}}},
+    "mcs-without-crds": {"mcs": {"enabled": True, "installCRDs": False}},
     "gateway-sysctls": {"gateway": {"sysctls": [{"name": "net.ipv4.tcp_tw_reuse", "value": "1"},
                                                 {"name": "net.ipv4.ip_local_port_range", "value": "20000 60999"}]}},
 }
@@ -136,7 +138,7 @@ def test_every_rendered_object_validates(variant):
             jsonschema.validate(doc, MONITOR_SCHEMA)
         else:
             kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
-        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"):
             assert doc["metadata"]["namespace"] == NS, doc["metadata"]["name"]
 
 
@@ -347,6 +349,51 @@ def test_rbac_covers_every_call_the_control_plane_makes(default_docs):
     assert K.PODS in WATCHED
 
 
+def test_the_mcs_api_is_off_unless_asked(default_docs):
+    assert args_of(by(default_docs, "Deployment", "-controlplane"))["--mcs"] == "off"
+    assert not [d for d in default_docs if d["kind"] == "CustomResourceDefinition"]
+    groups = {g for rule in rules(default_docs, "ClusterRole", "-controlplane") for g in rule["apiGroups"]}
+    assert "multicluster.x-k8s.io" not in groups
+    assert "--dns-listen" not in args_of(by(default_docs, "Deployment", "-controlplane"))
+
+
+def test_the_mcs_api_gets_its_crds_rbac_and_flag():
+    from controlplane.store import kubeapi as K
+    from controlplane.store.kube import MCS_WATCHED
+
+    docs = render(VARIANTS["mcs"])
+    assert args_of(by(docs, "Deployment", "-controlplane"))["--mcs"] == "on"
+    crds = {d["metadata"]["name"]: d for d in docs if d["kind"] == "CustomResourceDefinition"}
+    assert set(crds) == {f"{r.plural}.{r.group}" for r in MCS_WATCHED}
+    for resource in MCS_WATCHED:
+        crd = crds[f"{resource.plural}.{resource.group}"]
+        assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        assert crd["spec"]["names"]["kind"] == resource.kind and crd["spec"]["scope"] == "Namespaced"
+        assert [v["name"] for v in crd["spec"]["versions"]] == [resource.version]
+    cluster = rules(docs, "ClusterRole", "-controlplane")
+    calls = [(r.group, r.plural, v, None) for r in MCS_WATCHED for v in ("list", "watch")]
+    calls += [(K.MCS_GROUP, "serviceimports", v, None) for v in ("create", "patch", "delete")]
+    calls += [(K.MCS_GROUP, f"{p}/status", "patch", None) for p in ("serviceexports", "serviceimports")]
+    calls += [("clusterlink.net", "exports", v, None) for v in ("create", "patch", "delete")]
+    for call in calls:
+        assert allowed(cluster, *call), f"RBAC misses {call}"
+    assert not allowed(cluster, K.MCS_GROUP, "serviceexports", "delete", None)  # never the user's objects
+    without = render(VARIANTS["mcs-without-crds"])
+    assert not [d for d in without if d["kind"] == "CustomResourceDefinition"]
+    assert allowed(rules(without, "ClusterRole", "-controlplane"), K.MCS_GROUP, "serviceimports", "create", None)
+
+
+def test_the_dns_responder_has_a_port_and_a_service_port():
+    docs = render(VARIANTS["mcs"])
+    deployment = by(docs, "Deployment", "-controlplane")
+    args = args_of(deployment)
+    assert args["--dns-listen"] == "0.0.0.0:5353" and args["--dns-zone"] == "clusterset.local"
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert {"name": "dns", "containerPort": 5353, "protocol": "UDP"} in container["ports"]
+    svc = by(docs, "Service", "-controlplane")
+    assert {"name": "dns", "port": 53, "targetPort": "dns", "protocol": "UDP"} in svc["spec"]["ports"]
+
+
 # -- Secrets -------------------------------------------------------------------------------------------
 
 
@@ -504,6 +551,7 @@ NOT_ON_DASHBOARD = {
     "clusterlink_controlplane_objects": "object counts: `clusterlink status` shows them",
     "clusterlink_controlplane_snapshot_version": "only meaningful compared with the agents' and gateways' (alerts)",
     "clusterlink_controlplane_watchers": "snapshot streams open: the connected gauges of agents and gateways say it",
+    "clusterlink_controlplane_dns_queries": "only with --dns-listen; nxdomain/formerr rates are for alerts",
     "clusterlink_agent_attached_programs": "constant while healthy; clusterlink_agent_datapath_ready is the signal",
     "clusterlink_agent_datapath_ready": "an alert (not ready = no redirect on the node), not a graph",
     "clusterlink_agent_datapath_start_failures": "an alert, and the agent's log says why",
@@ -666,6 +714,8 @@ def test_values_and_schema_describe_the_same_settings():
     ({"agent": {"cgroup": "relative/path"}}, "cgroup"),
     ({"gateway": {"sysctls": [{"name": "net.ipv4.tcp_tw_reuse", "value": 1}]}}, "value"),
     ({"gateway": {"sysctls": [{"name": "tcp_tw_reuse", "value": "1"}]}}, "name"),
+    ({"mcs": {"enable": True}}, "enable"),
+    ({"controlplane": {"dns": {"port": 53}}}, "port"),
 ])
 def test_values_schema_rejects_mistakes(bad, where):
     with helm.Chart.load(str(CHART)) as chart:
@@ -682,7 +732,7 @@ def test_values_schema_accepts_every_variant():
 # -- the commands accept what the chart passes ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant", ["defaults", "ha", "labels-and-pull-secrets", "privileged-agent-cgroupfs"])
+@pytest.mark.parametrize("variant", ["defaults", "ha", "labels-and-pull-secrets", "privileged-agent-cgroupfs", "mcs"])
 def test_every_component_parses_its_arguments(variant, monkeypatch):
     """The chart's args go through each command's real argument parser (a renamed flag fails here)."""
     from agent.main import build_parser as agent_parser

@@ -29,6 +29,18 @@ def test_reflectors_watch_every_cached_resource_with_least_data():
     assert reflectors[K.ENDPOINT_SLICES]._labels == "endpointslice.kubernetes.io/managed-by=clusterlink.net"
 
 
+def test_with_mcs_it_also_watches_service_exports_and_its_own_service_imports():
+    from controlplane.store.kube import MCS_WATCHED
+
+    assert backend(FakeKube()).mcs is None
+    b = backend(FakeKube(), mcs=True)
+    reflectors = {r.resource: r for r in b.reflectors(sink=b.store)}
+    assert set(reflectors) == set(WATCHED) | set(MCS_WATCHED)
+    assert reflectors[K.SERVICE_EXPORTS]._namespace is None and reflectors[K.SERVICE_EXPORTS]._labels is None
+    assert reflectors[K.SERVICE_IMPORTS]._labels == "app.kubernetes.io/managed-by=clusterlink.net"
+    assert b.mcs is not None and b.store.mcs
+
+
 def test_start_fills_the_caches_through_the_loop_and_stop_ends_it():
     api = FakeKube()
     api.put(K.CLUSTERLINK["Import"], R.import_("reviews", "default"))
