@@ -10,15 +10,14 @@ import pytest
 import yaml
 
 from controlplane.model.conditions import get_condition
-from controlplane.server.reconciler import Reconciler, ReconcilerConfig
 from controlplane.store import kubeapi as K
 from controlplane.store.base import StoreError
 from controlplane.store.kube import MCS_WATCHED, WATCHED, KubeStore
 from controlplane.store.kube_mcs import MultiClusterServices
-from controlplane.store.kube_services import ImportServices
 from tests.unit.kube import rawobjects as R
 from tests.unit.kube.fakekube import FakeKube
-from tests.unit.kube.test_kube_reconcile import SELECTOR, SYSTEM
+from tests.unit.kube.test_kube_reconcile import SYSTEM
+from tests.unit.kube.test_kube_reconcile import Cluster as BaseCluster
 
 IMPORTS = K.CLUSTERLINK["Import"]
 EXPORTS = K.CLUSTERLINK["Export"]
@@ -33,30 +32,11 @@ def service_export(name, namespace="default", *, annotations=None):
     return raw
 
 
-class Cluster:
+class Cluster(BaseCluster):
+    """The reconcile tests' cluster with the MCS controller; writes are fed back as watch events."""
+
     def __init__(self, *, synced=True):
-        self.api = FakeKube()
-        self.store = KubeStore(self.api, namespace=SYSTEM, mcs=True)
-        self.store.leader = True
-        services = ImportServices(self.api, self.store, system_namespace=SYSTEM, gateway_selector=SELECTOR)
-        self.mcs = MultiClusterServices(self.api, self.store)
-        config = ReconcilerConfig(peer_name="client", peer_labels={}, system_namespace=SYSTEM,
-                                  reserved_ports={8443: "peer listener"}, vip_range=None,
-                                  gateway_agent_address="gw:4443", kubernetes=True)
-        self.reconciler = Reconciler(config, self.store, token_key=b"k" * 32, services=services,
-                                     front_door=self.mcs)
-        for resource in WATCHED + (MCS_WATCHED if synced else ()):
-            self.store.handle_list(resource, [])
-
-    def add(self, resource, raw):
-        stored = self.api.put(resource, raw)
-        self.store.handle_event(resource, "ADDED", stored)
-        return stored
-
-    def remove(self, resource, namespace, name):
-        raw = self.api.find(resource, namespace, name)
-        del self.api.objects[self.api.key(resource, namespace, name)]
-        self.store.handle_event(resource, "DELETED", raw)
+        super().__init__(mcs=True, mcs_synced=synced)
 
     def reconcile(self):
         """One pass, then feed back what it wrote as watch events (as the API server would)."""

@@ -7,7 +7,8 @@ from controlplane.model.conditions import get_condition
 from controlplane.server.reconciler import Reconciler, ReconcilerConfig
 from controlplane.store import kubeapi as K
 from controlplane.store.base import StoreError
-from controlplane.store.kube import WATCHED, KubeStore
+from controlplane.store.kube import MCS_WATCHED, WATCHED, KubeStore
+from controlplane.store.kube_mcs import MultiClusterServices
 from controlplane.store.kube_services import ImportServices
 from tests.unit.kube import rawobjects as R
 from tests.unit.kube.fakekube import FakeKube
@@ -21,16 +22,18 @@ EXPORTS = K.CLUSTERLINK["Export"]
 class Cluster:
     """A fake cluster (the wrapper fake), the store fed from it, and a leader reconciler."""
 
-    def __init__(self):
+    def __init__(self, *, mcs=False, mcs_synced=True):
         self.api = FakeKube()
-        self.store = KubeStore(self.api, namespace=SYSTEM)
+        self.store = KubeStore(self.api, namespace=SYSTEM, mcs=mcs)
         self.store.leader = True
         self.services = ImportServices(self.api, self.store, system_namespace=SYSTEM, gateway_selector=SELECTOR)
+        self.mcs = MultiClusterServices(self.api, self.store) if mcs else None
         config = ReconcilerConfig(peer_name="client", peer_labels={}, system_namespace=SYSTEM,
                                   reserved_ports={8443: "peer listener", 4443: "agent listener"}, vip_range=None,
                                   gateway_agent_address="gw:4443", kubernetes=True)
-        self.reconciler = Reconciler(config, self.store, token_key=b"k" * 32, services=self.services)
-        for resource in WATCHED:
+        self.reconciler = Reconciler(config, self.store, token_key=b"k" * 32, services=self.services,
+                                     front_door=self.mcs)
+        for resource in WATCHED + (MCS_WATCHED if mcs and mcs_synced else ()):
             self.store.handle_list(resource, [])
 
     def add(self, resource, raw):
