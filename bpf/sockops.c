@@ -20,6 +20,7 @@ int cl_sockops(struct bpf_sock_ops *skops)
     struct cl_addr client = {};
     client.ip = skops->local_ip4;
     client.port = cl_htons(skops->local_port);   /* local_port is in host order */
+    client.proto = IPPROTO_TCP;
     client.pad = 0;
     struct cl_orig copy = *orig;
     cl_tuple_orig.update(&client, &copy);

@@ -194,24 +194,45 @@ class Datapath:
 
     # -- maps ------------------------------------------------------------------------------------
 
-    def reconcile(self, services: Mapping[tuple[str, int], tuple[str, int]]) -> ReconcileResult:
-        """Make the services map equal to `services` ((VIP, port) -> (proxy ip, proxy port)):
-        update changed entries, add new ones, delete stale ones. The whole input is validated
-        before the map is touched (ValueError names the bad entry)."""
+    def reconcile(self, services: Mapping[tuple[str, int], tuple[str, int]],
+                  udp: Mapping[tuple[str, int], tuple[str, int]] | None = None) -> ReconcileResult:
+        """Make the services map equal to `services` (TCP: (VIP, port) -> (proxy ip, proxy port))
+        plus `udp` (UDP: (VIP, port) -> (relay ip, relay port), one relay socket per service), and
+        the relays map equal to the reverse of `udp`: update changed entries, add new ones, delete
+        stale ones. The whole input is validated before a map is touched (ValueError names the bad
+        entry). The counts are of services entries."""
         lib, programs = self._require_started()
-        desired: dict[tuple[str, int], tuple[str, int]] = {}
-        for key, value in services.items():
-            if not (isinstance(key, tuple) and len(key) == 2 and isinstance(value, tuple) and len(value) == 2):
-                raise ValueError(f"service entry {key!r} -> {value!r}: expected (ip, port) -> (ip, port)")
-            _check_endpoint(*key, what=f"service {key!r}")
-            _check_endpoint(*value, what=f"proxy address of service {key!r}")
-            desired[key] = value
-        fd = programs.map_fds["cl_services"]
-        current: dict[tuple[str, int], tuple[str, int]] = {}
+        desired: dict[tuple[str, int, int], tuple[str, int, int]] = {}
+        relays: dict[tuple[str, int, int], tuple[str, int, int]] = {}
+        for proto, entries in ((layout.IPPROTO_TCP, services), (layout.IPPROTO_UDP, udp or {})):
+            for key, value in entries.items():
+                if not (isinstance(key, tuple) and len(key) == 2 and isinstance(value, tuple) and len(value) == 2):
+                    raise ValueError(f"service entry {key!r} -> {value!r}: expected (ip, port) -> (ip, port)")
+                _check_endpoint(*key, what=f"service {key!r}")
+                _check_endpoint(*value, what=f"proxy address of service {key!r}")
+                desired[(*key, proto)] = (*value, proto)
+                if proto == layout.IPPROTO_UDP:
+                    relay = (*value, proto)
+                    if relay in relays:
+                        raise ValueError(f"UDP services {relays[relay][:2]!r} and {key!r} share the relay {value!r}: "
+                                         "each UDP service needs its own relay socket")
+                    relays[relay] = (*key, proto)
+        added, updated, removed = self._make_equal(lib, programs.map_fds["cl_services"], desired)
+        self._make_equal(lib, programs.map_fds["cl_udp_relays"], relays)
+        if added or updated or removed:
+            log.info("Services map of cgroup %s reconciled: %d added, %d updated, %d removed (%d total, %d UDP).",
+                     self._cgroup_path, added, updated, removed, len(desired), len(relays))
+        return ReconcileResult(added=added, updated=updated, removed=removed)
+
+    @staticmethod
+    def _make_equal(lib: libbpf.Libbpf, fd: int,
+                    desired: Mapping[tuple[str, int, int], tuple[str, int, int]]) -> tuple[int, int, int]:
+        """Make an (ip, port, proto) -> (ip, port, proto) map equal to `desired`: (added, updated, removed)."""
+        current: dict[tuple[str, int, int], tuple[str, int, int]] = {}
         for raw_key in lib.map_keys(fd, layout.Addr, limit=1 << 20):
             value = layout.Addr()
             if lib.map_lookup(fd, raw_key, value):
-                current[layout.addr_tuple(raw_key)] = layout.addr_tuple(value)
+                current[layout.addr_triple(raw_key)] = layout.addr_triple(value)
         added = updated = removed = 0
         for key, value in desired.items():
             old = current.get(key)
@@ -225,10 +246,7 @@ class Datapath:
         for key in current.keys() - desired.keys():
             if lib.map_delete(fd, layout.make_addr(*key)):
                 removed += 1
-        if added or updated or removed:
-            log.info("Services map of cgroup %s reconciled: %d added, %d updated, %d removed (%d total).",
-                     self._cgroup_path, added, updated, removed, len(desired))
-        return ReconcileResult(added=added, updated=updated, removed=removed)
+        return added, updated, removed
 
     def lookup(self, client_ip: str, client_port: int) -> Redirect | None:
         """The original destination of the redirected connection from client_ip:client_port (the
@@ -242,6 +260,27 @@ class Datapath:
             return None
         ip, port = layout.addr_tuple(orig)
         return Redirect(orig_ip=ip, orig_port=port, cgroup_id=orig.cgroup_id)
+
+    def udp_sender(self, client_ip: str, client_port: int) -> Redirect | None:
+        """Who sent the datagrams from client_ip:client_port to a UDP relay: the service's VIP:port
+        and the sending socket's cgroup (recorded by egress.c). The record stays (it is refreshed by
+        the client's datagrams, deleted by `forget_udp_sender` when the flow ends, or evicted); None
+        when there is none (not a redirected datagram)."""
+        lib, programs = self._require_started()
+        _check_endpoint(client_ip, client_port, what="client")
+        orig = layout.Orig()
+        if not lib.map_lookup(programs.map_fds["cl_tuple_orig"],
+                              layout.make_addr(client_ip, client_port, layout.IPPROTO_UDP), orig):
+            return None
+        ip, port = layout.addr_tuple(orig)
+        return Redirect(orig_ip=ip, orig_port=port, cgroup_id=orig.cgroup_id)
+
+    def forget_udp_sender(self, client_ip: str, client_port: int) -> bool:
+        """Delete the sender record of a UDP flow that ended (idle); True when there was one."""
+        lib, programs = self._require_started()
+        _check_endpoint(client_ip, client_port, what="client")
+        return lib.map_delete(programs.map_fds["cl_tuple_orig"],
+                              layout.make_addr(client_ip, client_port, layout.IPPROTO_UDP))
 
     def attached(self) -> list[str]:
         """Names of the programs currently attached by this datapath."""

@@ -18,10 +18,16 @@ import sys
 from dataclasses import dataclass
 
 
-class Addr(ctypes.Structure):
-    """struct cl_addr: an IPv4 endpoint (VIP:port, proxy ip:port, or a client's local ip:port)."""
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
 
-    _fields_ = [("ip", ctypes.c_uint32), ("port", ctypes.c_uint16), ("pad", ctypes.c_uint16)]
+
+class Addr(ctypes.Structure):
+    """struct cl_addr: an IPv4 endpoint of one protocol (VIP:port, proxy or relay ip:port, or a
+    client's local ip:port)."""
+
+    _fields_ = [("ip", ctypes.c_uint32), ("port", ctypes.c_uint16), ("proto", ctypes.c_uint8),
+                ("pad", ctypes.c_uint8)]
 
 
 class Orig(ctypes.Structure):
@@ -30,7 +36,8 @@ class Orig(ctypes.Structure):
     _fields_ = [
         ("ip", ctypes.c_uint32),
         ("port", ctypes.c_uint16),
-        ("pad", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
         ("cgroup_id", ctypes.c_uint64),
     ]
 
@@ -40,6 +47,7 @@ CookieKey = ctypes.c_uint64
 # map name -> (key mirror, value mirror); the names are the ones in bpf/clusterlink.h.
 MAPS: dict[str, tuple[type[ctypes._CData], type[ctypes._CData]]] = {
     "cl_services": (Addr, Addr),
+    "cl_udp_relays": (Addr, Addr),
     "cl_cookie_orig": (CookieKey, Orig),
     "cl_tuple_orig": (Addr, Orig),
 }
@@ -54,12 +62,16 @@ def decode_ip(raw: int) -> str:
     return socket.inet_ntoa(raw.to_bytes(4, sys.byteorder))
 
 
-def make_addr(ip: str, port: int) -> Addr:
-    return Addr(ip=encode_ip(ip), port=socket.htons(port), pad=0)
+def make_addr(ip: str, port: int, proto: int = IPPROTO_TCP) -> Addr:
+    return Addr(ip=encode_ip(ip), port=socket.htons(port), proto=proto, pad=0)
 
 
 def addr_tuple(addr: Addr | Orig) -> tuple[str, int]:
     return decode_ip(addr.ip), socket.ntohs(addr.port)
+
+
+def addr_triple(addr: Addr | Orig) -> tuple[str, int, int]:
+    return decode_ip(addr.ip), socket.ntohs(addr.port), addr.proto
 
 
 # -- the check -----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ HEADER = "clusterlink.h"
 PROGRAM_PREFIX = "cl_"
 
 # enum bpf_prog_type values (uapi) used below.
+PROG_TYPE_CGROUP_SKB = 8
 PROG_TYPE_CGROUP_SOCK = 9
 PROG_TYPE_SOCK_OPS = 13
 PROG_TYPE_CGROUP_SOCK_ADDR = 18
@@ -33,6 +34,9 @@ class ProgramSpec:
 
 PROGRAMS: tuple[ProgramSpec, ...] = (
     ProgramSpec("cl_connect4", "connect4.c", PROG_TYPE_CGROUP_SOCK_ADDR, libbpf.BPF_CGROUP_INET4_CONNECT),
+    ProgramSpec("cl_sendmsg4", "sendmsg4.c", PROG_TYPE_CGROUP_SOCK_ADDR, libbpf.BPF_CGROUP_UDP4_SENDMSG),
+    ProgramSpec("cl_recvmsg4", "recvmsg4.c", PROG_TYPE_CGROUP_SOCK_ADDR, libbpf.BPF_CGROUP_UDP4_RECVMSG),
+    ProgramSpec("cl_egress", "egress.c", PROG_TYPE_CGROUP_SKB, libbpf.BPF_CGROUP_INET_EGRESS),
     ProgramSpec("cl_sockops", "sockops.c", PROG_TYPE_SOCK_OPS, libbpf.BPF_CGROUP_SOCK_OPS),
     ProgramSpec("cl_getpeername4", "getpeername4.c", PROG_TYPE_CGROUP_SOCK_ADDR,
                 libbpf.BPF_CGROUP_INET4_GETPEERNAME),

@@ -114,7 +114,7 @@ def test_handed_over_fds_carry_a_redirect_end_to_end(cgroup: str, redirect_env: 
         assert report["reply"].endswith("|via handed-over fds")
         assert len(seen) == 1 and seen[0][1].orig_port == 80
         ids = dp.map_ids()
-        assert sorted(ids) == ["cl_cookie_orig", "cl_services", "cl_tuple_orig"]
+        assert sorted(ids) == ["cl_cookie_orig", "cl_services", "cl_tuple_orig", "cl_udp_relays"]
     finally:
         dp.stop()
     assert kit.cgroup_attachments(cgroup) == []
@@ -353,7 +353,7 @@ def test_a_layout_mismatch_found_by_the_child_names_both_layouts(cgroup: str, bp
     assert grown != text
     header.write_text(grown.replace('sizeof(struct cl_orig) == 16', 'sizeof(struct cl_orig) == 24'))
     dp = Datapath(cgroup, bpf_dir=bpf_copy)
-    with pytest.raises(DatapathError, match=r"map cl_cookie_orig value: C has 24 bytes \{ip@0:4, port@4:2, pad@6:2, "
+    with pytest.raises(DatapathError, match=r"map cl_cookie_orig value: C has 24 bytes \{ip@0:4, port@4:2, proto@6:1, pad@7:1, "
                                             r"extra@8:8, cgroup_id@16:8\}, Python mirror has 16 bytes"):
         dp.start()
     (pid,) = compiler_pids(caplog)

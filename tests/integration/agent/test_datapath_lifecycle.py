@@ -162,7 +162,7 @@ def test_cleanup_cgroup_detaches_all_of_ours(cgroup: str) -> None:
     foreign_ids(crashed)
     assert crashed.wait(timeout=30) == 0
     removed = cleanup_cgroup(cgroup)
-    assert len(removed) == 4 and all("legacy attach" in r for r in removed)
+    assert len(removed) == len(programs.PROGRAMS) and all("legacy attach" in r for r in removed)
     assert kit.cgroup_attachments(cgroup) == []
     assert cleanup_cgroup(cgroup) == []
 
@@ -172,13 +172,15 @@ def test_a_layout_mismatch_fails_start_clearly(cgroup: str, tmp_path: Path) -> N
     shutil.copytree(programs.default_bpf_dir(), bpf_dir)
     header = bpf_dir / programs.HEADER
     original = "struct cl_addr {\n    __u32 ip;    /* network byte order */\n    __u16 port;  /* network byte order */\n"
-    swapped = "struct cl_addr {\n    __u16 port;\n    __u16 pad;\n    __u32 ip;\n"
+    swapped = "struct cl_addr {\n    __u16 port;\n    __u8 proto;\n    __u8 pad;\n    __u32 ip;\n"
     text = header.read_text()
     assert original in text
-    header.write_text(text.replace(original, swapped).replace("    __u16 pad;   /* zero */\n};", "};", 1))
+    tail = "    __u8 proto;  /* IPPROTO_TCP or IPPROTO_UDP */\n    __u8 pad;    /* zero */\n};"
+    assert tail in text
+    header.write_text(text.replace(original, swapped).replace(tail, "};", 1))
     dp = Datapath(cgroup, bpf_dir=bpf_dir)
-    with pytest.raises(DatapathError, match=r"map cl_services key: C has 8 bytes \{port@0:2, pad@2:2, ip@4:4\}, "
-                                            r"Python mirror has 8 bytes \{ip@0:4, port@4:2, pad@6:2\}"):
+    with pytest.raises(DatapathError, match=r"map cl_services key: C has 8 bytes \{port@0:2, proto@2:1, pad@3:1, ip@4:4\}, "
+                                            r"Python mirror has 8 bytes \{ip@0:4, port@4:2, proto@6:1, pad@7:1\}"):
         dp.start()
     assert kit.cgroup_attachments(cgroup) == []
     dp.stop()

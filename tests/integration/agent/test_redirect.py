@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import sys
 
 import pytest
@@ -230,3 +231,66 @@ def test_one_gib_through_the_redirect_arrives_intact(redirect_env: RedirectEnv, 
     assert json.loads(preamble)["dst"] == f"{vip[0]}:{vip[1]}"
     assert proxy.metrics.bytes_client_to_upstream == size
     print(f"1 GiB through VIP redirect + splice proxy: {size / report['seconds'] / 1e9:.2f} GB/s")
+
+
+def _udp_relay(host: str) -> socket.socket:
+    relay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    relay.bind((host, 0))
+    relay.setblocking(False)
+    return relay
+
+
+@pytest.mark.parametrize("mode", ["udp-connected", "udp-sendto"])
+def test_udp_to_a_vip_reaches_its_relay_and_the_answer_comes_from_the_vip(redirect_env: RedirectEnv,
+                                                                         processes: kit.Processes, mode: str) -> None:
+    env = redirect_env
+    vip = (kit.random_vip(), 53)
+    relay = _udp_relay(env.net.host_ip)
+    senders: list = []
+
+    async def scenario() -> dict:
+        loop = asyncio.get_running_loop()
+        env.datapath.reconcile({}, udp={vip: relay.getsockname()})
+        client = asyncio.ensure_future(kit.run_client(processes, mode=mode, to=vip, netns=env.net.netns,
+                                                      cgroup=env.pod_a, send="question"))
+        data, source = await asyncio.wait_for(loop.sock_recvfrom(relay, 65536), 20)
+        senders.append((source, env.datapath.udp_sender(*source)))
+        await loop.sock_sendto(relay, b"answer to " + data, source)
+        return await client
+
+    try:
+        report = asyncio.run(scenario())
+    finally:
+        relay.close()
+    assert report["reply"] == "answer to question"
+    # The answer came from the relay, but the application sees the VIP: recvmsg4 (and getpeername4
+    # for a connected socket).
+    assert report["source"] == list(vip)
+    assert report["peer"] == (list(vip) if mode == "udp-connected" else None)
+    (source, sender), = senders
+    assert source == (env.net.client_ip, report["local"][1])
+    # egress.c recorded who sent: the VIP it asked and its cgroup.
+    assert sender == Redirect(orig_ip=vip[0], orig_port=vip[1], cgroup_id=os.stat(env.pod_a).st_ino)
+    assert env.datapath.forget_udp_sender(*source) is True
+    assert env.datapath.udp_sender(*source) is None
+
+
+def test_udp_and_tcp_imports_of_one_vip_port_are_separate(redirect_env: RedirectEnv,
+                                                          processes: kit.Processes) -> None:
+    env = redirect_env
+    vip = (kit.random_vip(), 5201)
+    relay = _udp_relay(env.net.host_ip)
+    try:
+        assert env.datapath.reconcile({}, udp={vip: relay.getsockname()}).added == 1
+        # TCP to the same VIP:port is not redirected while only UDP is imported there.
+        tcp = asyncio.run(kit.run_client(processes, mode="echo", to=vip, netns=env.net.netns, cgroup=env.pod_a))
+        assert tcp == {"connect_error": "EHOSTUNREACH"}
+        # Dropping the UDP service removes its relay too: the datagram now meets the guard route.
+        assert env.datapath.reconcile({}, udp={}) == ReconcileResult(0, 0, 1)
+        udp = asyncio.run(kit.run_client(processes, mode="udp-connected", to=vip, netns=env.net.netns,
+                                         cgroup=env.pod_a, send="x"))
+        assert udp == {"connect_error": "EHOSTUNREACH"} or udp.get("error") in ("EHOSTUNREACH", "ECONNREFUSED")
+        with pytest.raises(ValueError, match="share the relay"):
+            env.datapath.reconcile({}, udp={vip: relay.getsockname(), (vip[0], 5202): relay.getsockname()})
+    finally:
+        relay.close()
