@@ -36,9 +36,12 @@ from controlplane.api.flags import add as add_flag
 from controlplane.api.flags import host_port
 from controlplane.api.logsetup import setup_logging
 
+from agent.datapath.datapath import Redirect
 from agent.proxy.server import Upstream
 from agent.proxy.upstreams import DEFAULT_MAX_AGE as DEFAULT_POOL_MAX_AGE
 from agent.proxy.upstreams import DEFAULT_SIZE as DEFAULT_POOL_SIZE
+from agent.proxy.datagrams import DEFAULT_IDLE_TIMEOUT as DEFAULT_UDP_IDLE_TIMEOUT
+from agent.proxy.datagrams import UdpUpstream
 from agent.routes import RouteCache
 from agent.sync.table import NodeTable
 
@@ -66,6 +69,8 @@ class Config:
     upstream_pool_max_age: float = DEFAULT_POOL_MAX_AGE
     event_loop: str = "auto"
     on_datapath_failure: str = "exit"
+    udp: bool = True
+    udp_idle_timeout: float = DEFAULT_UDP_IDLE_TIMEOUT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(p, "--upstream-pool-max-age", type=float, default=DEFAULT_POOL_MAX_AGE,
              help="Seconds a pre-opened gateway connection may wait unused before it is closed; keep it below the "
                   "gateway's --request-timeout (10 s by default)")
+    add_flag(p, "--udp", choices=("on", "off"), default="on",
+             help="Redirect UDP to Imports that carry it (protocol UDP or TCPAndUDP): one relay socket per such "
+                  "VIP:port on --proxy-address, one tunnel per client flow; off: only TCP is redirected")
+    add_flag(p, "--udp-idle-timeout", type=float, default=DEFAULT_UDP_IDLE_TIMEOUT,
+             help="Seconds without a datagram either way after which a UDP flow ends (its tunnel closes; the "
+                  "client's next datagram starts a new one, policy checked again); keep it below the gateways' "
+                  "--udp-idle-timeout (60 s by default)")
     eventloop.add_flag(p)
     add_flag(p, "--workloads", default="standalone",
              help="Where client identities come from: standalone (Workload objects from the control plane) or "
@@ -124,6 +136,8 @@ def load_config(argv: Sequence[str] | None = None) -> Config:
         parser.error(f"--workloads must be standalone or kubernetes, not {a.workloads!r}")
     if a.upstream_pool_size < 0:
         parser.error(f"--upstream-pool-size must be 0 (off) or more, not {a.upstream_pool_size}")
+    if not a.udp_idle_timeout > 0:
+        parser.error(f"--udp-idle-timeout must be a positive number of seconds, not {a.udp_idle_timeout}")
     if not a.upstream_pool_max_age > 0:
         parser.error(f"--upstream-pool-max-age must be a positive number of seconds, not {a.upstream_pool_max_age}")
     try:
@@ -136,7 +150,8 @@ def load_config(argv: Sequence[str] | None = None) -> Config:
                   proxy_port=a.proxy_port, proxy_interface=a.proxy_interface, metrics_listen=metrics,
                   workloads=a.workloads, log_level=a.log_level, log_format=a.log_format,
                   upstream_pool_size=a.upstream_pool_size, upstream_pool_max_age=a.upstream_pool_max_age,
-                  event_loop=a.event_loop, on_datapath_failure=a.on_datapath_failure)
+                  event_loop=a.event_loop, on_datapath_failure=a.on_datapath_failure, udp=a.udp == "on",
+                  udp_idle_timeout=a.udp_idle_timeout)
 
 
 @dataclass(frozen=True)
@@ -161,6 +176,8 @@ class Agent:
         self._credential = ""
         self.workload_resolver = None  # Kubernetes mode: agent.kube resolver
         self.routes: RouteCache[Route] = RouteCache()
+        self.udp_routes: RouteCache[Route] = RouteCache()  # the same VIP:port may carry TCP and UDP
+        self.udp_relays = None  # agent.proxy.datagrams.UdpRelays once the datapath runs (--udp on)
         self._generation = 0  # changes with the table and the credential: cached routes depend on both
 
     @property
@@ -176,7 +193,15 @@ class Agent:
     # -- snapshots ---------------------------------------------------------------------------------
     def apply_snapshot(self, snap) -> None:  # type: ignore[no-untyped-def]
         table = NodeTable.from_snapshot(snap)
-        result = self.datapath.reconcile(table.services((self.config.proxy_address, self.config.proxy_port)))
+        udp: dict[tuple[str, int], tuple[str, int]] = {}
+        if self.udp_relays is not None:
+            try:
+                udp = self.udp_relays.sync(table.udp_services())
+            except OSError as exc:
+                log.error("snapshot %d: cannot open the UDP relays (%s); UDP imports are not redirected",
+                          table.version, exc)
+                udp = self.udp_relays.addresses()
+        result = self.datapath.reconcile(table.services((self.config.proxy_address, self.config.proxy_port)), udp=udp)
         self.table = table
         self._generation += 1
         self.table_received_at = time.time()
@@ -209,7 +234,34 @@ class Agent:
             route.identity_failure.inc()
         return route.upstream
 
-    def _route(self, redirect) -> tuple[Route | None, bool]:  # type: ignore[no-untyped-def]
+    def resolve_udp(self, service: tuple[str, int], client: tuple[str, int]) -> UdpUpstream | None:
+        """Where a new UDP flow from `client` to the relay of `service` (VIP, port) goes; None to
+        drop it. The client's cgroup is the egress program's record for its address."""
+        sender = self.datapath.udp_sender(client[0], client[1])
+        if sender is None:
+            self.metrics.lookup_failures.labels(reason="no-udp-sender-record").inc()
+            return None
+        # The record names the last VIP this socket sent to; the relay says which one this flow is for.
+        redirect = Redirect(orig_ip=service[0], orig_port=service[1], cgroup_id=sender.cgroup_id)
+        key = (service[0], service[1], sender.cgroup_id)
+        resolver = self.workload_resolver
+        generation = (self._generation, resolver.generation if resolver is not None else 0)
+        route = self.udp_routes.get(key, generation)
+        if route is None:
+            route, cacheable = self._route(redirect, udp=True)
+            if route is None:
+                return None
+            if cacheable:
+                self.udp_routes.put(key, generation, route)
+        route.redirected.inc()
+        if route.identity_failure is not None:
+            route.identity_failure.inc()
+        return UdpUpstream(route.upstream.address, route.upstream.preamble)
+
+    def udp_flow_ended(self, client: tuple[str, int]) -> None:
+        self.datapath.forget_udp_sender(client[0], client[1])
+
+    def _route(self, redirect, *, udp: bool = False) -> tuple[Route | None, bool]:  # type: ignore[no-untyped-def]
         """Resolve a redirect record from scratch: (route or None, whether it may be cached)."""
         table = self.table
         ref = table.imports.get((redirect.orig_ip, redirect.orig_port))
@@ -242,7 +294,7 @@ class Agent:
                 attrs = workload.attributes()
         preamble = encode_preamble(Preamble(import_namespace=ref.namespace, import_name=ref.name,
                                             destination=f"{redirect.orig_ip}:{redirect.orig_port}", client=attrs,
-                                            credential=self.credential, node=self.config.node))
+                                            credential=self.credential, node=self.config.node, udp=udp))
         route = Route(upstream=Upstream(address=table.gateway, preamble=preamble),
                       redirected=self.metrics.redirected.labels(f"{ref.namespace}/{ref.name}"),
                       identity_failure=None if failure is None else
@@ -317,6 +369,11 @@ async def run(config: Config) -> None:
                           metrics=metrics.proxy, upstream_pool_size=config.upstream_pool_size,
                           upstream_max_age=config.upstream_pool_max_age)
         await proxy.start()
+        if config.udp:
+            from agent.proxy.datagrams import UdpRelays
+
+            agent.udp_relays = UdpRelays(config.proxy_address, agent.resolve_udp, idle_timeout=config.udp_idle_timeout,
+                                         metrics=metrics.udp, on_flow_end=agent.udp_flow_ended)
         starting.clear()
         feed = SnapshotFeed(endpoint, role="agent", node=config.node, on_snapshot=agent.apply_snapshot,
                             on_connected=lambda up: metrics.controlplane_connected.set(1 if up else 0),
@@ -334,6 +391,8 @@ async def run(config: Config) -> None:
             for task in tasks:
                 task.cancel()
     finally:
+        if agent.udp_relays is not None:
+            await agent.udp_relays.close()
         if proxy is not None:
             await proxy.stop()
         if agent.workload_resolver is not None:

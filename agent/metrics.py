@@ -14,6 +14,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from agent.proxy.datagrams import UdpMetrics
 from agent.proxy.metrics import ProxyMetrics
 from controlplane.api import buildinfo
 from controlplane.api.metricsserver import MetricsServer, start_metrics_server
@@ -34,6 +35,28 @@ class _ProxyCollector:
                 yield CounterMetricFamily(full, f"Node proxy: {name.replace('_', ' ')}", value=value)
 
 
+_UDP_HELP = {
+    "flows_started": "UDP flows started (a client's first datagram to a UDP Import's relay)",
+    "flows_failed": "UDP flows that could not start or reach the gateway (no sender record, unknown Import, "
+                    "no gateway, connection failed)",
+    "datagrams_to_service": "Datagrams from clients relayed towards the gateway",
+    "datagrams_to_client": "Datagrams from the gateway sent to clients",
+    "datagrams_dropped": "Datagrams from clients dropped (flow limit, a flow that could not start, backpressure)",
+    "active_flows": "UDP flows open now",
+}
+
+
+class _UdpCollector:
+    def __init__(self, udp: UdpMetrics) -> None:
+        self.udp = udp
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        for name, value in self.udp.snapshot().items():
+            full = f"clusterlink_agent_udp_{name}"
+            family = GaugeMetricFamily if name == "active_flows" else CounterMetricFamily
+            yield family(full, _UDP_HELP[name], value=value)
+
+
 class AgentMetrics:
     def __init__(self, registry: CollectorRegistry | None = None, *, event_loop: str = "") -> None:
         self.registry = registry or CollectorRegistry()
@@ -41,6 +64,8 @@ class AgentMetrics:
         buildinfo.register(r, "agent", event_loop=event_loop)
         self.proxy = ProxyMetrics()
         r.register(_ProxyCollector(self.proxy))
+        self.udp = UdpMetrics()
+        r.register(_UdpCollector(self.udp))
         self.redirected = Counter("clusterlink_agent_redirected_connections_total",
                                   "Connections redirected by the kernel and sent to the gateway, by Import "
                                   "(namespace/name, as the gateways' `service` label)",

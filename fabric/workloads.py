@@ -5,6 +5,10 @@ Servers (print `<name> listening on HOST:PORT` once they accept, exit 0 on SIGTE
                                 echoing method, path, client address and request body size
   tcp-echo --port P             echoes bytes; after the client's FIN it finishes echoing, then sends FIN
   sink --port P                 reads to EOF, then answers and logs `<bytes> <sha256>`
+  dns-server --port P --answer IP
+                                UDP DNS: every A (or ANY) query for any name answered with one A
+                                record, IP (TTL 5); other types: NOERROR without answers
+  udp-echo --port P             UDP: every datagram sent back to its sender
 
 Clients (their exit status says how the connection ended; see EXIT_*):
   http-get URL [--timeout S]    prints the response body
@@ -12,6 +16,13 @@ Clients (their exit status says how the connection ended; see EXIT_*):
                                 sends N pseudo-random bytes, half-closes, reads the reply to EOF,
                                 prints JSON {sent, sha256, received, received_sha256, reply}
   getpeername --host H --port P prints JSON {peer, local} of a connected socket
+  dns-query --host H --port P --name N [--count C]
+                                C A queries for N from one unconnected UDP socket, as a stub
+                                resolver does: an answer counts only if it comes from H:P and
+                                carries the query's id; prints JSON {answers, sources, rcodes}
+  udp-send --host H --port P --size B [--count C] [--connect]
+                                C datagrams of B bytes, each answered before the next (an echo);
+                                prints JSON {sent, received, sources, peer}
   http-probe URL --commands FIFO
                                 for every line read from FIFO, one GET on a new connection at once,
                                 printing JSON {line, code, server} (code: an EXIT_* value), so that
@@ -36,6 +47,7 @@ import random
 import signal
 import socket
 import socketserver
+import struct
 import sys
 import threading
 import time
@@ -206,6 +218,123 @@ def tcp_echo(args: argparse.Namespace) -> int:
 def sink(args: argparse.Namespace) -> int:
     server = _Server((args.host, args.port), _Sink)
     return _serve_until_sigterm(server, f"sink listening on {_address(server.server_address)}")
+
+
+# --- UDP: dns-server and udp-echo ---------------------------------------------------------------
+DNS_HEADER = struct.Struct("!HHHHHH")
+
+
+def _dns_question_end(packet: bytes) -> int:
+    """Offset after the one question of a query; ValueError when it cannot be read."""
+    offset = DNS_HEADER.size
+    while True:
+        if offset >= len(packet):
+            raise ValueError("truncated name")
+        size = packet[offset]
+        if size & 0xC0:
+            raise ValueError("compressed name in a question")
+        offset += 1 + size
+        if size == 0:
+            break
+    if offset + 4 > len(packet):
+        raise ValueError("no type and class")
+    return offset + 4
+
+
+def _dns_answer(packet: bytes, answer: bytes) -> bytes | None:
+    if len(packet) < DNS_HEADER.size:
+        return None
+    ident, flags, qdcount, _, _, _ = DNS_HEADER.unpack_from(packet)
+    if flags & 0x8000 or qdcount != 1:
+        return None
+    try:
+        end = _dns_question_end(packet)
+    except ValueError:
+        return DNS_HEADER.pack(ident, 0x8000 | 1, 0, 0, 0, 0)  # FORMERR
+    qtype = struct.unpack_from("!H", packet, end - 4)[0]
+    records = b""
+    if qtype in (1, 255):
+        records = struct.pack("!HHHIH", 0xC00C, 1, 1, 5, 4) + answer
+    return DNS_HEADER.pack(ident, 0x8400 | (flags & 0x0100), 1, 1 if records else 0, 0, 0) + packet[12:end] + records
+
+
+def _serve_udp(args: argparse.Namespace, name: str, reply: Callable[[bytes], bytes | None]) -> int:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((args.host, args.port))
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(EXIT_OK))
+    print(f"{name} listening on {_address(sock.getsockname())}", flush=True)
+    while True:
+        data, client = sock.recvfrom(65535)
+        out = reply(data)
+        if out is not None:
+            try:
+                sock.sendto(out, client)
+            except OSError as exc:
+                print(f"{name}: answer to {_address(client)} failed: {exc}", file=sys.stderr, flush=True)
+
+
+def dns_server(args: argparse.Namespace) -> int:
+    answer = socket.inet_aton(args.answer)
+    return _serve_udp(args, "dns-server", lambda packet: _dns_answer(packet, answer))
+
+
+def udp_echo(args: argparse.Namespace) -> int:
+    return _serve_udp(args, "udp-echo", lambda packet: packet)
+
+
+def _dns_query(ident: int, name: str) -> bytes:
+    labels = b"".join(bytes((len(part),)) + part.encode("ascii") for part in name.strip(".").split("."))
+    return DNS_HEADER.pack(ident, 0x0100, 1, 0, 0, 0) + labels + b"\x00" + struct.pack("!HH", 1, 1)
+
+
+def dns_query(args: argparse.Namespace) -> int:
+    def query() -> int:
+        server = (args.host, args.port)
+        answers, sources, rcodes = [], [], []
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(args.timeout)
+            for i in range(args.count):
+                ident = random.getrandbits(16)
+                sock.sendto(_dns_query(ident, args.name), server)
+                while True:  # what does not come from the server, or is not our answer, is ignored
+                    data, source = sock.recvfrom(65535)
+                    sources.append(_address(source))
+                    if source == server and len(data) >= DNS_HEADER.size and \
+                            DNS_HEADER.unpack_from(data)[0] == ident:
+                        break
+                flags, _, ancount = DNS_HEADER.unpack_from(data)[1:4]
+                rcodes.append(flags & 0xF)
+                answers.append(socket.inet_ntoa(data[-4:]) if ancount else None)
+        print(json.dumps({"answers": answers, "sources": sources, "rcodes": rcodes}), flush=True)
+        return EXIT_OK
+
+    return _client("dns-query", query)
+
+
+def udp_send(args: argparse.Namespace) -> int:
+    def send() -> int:
+        server = (args.host, args.port)
+        sent = received = 0
+        sources: set[str] = set()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(args.timeout)
+            if args.connect:
+                sock.connect(server)
+            peer = _address(sock.getpeername()) if args.connect else None
+            for i in range(args.count):
+                payload = i.to_bytes(4, "big") + random.randbytes(max(args.size - 4, 0))
+                sock.sendto(payload, server) if not args.connect else sock.send(payload)
+                sent += 1
+                data, source = sock.recvfrom(65535)
+                sources.add(_address(source))
+                if data != payload:
+                    print(json.dumps({"error": f"datagram {i} came back changed ({len(data)} bytes)"}), flush=True)
+                    return EXIT_ERROR
+                received += 1
+        print(json.dumps({"sent": sent, "received": received, "sources": sorted(sources), "peer": peer}), flush=True)
+        return EXIT_OK
+
+    return _client("udp-send", send)
 
 
 # --- clients -------------------------------------------------------------------------------------
@@ -382,6 +511,25 @@ def _parser() -> argparse.ArgumentParser:
     server("http-echo", http_echo).add_argument("--name", required=True)
     server("tcp-echo", tcp_echo)
     server("sink", sink)
+    server("dns-server", dns_server).add_argument("--answer", required=True, help="the IPv4 address of every A answer")
+    server("udp-echo", udp_echo)
+
+    p = sub.add_parser("dns-query")
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=int, default=53)
+    p.add_argument("--name", required=True)
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--timeout", type=float, default=5.0)
+    p.set_defaults(run=dns_query)
+
+    p = sub.add_parser("udp-send")
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--connect", action="store_true", help="connect() the socket (else sendto each datagram)")
+    p.add_argument("--timeout", type=float, default=5.0)
+    p.set_defaults(run=udp_send)
 
     p = sub.add_parser("http-get")
     p.add_argument("url")

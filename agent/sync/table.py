@@ -1,7 +1,8 @@
 """The agent's view of a snapshot, as pure data: what to redirect and who is who.
 
 `NodeTable.from_snapshot` turns the control plane's agent snapshot into (a) the desired BPF
-services map (VIP:port → this node's proxy), (b) the import behind each VIP:port, and (c) the
+services map (TCP VIP:port → this node's proxy; UDP VIP:ports, each to its own relay), (b) the
+import behind each VIP:port, and (c) the
 standalone workloads by cgroup path, with the longest-prefix lookup a pod's nested cgroups need.
 """
 
@@ -12,12 +13,17 @@ from dataclasses import dataclass, field
 
 from controlplane.api import clusterlink_pb2 as pb
 from controlplane.api.attributes import client_attributes
+from controlplane.api.protocols import carried
+
+
+_TCP = frozenset({"TCP"})
 
 
 @dataclass(frozen=True)
 class ImportRef:
     namespace: str
     name: str
+    protocols: frozenset[str] = _TCP  # "TCP", "UDP": what the VIP:port carries
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,11 @@ class NodeTable:
         imports: dict[tuple[str, int], ImportRef] = {}
         for imp in snap.imports:
             if imp.vip and imp.port:
-                imports[(imp.vip, imp.port)] = ImportRef(imp.namespace, imp.name)
+                try:
+                    protocols = carried(imp.protocol)
+                except ValueError:
+                    continue  # a protocol this agent does not know (a newer control plane): not redirected
+                imports[(imp.vip, imp.port)] = ImportRef(imp.namespace, imp.name, protocols)
         workloads = {
             _normalise(w.cgroup): Workload(w.namespace, w.name, w.service_account or "default", dict(w.labels))
             for w in snap.workloads if w.cgroup
@@ -60,8 +70,12 @@ class NodeTable:
                    gateway=_parse_host_port(snap.gateway_agent_address), peer_name=snap.peer_name)
 
     def services(self, proxy: tuple[str, int]) -> dict[tuple[str, int], tuple[str, int]]:
-        """The desired BPF services map: every import VIP:port → the proxy."""
-        return {key: proxy for key in self.imports}
+        """The desired TCP entries of the BPF services map: every TCP import VIP:port → the proxy."""
+        return {key: proxy for key, ref in self.imports.items() if "TCP" in ref.protocols}
+
+    def udp_services(self) -> list[tuple[str, int]]:
+        """The import VIP:ports that carry UDP (each gets its own relay socket)."""
+        return [key for key, ref in self.imports.items() if "UDP" in ref.protocols]
 
     def workload_for(self, cgroup_path: str) -> Workload | None:
         """The workload whose cgroup is `cgroup_path` or one of its ancestors (longest match)."""

@@ -34,7 +34,7 @@ class PeerInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., gateways: _Optional[_Iterable[_Union[Gateway, _Mapping]]] = ..., reachable: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ExportInfo(_message.Message):
-    __slots__ = ("namespace", "name", "target_host", "port", "labels", "valid")
+    __slots__ = ("namespace", "name", "target_host", "port", "labels", "valid", "protocol")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -48,13 +48,15 @@ class ExportInfo(_message.Message):
     PORT_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     VALID_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     name: str
     target_host: str
     port: int
     labels: _containers.ScalarMap[str, str]
     valid: bool
-    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., target_host: _Optional[str] = ..., port: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., valid: _Optional[bool] = ...) -> None: ...
+    protocol: str
+    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., target_host: _Optional[str] = ..., port: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., valid: _Optional[bool] = ..., protocol: _Optional[str] = ...) -> None: ...
 
 class ImportSource(_message.Message):
     __slots__ = ("peer", "export_name", "export_namespace")
@@ -67,7 +69,7 @@ class ImportSource(_message.Message):
     def __init__(self, peer: _Optional[str] = ..., export_name: _Optional[str] = ..., export_namespace: _Optional[str] = ...) -> None: ...
 
 class ImportInfo(_message.Message):
-    __slots__ = ("namespace", "name", "port", "target_port", "vip", "lb_scheme", "sources", "labels")
+    __slots__ = ("namespace", "name", "port", "target_port", "vip", "lb_scheme", "sources", "labels", "protocol")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +85,7 @@ class ImportInfo(_message.Message):
     LB_SCHEME_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     name: str
     port: int
@@ -91,7 +94,8 @@ class ImportInfo(_message.Message):
     lb_scheme: str
     sources: _containers.RepeatedCompositeFieldContainer[ImportSource]
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., port: _Optional[int] = ..., target_port: _Optional[int] = ..., vip: _Optional[str] = ..., lb_scheme: _Optional[str] = ..., sources: _Optional[_Iterable[_Union[ImportSource, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    protocol: str
+    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., port: _Optional[int] = ..., target_port: _Optional[int] = ..., vip: _Optional[str] = ..., lb_scheme: _Optional[str] = ..., sources: _Optional[_Iterable[_Union[ImportSource, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., protocol: _Optional[str] = ...) -> None: ...
 
 class PolicyInfo(_message.Message):
     __slots__ = ("privileged", "namespace", "name", "spec_json")

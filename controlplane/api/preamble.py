@@ -5,7 +5,9 @@ Wire format (sans-IO, see docs/internals.md):
     b"CLP1" | u32 big-endian length N (1..MAX_BODY) | N bytes of UTF-8 JSON | application bytes
 
 The JSON object names the Import, the original destination, the client's attributes, and the
-agent's credential. There is no reply: the gateway relays or resets.
+agent's credential; `"proto": "udp"` (absent for TCP) makes the connection one UDP flow, its bytes
+datagram capsules (`controlplane.peerwire.datagrams`). There is no reply: the gateway relays or
+resets.
 """
 
 from __future__ import annotations
@@ -33,19 +35,23 @@ class Preamble:
     client: Mapping[str, str] = field(default_factory=dict)
     credential: str = ""
     node: str = ""
+    udp: bool = False  # the connection carries one UDP flow (datagram capsules), not a TCP stream
 
 
 def encode_preamble(p: Preamble) -> bytes:
     """Serialise a preamble; raises ValueError when it would not fit MAX_BODY."""
+    fields: dict[str, object] = {
+        "v": VERSION,
+        "import": {"namespace": p.import_namespace, "name": p.import_name},
+        "dst": p.destination,
+        "client": dict(p.client),
+        "credential": p.credential,
+        "node": p.node,
+    }
+    if p.udp:
+        fields["proto"] = "udp"
     body = json.dumps(
-        {
-            "v": VERSION,
-            "import": {"namespace": p.import_namespace, "name": p.import_name},
-            "dst": p.destination,
-            "client": dict(p.client),
-            "credential": p.credential,
-            "node": p.node,
-        },
+        fields,
         separators=(",", ":"),
         sort_keys=True,
     ).encode()
@@ -81,7 +87,11 @@ def decode_body(body: bytes) -> Preamble:
     client = obj.get("client", {})
     if not isinstance(client, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in client.items()):
         raise PreambleError("preamble field 'client' must map strings to strings")
+    proto = obj.get("proto", "tcp")
+    if proto not in ("tcp", "udp"):
+        raise PreambleError(f"preamble field 'proto' must be \"tcp\" or \"udp\", not {proto!r}")
     return Preamble(
+        udp=proto == "udp",
         import_namespace=namespace,
         import_name=name,
         destination=_string(obj, "dst", ""),

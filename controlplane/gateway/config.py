@@ -54,6 +54,7 @@ class Limits:
     liveness_timeout: float = 6.0       # silence of another gateway on a tunnel before its connections reset
     probe_interval: float = 0.25        # between probes (GET /healthz) of each remote peer on an idle tunnel; 0: off
     probe_timeout: float = 0.5          # a probe unanswered this long marks the peer down (failover)
+    udp_idle_timeout: float = 60.0      # a UDP flow to an exported service with no datagram either way ends
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "pools' --pool-keepalive)")
     flags.add(p, "--connect-timeout", default=d.connect_timeout, type=_positive_float,
               help="Seconds to connect to a remote gateway (TCP+TLS) or to an exported service (TCP)")
+    flags.add(p, "--udp-idle-timeout", default=d.udp_idle_timeout, type=_positive_float,
+              help="Seconds without a datagram either way after which a UDP flow to an exported service ends "
+                   "(its tunnel closes, its socket to the service too); the agents end their flows earlier "
+                   "(agent --udp-idle-timeout, 30 s by default), this is the backstop")
     flags.add(p, "--response-timeout", default=d.response_timeout, type=_positive_float,
               help="Seconds to wait for a remote gateway's answer to /authz or CONNECT")
     flags.add(p, "--tunnel-liveness-timeout", default=d.liveness_timeout, type=_positive_float,
@@ -256,7 +261,8 @@ def load_config(argv: Sequence[str] | None = None) -> GatewayConfig:
                     response_timeout=a.response_timeout, drain_timeout=a.drain_timeout,
                     max_requests=a.max_requests_per_connection,
                     max_connections=a.max_connections, liveness_timeout=a.tunnel_liveness_timeout,
-                    probe_interval=a.peer_probe_interval, probe_timeout=a.peer_probe_timeout)
+                    probe_interval=a.peer_probe_interval, probe_timeout=a.peer_probe_timeout,
+                    udp_idle_timeout=a.udp_idle_timeout)
     return GatewayConfig(
         certs=a.certs, controlplane=a.controlplane, join_token_file=a.join_token_file,
         controlplane_ca=a.controlplane_ca, peer_listen=a.peer_listen, agent_listen=a.agent_listen,

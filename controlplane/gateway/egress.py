@@ -68,6 +68,7 @@ class _Client:
     imp: ImportView
     attrs: Mapping[str, str]
     conn_id: str = ""  # set when the access log is on
+    udp: bool = False  # one UDP flow (datagram capsules), from an agent's preamble
 
 
 class Egress:
@@ -128,8 +129,21 @@ class Egress:
                                    extra=fields(direction=DIRECTION, result="unknown-import"))
             stream.abort()
             return
+        if not self._carries(stream, imp, "UDP" if preamble.udp else "TCP"):
+            return
         await self._forward(stream, state, _Client(started, imp, only_client(preamble.client),
-                                                   self._access.new_id()))
+                                                   self._access.new_id(), udp=preamble.udp))
+
+    def _carries(self, stream: Stream, imp: ImportView, protocol: str) -> bool:
+        """Whether the Import carries `protocol`; if not, the connection is counted and reset."""
+        if protocol in imp.protocols:
+            return True
+        self._count(imp.ref, "", "wrong-protocol")
+        self._throttle.warning(f"wrong-protocol:{imp.ref}", "Connection from %s reset: Import %s does not carry %s",
+                               _peer(stream), imp.ref, protocol,
+                               extra=fields(direction=DIRECTION, result="wrong-protocol"))
+        stream.abort()
+        return False
 
     async def serve_import(self, stream: Stream, port: int) -> None:
         """A connection on an Import's target port: no preamble, unknown client."""
@@ -139,6 +153,8 @@ class Egress:
         if imp is None:
             self._count(UNKNOWN_LABEL, "", "unknown-import")
             stream.abort()
+            return
+        if not self._carries(stream, imp, "TCP"):
             return
         await self._forward(stream, state, _Client(started, imp, {}, self._access.new_id()))
 
@@ -267,13 +283,13 @@ class Egress:
             relay = Relay(client, conn.stream, framed="service" if framed else None)
             if pool.early_data:
                 early = bytes(replay) + client.take_buffered()
-                conn.send_connect(grant.token, early, framed=framed)
+                conn.send_connect(grant.token, early, framed=framed, udp=ctx.udp)
                 relay.start_upstream(tap=bytearray(early), tap_limit=self._limits.replay_bytes)
             else:
                 # The client's bytes wait in its buffer (reading pauses when it is full) for the 200.
                 client.unread(bytes(replay))
                 replay = bytearray()
-                conn.send_connect(grant.token, framed=framed)
+                conn.send_connect(grant.token, framed=framed, udp=ctx.udp)
             pool.expect_answer(conn, fallback=fallback)
             try:
                 response = await conn.connect_response(self._limits.response_timeout)

@@ -7,8 +7,10 @@
 - `CONNECT` with `Authorization: Bearer <token>` → the token must be ours, unexpired, and issued
   to the peer presenting it (else 401); the policy is evaluated again, now, on the token's source
   attributes (a policy change applies to the very next connection, cached token or not; 403); the
-  Export must still exist (404); then the exported service is connected (502 when refused, 503 on
-  timeout), 200 is answered and bytes flow (those the client sent after its request included).
+  Export must still exist (404) and carry the tunnel's protocol (400: a CONNECT with
+  `x-clusterlink-protocol: udp` is a UDP flow, any other TCP); then the exported service is
+  connected (502 when refused, 503 on timeout), 200 is answered and bytes flow (those the client
+  sent after its request included; for UDP, datagram capsules, see `peerwire.datagrams`).
 
 Only peers that are configured are served: the certificate's name must be that of a Peer object
 (else 403 to every request), unless --unconfigured-peers serve. Metric labels name only
@@ -28,7 +30,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from controlplane.api.logsetup import fields
-from controlplane.peerwire import codec, framing
+from controlplane.peerwire import codec, datagrams, framing
 from controlplane.peerwire.server import CLOSED, NEED_DATA, BadRequest, Request, ServerConnection, connect_accepted
 from controlplane.peerwire.stream import Stream, StreamError, TcpStream, connect_tcp
 from controlplane.peerwire.tlsstream import TlsStream
@@ -371,6 +373,13 @@ class Ingress:
         if export is None:
             self._end(conn, started, UNKNOWN_LABEL, presenting, "not-found", client)
             return await self._refuse(stream, http, 404, f"no valid export {ref}")
+        udp = request.header(datagrams.PROTOCOL_HEADER) == datagrams.UDP
+        wanted = "UDP" if udp else "TCP"
+        if wanted not in export.protocols:
+            self._end(conn, started, ref, presenting, "wrong-protocol", client)
+            self._bad("wrong-protocol", "CONNECT from peer %s refused: export %s does not carry %s", presenting,
+                      ref, wanted)
+            return await self._refuse(stream, http, 400, f"export {ref} does not carry {wanted}")
         check = ingress_check(state, export, client, presenting)
         self._count_decision(check.decision)
         if not check.decision.allowed:
@@ -379,7 +388,7 @@ class Ingress:
             return await self._refuse(stream, http, 403, f"access to {ref} denied by policy {check.decision.policy}")
 
         try:
-            service = await self._open_service(export)
+            service = await (self._open_udp_flow(export) if udp else self._open_service(export))
         except TimeoutError:
             self._end(conn, started, ref, presenting, "service-timeout", client)
             self._throttle.warning(f"service:{ref}", "Export %s: no connection to %s:%d within %g s", ref,
@@ -420,6 +429,13 @@ class Ingress:
     async def _open_service(self, export: ExportView) -> TcpStream:
         async with asyncio.timeout(self._limits.connect_timeout):
             return await connect_tcp(export.host, export.port)
+
+    async def _open_udp_flow(self, export: ExportView) -> TcpStream:
+        """One UDP flow to the service: its own connected socket, datagram capsules on the stream."""
+        async with asyncio.timeout(self._limits.connect_timeout):
+            stream, _ = await datagrams.connect_udp(export.host, export.port,
+                                                    idle_timeout=self._limits.udp_idle_timeout)
+        return stream
 
 
 def _valid_export(state: GatewayState, namespace: str, name: str) -> ExportView | None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from controlplane.api import clusterlink_pb2 as pb
+from controlplane.api.protocols import carried
 from controlplane.policy.engine import PolicyEngine
 from controlplane.policy.policy import Policy, PolicyError, parse_policy_spec
 from controlplane.tokens import MIN_KEY_BYTES, TokenAuthority
@@ -24,6 +25,7 @@ from controlplane.tokens import MIN_KEY_BYTES, TokenAuthority
 from .lb import DEFAULT_SCHEME, normalize_scheme
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
+_TCP = frozenset({"TCP"})
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class ExportView:
     port: int
     valid: bool
     labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    protocols: frozenset[str] = _TCP  # "TCP", "UDP" (spec.protocol)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -68,6 +71,7 @@ class ImportView:
     lb_scheme: str
     sources: tuple[SourceView, ...]
     labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    protocols: frozenset[str] = _TCP  # "TCP", "UDP" (spec.protocol)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -133,8 +137,10 @@ def build_state(snapshot: pb.Snapshot, *, local_peer: str, token_lifetime: float
 
     exports = {}
     for e in snapshot.exports:
+        protocols = _protocols("Export", e, problems)
         view = ExportView(namespace=e.namespace, name=e.name, host=e.target_host, port=int(e.port),
-                          valid=e.valid and bool(e.target_host) and 0 < e.port < 65536, labels=_labels(e.labels))
+                          valid=e.valid and bool(e.target_host) and 0 < e.port < 65536 and bool(protocols),
+                          labels=_labels(e.labels), protocols=protocols)
         exports[view.key] = view
 
     imports = {}
@@ -148,7 +154,7 @@ def build_state(snapshot: pb.Snapshot, *, local_peer: str, token_lifetime: float
         view = ImportView(namespace=i.namespace, name=i.name, port=int(i.port), target_port=int(i.target_port),
                           lb_scheme=scheme,
                           sources=tuple(SourceView(s.peer, s.export_namespace, s.export_name) for s in i.sources),
-                          labels=_labels(i.labels))
+                          labels=_labels(i.labels), protocols=_protocols("Import", i, problems))
         imports[view.key] = view
         if view.target_port:
             other = by_port.get(view.target_port)
@@ -190,3 +196,13 @@ def build_state(snapshot: pb.Snapshot, *, local_peer: str, token_lifetime: float
         token_key=key,
         problems=tuple(problems),
     )
+
+
+def _protocols(kind: str, info: pb.ExportInfo | pb.ImportInfo, problems: list[str]) -> frozenset[str]:
+    """The protocols of an Export or Import; empty (nothing is carried) for a value this gateway
+    does not know (a newer control plane), listed in `problems`."""
+    try:
+        return carried(info.protocol)
+    except ValueError as exc:
+        problems.append(f"{kind} {info.namespace}/{info.name}: {exc}; it carries nothing")
+        return frozenset()

@@ -10,6 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# Transport protocols (`spec.protocol`): defined with the agents' contract, re-exported here.
+from controlplane.api.protocols import (  # noqa: F401
+    DEFAULT_PROTOCOL, PROTOCOL_BOTH, PROTOCOL_TCP, PROTOCOL_UDP, PROTOCOLS, carried)
+
 GROUP = "clusterlink.net"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -33,6 +37,9 @@ Schema = dict[str, Any]
 
 _PORT: Schema = {"type": "integer", "minimum": 1, "maximum": 65535}
 _LABELS: Schema = {"type": "object", "additionalProperties": {"type": "string"}}
+_PROTOCOL: Schema = {"type": "string", "enum": list(PROTOCOLS), "default": DEFAULT_PROTOCOL,
+                     "description": "Transport protocol carried: TCP (default), UDP, or TCPAndUDP (both, on the "
+                                    "same port, e.g. DNS or iperf3 -u)"}
 
 _CONDITION: Schema = {
     "type": "object",
@@ -175,12 +182,14 @@ EXPORT = KindInfo(
             "host": {"type": "string",
                      "description": "Target host; default: the Service <name>.<namespace>.svc.cluster.local."},
             "port": {**_PORT, "description": "Target port."},
+            "protocol": dict(_PROTOCOL),
         },
     },
     status={"type": "object", "properties": {"conditions": _CONDITIONS}},
     columns=(
         PrinterColumn("Valid", '.status.conditions[?(@.type=="ExportValid")].status'),
         PrinterColumn("Port", ".spec.port", "integer"),
+        PrinterColumn("Protocol", ".spec.protocol"),
         PrinterColumn("Host", ".spec.host", priority=1),
         PrinterColumn("Age", ".metadata.creationTimestamp", "date"),
     ),
@@ -216,6 +225,7 @@ IMPORT = KindInfo(
             },
             "lbScheme": {"type": "string", "enum": list(LB_SCHEMES), "default": DEFAULT_LB_SCHEME,
                          "description": "round-robin (default), random, or static (ordered failover)."},
+            "protocol": dict(_PROTOCOL),
         },
     },
     status={
@@ -227,6 +237,7 @@ IMPORT = KindInfo(
     },
     columns=(
         PrinterColumn("Port", ".spec.port", "integer"),
+        PrinterColumn("Protocol", ".spec.protocol"),
         PrinterColumn("TargetPort", ".spec.targetPort", "integer"),
         PrinterColumn("VIP", ".status.vip"),
         PrinterColumn("PortValid", '.status.conditions[?(@.type=="ImportTargetPortValid")].status'),

@@ -176,13 +176,13 @@ class PeerConnection:
         """`POST /authz`: the response, whatever its status (200 carries `x-access-token`)."""
         return await self._exchange(self._http.authz(request), timeout)
 
-    def send_connect(self, token: str, early_data: bytes = b"", *, framed: bool = False) -> bytes:
+    def send_connect(self, token: str, early_data: bytes = b"", *, framed: bool = False, udp: bool = False) -> bytes:
         """Write the CONNECT request followed by `early_data` (as one frame when `framed`);
-        returns the request bytes written."""
+        `udp`: the tunnel carries a UDP flow (datagram capsules). Returns the request bytes written."""
         if self._busy:
             raise RuntimeError("PeerConnection: one request at a time")
         self._busy = True
-        request = self._http.connect(token, framed=framed)
+        request = self._http.connect(token, framed=framed, udp=udp)
         if early_data:
             self.stream.write(request + (framing.frame(early_data) if framed else early_data))
         else:

@@ -35,6 +35,7 @@ from .codec import (
     encode_authz_request,
 )
 from .framing import FRAMED, TUNNEL_HEADER
+from .datagrams import PROTOCOL_HEADER, UDP
 from .server import NEED_DATA, _Sentinel, header_size
 
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024
@@ -98,7 +99,7 @@ class ClientConnection:
         self._switched = False
         self._closed = False
         # A CONNECT sent on the fast path: its (token, framed), and the answer's bytes so far.
-        self._fast: tuple[str, bool] | None = None
+        self._fast: tuple[str, bool, bool] | None = None
         self._fast_in = bytearray()
         self._fast_trailing = b""
 
@@ -132,23 +133,28 @@ class ClientConnection:
         return self._request("POST", AUTHZ_PATH, [("Content-Type", "application/json")],
                              encode_authz_request(request))
 
-    def connect(self, token: str, *, framed: bool = False) -> bytes:
-        """CONNECT with the token; `framed` asks for a framed tunnel (see `framing`)."""
+    def connect(self, token: str, *, framed: bool = False, udp: bool = False) -> bytes:
+        """CONNECT with the token; `framed` asks for a framed tunnel (see `framing`); `udp`: the
+        tunnel carries one UDP flow as datagram capsules (see `datagrams`)."""
         if not (_PLAIN_VALUE.fullmatch(token) and _PLAIN_VALUE.fullmatch(self.peer_name)):
             self._connecting = True
-            return self._request("CONNECT", *self._connect_request(token, framed))
+            return self._request("CONNECT", *self._connect_request(token, framed, udp))
         self._ready_for_request()
         self._connecting = True
-        self._fast = (token, framed)
+        self._fast = (token, framed, udp)
         authority = connect_authority(self.peer_name)
         extra = f"{TUNNEL_HEADER}: {FRAMED}\r\n" if framed else ""
+        if udp:
+            extra += f"{PROTOCOL_HEADER}: {UDP}\r\n"
         return (f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: {USER_AGENT}\r\n"
                 f"{AUTHORIZATION_HEADER}: Bearer {token}\r\n{extra}\r\n").encode("ascii")
 
-    def _connect_request(self, token: str, framed: bool) -> tuple[str, list[tuple[str, str]]]:
+    def _connect_request(self, token: str, framed: bool, udp: bool = False) -> tuple[str, list[tuple[str, str]]]:
         headers = [(AUTHORIZATION_HEADER, f"Bearer {token}")]
         if framed:
             headers.append((TUNNEL_HEADER, FRAMED))
+        if udp:
+            headers.append((PROTOCOL_HEADER, UDP))
         return connect_authority(self.peer_name), headers
 
     def _fast_response(self) -> Response | _Sentinel:
@@ -186,9 +192,9 @@ class ClientConnection:
         """Hand the answer of a fast-path CONNECT to h11, in the state the same request sent
         through h11 would have left it."""
         assert self._fast is not None
-        token, framed = self._fast
+        token, framed, udp = self._fast
         self._fast = None
-        self._request("CONNECT", *self._connect_request(token, framed))
+        self._request("CONNECT", *self._connect_request(token, framed, udp))
         data, self._fast_in = bytes(self._fast_in), bytearray()
         if data:
             self._h11.receive_data(data)

@@ -59,7 +59,13 @@ def _import(obj: Object) -> pb.ImportInfo:
         sources=[pb.ImportSource(peer=s["peer"], export_name=s["exportName"], export_namespace=s["exportNamespace"])
                  for s in obj.spec["sources"]],
         labels=dict(obj.labels),
+        protocol=_protocol(obj),
     )
+
+
+def _protocol(obj: Object) -> str:
+    """spec.protocol (TCP, UDP or TCPAndUDP); absent: TCP."""
+    return str(obj.spec.get("protocol") or S.PROTOCOL_TCP)
 
 
 def _policy(obj: Object) -> pb.PolicyInfo:
@@ -73,7 +79,8 @@ def gateway_view(state: DesiredState) -> pb.Snapshot:
         peer_labels=dict(state.peer_labels),
         peers=[_peer(p, state.reachable) for p in state.peers if p.namespace == state.system_namespace],
         exports=[pb.ExportInfo(namespace=e.namespace, name=e.name, target_host=t.host, port=int(e.spec["port"]),
-                               labels=dict(e.labels), valid=t.valid) for e, t in state.exports],
+                               labels=dict(e.labels), valid=t.valid, protocol=_protocol(e))
+                 for e, t in state.exports],
         imports=[_import(i) for i in state.imports],
         policies=[_policy(p) for p in state.policies],
         token_key=state.token_key,

@@ -2,18 +2,21 @@
 to ClusterLink's own objects, with `--mcs on` (leader only, like every controller write).
 
 - **ServiceExport → Export.** A ServiceExport `ns/name` asks to export the Service `ns/name`. The
-  control plane makes the Export `ns/name` with `spec.port` = the Service's port: its only TCP port,
-  or the one the annotation `clusterlink.net/export-port` names (port name or number) when it has
-  several (a ClusterLink Export carries one port). The Export is labelled
-  `app.kubernetes.io/managed-by: clusterlink.net` and `clusterlink.net/service-export: "true"`;
+  control plane makes the Export `ns/name` with `spec.port` = the Service's port: its only TCP port
+  (without TCP ports: its only UDP port), or the one the annotation `clusterlink.net/export-port`
+  names (port name or number) when it has several (a ClusterLink Export carries one port number).
+  `spec.protocol` is what the chosen port number carries: TCP, UDP, or TCPAndUDP when the Service
+  has both on that number (a port chosen by name carries only its own protocol). The Export is
+  labelled `app.kubernetes.io/managed-by: clusterlink.net` and `clusterlink.net/service-export: "true"`;
   only such Exports are updated or deleted (when their ServiceExport goes away). An Export of the
   same name made by hand is left alone: it already exports the service. The ServiceExport's
-  condition `Valid` says what happened (`Exported`, `ExportExists`, `NoService`, `NoTCPPort`,
-  `AmbiguousPort`, `NoSuchPort`).
+  condition `Valid` says what happened (`Exported`, `ExportExists`, `NoService`, `NoPort` (no TCP
+  or UDP port), `AmbiguousPort`, `NoSuchPort`).
 - **Import → ServiceImport.** Every Import with a service address (`status.vip`, its Service's
   ClusterIP) gets a ServiceImport `ns/name`: `spec.type: ClusterSetIP`, `spec.ips: [vip]`,
-  `spec.ports: [{port: spec.port, protocol: TCP}]`, `status.clusters` = the Import's source peers;
-  labelled like the Import's Service and owned by the Import. DNS for
+  `spec.ports`: `spec.port` once per protocol the Import carries (`import`/TCP, `import-udp`/UDP),
+  `status.clusters` = the Import's source peers; labelled like the Import's Service and owned by
+  the Import. DNS for
   `<name>.<ns>.svc.clusterset.local` comes from the ServiceImports (CoreDNS's `multicluster` plugin
   answers with `spec.ips`), so a pod's lookup gives the VIP that the agents redirect. A ServiceImport
   that is not ClusterLink's is never touched (the create fails with AlreadyExists: logged once).
@@ -33,8 +36,17 @@ from controlplane.model.conditions import set_condition
 from controlplane.model.objects import Object
 
 from .base import StoreError
-from .kube import LABEL_MANAGED_BY, MANAGER, KubeStore, KubeWriter, ServiceImportView, ServiceView, merge_patch
-from .kube_services import import_labels, owner_reference
+from .kube import (
+    LABEL_MANAGED_BY,
+    MANAGER,
+    KubeStore,
+    KubeWriter,
+    ServiceImportView,
+    ServicePort,
+    ServiceView,
+    merge_patch,
+)
+from .kube_services import PORT_NAME, import_labels, owner_reference, port_names
 from .kubeapi import SERVICE_EXPORTS, SERVICE_IMPORTS, AlreadyExists, KubeError, NotFound
 
 log = logging.getLogger(__name__)
@@ -42,48 +54,75 @@ log = logging.getLogger(__name__)
 LABEL_SERVICE_EXPORT = "clusterlink.net/service-export"
 ANNOTATION_EXPORT_PORT = "clusterlink.net/export-port"
 CONDITION_VALID = "Valid"  # the MCS API's ServiceExport condition
-SERVICE_IMPORT_PORT_NAME = "import"
+SERVICE_IMPORT_PORT_NAME = PORT_NAME  # the TCP port's; the UDP port's is kube_services.UDP_PORT_NAME
 
 
 class ExportPlan(NamedTuple):
-    """What one ServiceExport asks for: the Export's port (0: none), and its Valid condition."""
+    """What one ServiceExport asks for: the Export's port (0: none) and protocol, and its Valid condition."""
 
     port: int
     ok: bool
     reason: str
     message: str
+    protocol: str = S.PROTOCOL_TCP
 
 
 # -- pure ------------------------------------------------------------------------------------------
 
+_CARRIABLE = (S.PROTOCOL_TCP, S.PROTOCOL_UDP)  # Service port protocols ClusterLink carries (not SCTP)
+
+
+def _protocol_of(ports: Sequence[ServicePort]) -> str:
+    """The Export protocol that carries `ports` (all on one port number)."""
+    protocols = {p.protocol for p in ports}
+    if protocols == {S.PROTOCOL_UDP}:
+        return S.PROTOCOL_UDP
+    return S.PROTOCOL_BOTH if S.PROTOCOL_UDP in protocols else S.PROTOCOL_TCP
+
 
 def plan_export(namespace: str, name: str, service: ServiceView | None,
                 annotations: Mapping[str, str]) -> ExportPlan:
+    """The Export a ServiceExport asks for. The port: the one `clusterlink.net/export-port` names
+    (by name: that port; by number: the TCP and UDP ports of that number), else the Service's only
+    TCP port number (or, without TCP ports, its only UDP port number). The protocol: what the chosen
+    ports carry; TCP and UDP on the same number give TCPAndUDP."""
     where = f"{namespace}/{name}"
     if service is None:
         return ExportPlan(0, False, "NoService", f"no Service {where} to export")
-    tcp = [p for p in service.ports if p.protocol == "TCP" and p.port]
+    ports = [p for p in service.ports if p.protocol in _CARRIABLE and p.port]
     chosen = annotations.get(ANNOTATION_EXPORT_PORT, "").strip()
     if chosen:
-        match = [p for p in tcp if p.name == chosen or str(p.port) == chosen]
+        match = [p for p in ports if p.name == chosen]
+        if not match:
+            match = [p for p in ports if str(p.port) == chosen]
         if not match:
             return ExportPlan(0, False, "NoSuchPort",
-                              f"the Service {where} has no TCP port {chosen!r} ({ANNOTATION_EXPORT_PORT})")
-        port = match[0]
-    elif not tcp:
-        return ExportPlan(0, False, "NoTCPPort", f"the Service {where} has no TCP port (ClusterLink carries TCP)")
-    elif len(tcp) > 1:
-        names = ", ".join(p.name or str(p.port) for p in tcp)
-        return ExportPlan(0, False, "AmbiguousPort",
-                          f"the Service {where} has {len(tcp)} TCP ports ({names}); a ClusterLink Export carries "
-                          f"one: name it with the annotation {ANNOTATION_EXPORT_PORT}")
+                              f"the Service {where} has no TCP or UDP port {chosen!r} ({ANNOTATION_EXPORT_PORT})")
+        number = match[0].port
+        match = [p for p in match if p.port == number]
     else:
-        port = tcp[0]
-    return ExportPlan(port.port, True, "Exported", f"exported as the Export {where}, port {port.port}")
+        if not ports:
+            return ExportPlan(0, False, "NoPort", f"the Service {where} has no TCP or UDP port "
+                                                  f"(ClusterLink carries TCP and UDP)")
+        tcp = [p for p in ports if p.protocol == S.PROTOCOL_TCP]
+        candidates = tcp or ports  # TCP ports first, as before UDP was carried; else the UDP ports
+        if len(candidates) > 1:
+            kind = "TCP" if tcp else "UDP"
+            names = ", ".join(p.name or str(p.port) for p in candidates)
+            return ExportPlan(0, False, "AmbiguousPort",
+                              f"the Service {where} has {len(candidates)} {kind} ports ({names}); a ClusterLink "
+                              f"Export carries one: name it with the annotation {ANNOTATION_EXPORT_PORT}")
+        number = candidates[0].port
+        match = [p for p in ports if p.port == number]
+    protocol = _protocol_of(match)
+    carried = "" if protocol == S.PROTOCOL_TCP else f" ({protocol})"
+    return ExportPlan(number, True, "Exported", f"exported as the Export {where}, port {number}{carried}", protocol)
 
 
-def export_object(namespace: str, name: str, port: int) -> Object:
-    return Object(kind=S.EXPORT.kind, name=name, namespace=namespace, spec={"port": port},
+def export_object(namespace: str, name: str, port: int, protocol: str = S.PROTOCOL_TCP) -> Object:
+    # protocol is always written (even TCP, the default): the API server defaults it, and an Export
+    # without it would differ from the stored one on every pass.
+    return Object(kind=S.EXPORT.kind, name=name, namespace=namespace, spec={"port": port, "protocol": protocol},
                   labels={LABEL_MANAGED_BY: MANAGER, LABEL_SERVICE_EXPORT: "true"})
 
 
@@ -98,7 +137,8 @@ def desired_service_import(imp: Object, vip: str) -> dict[str, Any]:
         "metadata": {"name": imp.name, "namespace": imp.namespace, "labels": import_labels(imp),
                      "ownerReferences": [owner_reference(imp)]},
         "spec": {"type": "ClusterSetIP", "ips": [vip],
-                 "ports": [{"name": SERVICE_IMPORT_PORT_NAME, "protocol": "TCP", "port": int(imp.spec["port"])}]},
+                 "ports": [{"name": port_name, "protocol": proto, "port": int(imp.spec["port"])}
+                           for port_name, proto in port_names(imp.spec.get("protocol"))]},
         "status": {"clusters": [{"cluster": p} for p in peers]},
     }
 
@@ -129,7 +169,7 @@ class MultiClusterServices:
                 plan = ExportPlan(0, True, "ExportExists", f"the Export {namespace}/{name} (not made from this "
                                                            f"ServiceExport) exports it; left as it is")
             elif plan.port:
-                self._store.apply(export_object(namespace, name, plan.port))
+                self._store.apply(export_object(namespace, name, plan.port, plan.protocol))
             elif existing is not None:
                 self._delete_export(existing, f"its ServiceExport is not valid: {plan.message}")
             self._write_condition(se.namespace, se.name, se.status, plan, se.generation)

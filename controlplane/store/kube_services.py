@@ -1,7 +1,8 @@
 """The Services of Imports in Kubernetes: desired state (pure) and the provider the reconciler calls.
 
 Every Import gets a ClusterIP Service of the same name in its own namespace, port `spec.port` →
-the gateway's `spec.targetPort`, labelled `app.kubernetes.io/managed-by: clusterlink.net`,
+the gateway's `spec.targetPort` (one port per protocol `spec.protocol` carries: `import` for TCP,
+`import-udp` for UDP, on the same number), labelled `app.kubernetes.io/managed-by: clusterlink.net`,
 `clusterlink.net/import-name`, `clusterlink.net/import-namespace`, and owned by the Import (so
 the garbage collector removes it even when the control plane is down). Its ClusterIP is the
 Import's VIP: the address the agents redirect, written to `status.vip`. Clients on nodes without
@@ -49,6 +50,7 @@ from .kubeapi import ENDPOINT_SLICES, SERVICES, KubeError, NotFound
 log = logging.getLogger(__name__)
 
 PORT_NAME = "import"
+UDP_PORT_NAME = PORT_NAME + "-udp"  # the UDP port of a UDP or TCPAndUDP Import (same port number)
 SLICE_SUFFIX = "-clusterlink"
 LABEL_SLICE_SERVICE = "kubernetes.io/service-name"
 LABEL_SLICE_MANAGED_BY = "endpointslice.kubernetes.io/managed-by"
@@ -74,11 +76,22 @@ def owner_reference(imp: Object) -> dict[str, Any]:
     return {"apiVersion": S.API_VERSION, "kind": S.IMPORT.kind, "name": imp.name, "uid": imp.uid, "controller": True}
 
 
+def port_names(protocol: str | None) -> list[tuple[str, str]]:
+    """(port name, protocol) of every port an Import's Service (and EndpointSlice, ServiceImport) has:
+    `import`/TCP, `import-udp`/UDP, or both (TCP first) for TCPAndUDP. Each name stands for one
+    protocol, so a change of protocol always changes the names."""
+    protocols = S.carried(protocol)
+    return [(name, proto) for name, proto in ((PORT_NAME, S.PROTOCOL_TCP), (UDP_PORT_NAME, S.PROTOCOL_UDP))
+            if proto in protocols]
+
+
 def desired_service(imp: Object, target_port: int, *, selector: Mapping[str, str] | None) -> dict[str, Any]:
-    """The Service of an Import. `selector`: the gateway pods' labels (same namespace), or None."""
+    """The Service of an Import. `selector`: the gateway pods' labels (same namespace), or None.
+    One port per protocol the Import carries, all `spec.port` → `target_port`."""
     spec: dict[str, Any] = {"type": "ClusterIP",
-                            "ports": [{"name": PORT_NAME, "protocol": "TCP", "port": int(imp.spec["port"]),
-                                       "targetPort": int(target_port)}]}
+                            "ports": [{"name": name, "protocol": proto, "port": int(imp.spec["port"]),
+                                       "targetPort": int(target_port)}
+                                      for name, proto in port_names(imp.spec.get("protocol"))]}
     if selector is not None:
         spec["selector"] = dict(selector)
     meta: dict[str, Any] = {"name": imp.name, "namespace": imp.namespace, "labels": import_labels(imp)}
@@ -145,7 +158,8 @@ def desired_slice(imp: Object, target_port: int, gateways: Sequence[GatewayPod],
         meta["ownerReferences"] = [owner_reference(imp)]
     return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": meta,
             "addressType": address_type, "endpoints": endpoints,
-            "ports": [{"name": PORT_NAME, "protocol": "TCP", "port": int(target_port)}]}
+            "ports": [{"name": name, "protocol": proto, "port": int(target_port)}
+                      for name, proto in port_names(imp.spec.get("protocol"))]}
 
 
 def slice_matches(existing: SliceView, desired: Mapping[str, Any]) -> bool:
@@ -226,9 +240,11 @@ class ImportServices:
         if not view.cluster_ip or view.cluster_ip == "None":
             return ImportServiceState("", False, S.REASON_ERROR,
                                       f"service '{imp.namespace}/{imp.name}' has no cluster IP")
+        protocol = str(imp.spec.get("protocol") or S.PROTOCOL_TCP)
+        carried = "" if protocol == S.PROTOCOL_TCP else f" ({protocol})"
         return ImportServiceState(view.cluster_ip, True, S.REASON_VALID,
                                   f"service {imp.namespace}/{imp.name} {view.cluster_ip}:{imp.spec['port']} → "
-                                  f"gateway port {target_port}")
+                                  f"gateway port {target_port}{carried}")
 
     def _ensure_slice(self, imp: Object, target_port: int) -> None:
         desired = desired_slice(imp, target_port, list(self._store.gateway_pods.values()),

@@ -77,7 +77,7 @@ def test_a_service_export_makes_the_export_of_its_service(cluster):
     writes = cluster.reconcile()
     assert ("create", "exports") in [(w[0], w[1]) for w in writes]
     export = cluster.api.find(EXPORTS, "default", "reviews")
-    assert export["spec"] == {"port": 9080} and export["metadata"]["labels"] == OURS
+    assert export["spec"] == {"port": 9080, "protocol": "TCP"} and export["metadata"]["labels"] == OURS
     assert cluster.condition("default", "reviews") == ("True", "Exported",
                                                        "exported as the Export default/reviews, port 9080")
     # the Export is an ordinary one: the reconciler validates it against the Service
@@ -92,33 +92,80 @@ def test_the_export_follows_the_service_port_and_goes_with_the_service_export(cl
     cluster.reconcile()
     cluster.add(K.SERVICES, R.service("reviews", ports=[{"name": "http", "port": 9090, "protocol": "TCP"}]))
     cluster.reconcile()
-    assert cluster.api.find(EXPORTS, "default", "reviews")["spec"] == {"port": 9090}
+    assert cluster.api.find(EXPORTS, "default", "reviews")["spec"] == {"port": 9090, "protocol": "TCP"}
     cluster.remove(K.SERVICE_EXPORTS, "default", "reviews")
     writes = cluster.reconcile()
     assert ("delete", "exports", "default", "reviews") in [w[:4] for w in writes]
     assert cluster.api.find(EXPORTS, "default", "reviews") is None
 
 
-@pytest.mark.parametrize("ports, annotations, want, export_port", [
+TCP80 = {"name": "http", "port": 80, "protocol": "TCP"}
+TCP81 = {"name": "grpc", "port": 81, "protocol": "TCP"}
+DNS = {"name": "dns", "port": 53, "protocol": "UDP"}
+DNS_TCP = {"name": "dns-tcp", "port": 53, "protocol": "TCP"}
+METRICS = {"name": "metrics", "port": 9153, "protocol": "TCP"}
+EXPORT_PORT = "clusterlink.net/export-port"
+
+
+@pytest.mark.parametrize("ports, annotations, want, export", [
     (None, None, ("False", "NoService"), None),
-    ([{"name": "dns", "port": 53, "protocol": "UDP"}], None, ("False", "NoTCPPort"), None),
-    ([{"name": "http", "port": 80, "protocol": "TCP"}, {"name": "grpc", "port": 81, "protocol": "TCP"}], None,
-     ("False", "AmbiguousPort"), None),
-    ([{"name": "http", "port": 80, "protocol": "TCP"}, {"name": "grpc", "port": 81, "protocol": "TCP"}],
-     {"clusterlink.net/export-port": "grpc"}, ("True", "Exported"), 81),
-    ([{"name": "http", "port": 80, "protocol": "TCP"}, {"name": "grpc", "port": 81, "protocol": "TCP"}],
-     {"clusterlink.net/export-port": "80"}, ("True", "Exported"), 80),
-    ([{"name": "http", "port": 80, "protocol": "TCP"}], {"clusterlink.net/export-port": "metrics"},
-     ("False", "NoSuchPort"), None),
+    ([{"name": "sctp", "port": 9, "protocol": "SCTP"}], None, ("False", "NoPort"), None),
+    ([TCP80, TCP81], None, ("False", "AmbiguousPort"), None),
+    ([TCP80, TCP81], {EXPORT_PORT: "grpc"}, ("True", "Exported"), (81, "TCP")),
+    ([TCP80, TCP81], {EXPORT_PORT: "80"}, ("True", "Exported"), (80, "TCP")),
+    ([TCP80], {EXPORT_PORT: "metrics"}, ("False", "NoSuchPort"), None),
+    # UDP: a Service with only UDP ports exports UDP; TCP and UDP on one number exports both
+    ([DNS], None, ("True", "Exported"), (53, "UDP")),
+    ([DNS, {"name": "syslog", "port": 514, "protocol": "UDP"}], None, ("False", "AmbiguousPort"), None),
+    ([DNS, DNS_TCP], None, ("True", "Exported"), (53, "TCPAndUDP")),
+    ([TCP80, DNS], None, ("True", "Exported"), (80, "TCP")),  # TCP ports first, as before UDP was carried
+    # kube-dns: dns/UDP 53, dns-tcp/TCP 53, metrics/TCP 9153
+    ([DNS, DNS_TCP, METRICS], None, ("False", "AmbiguousPort"), None),
+    ([DNS, DNS_TCP, METRICS], {EXPORT_PORT: "53"}, ("True", "Exported"), (53, "TCPAndUDP")),
+    ([DNS, DNS_TCP, METRICS], {EXPORT_PORT: "dns"}, ("True", "Exported"), (53, "UDP")),
+    ([DNS, DNS_TCP, METRICS], {EXPORT_PORT: "dns-tcp"}, ("True", "Exported"), (53, "TCP")),
+    ([DNS, DNS_TCP, METRICS], {EXPORT_PORT: "9153"}, ("True", "Exported"), (9153, "TCP")),
+    ([{"name": "sctp", "port": 9, "protocol": "SCTP"}], {EXPORT_PORT: "9"}, ("False", "NoSuchPort"), None),
 ])
-def test_which_port_is_exported_and_why_not(cluster, ports, annotations, want, export_port):
+def test_which_port_is_exported_and_why_not(cluster, ports, annotations, want, export):
     if ports is not None:
         cluster.add(K.SERVICES, R.service("reviews", ports=ports))
     cluster.add(K.SERVICE_EXPORTS, service_export("reviews", annotations=annotations))
     cluster.reconcile()
     assert cluster.condition("default", "reviews")[:2] == want
-    export = cluster.api.find(EXPORTS, "default", "reviews")
-    assert (export["spec"]["port"] if export else None) == export_port
+    got = cluster.api.find(EXPORTS, "default", "reviews")
+    assert ((got["spec"]["port"], got["spec"]["protocol"]) if got else None) == export
+    if got:
+        assert cluster.reconcile() == []  # converged
+
+
+def test_condition_messages_name_the_protocols(cluster):
+    cluster.add(K.SERVICES, R.service("dns", ports=[DNS, DNS_TCP]))
+    cluster.add(K.SERVICE_EXPORTS, service_export("dns"))
+    cluster.add(K.SERVICES, R.service("none", ports=[{"name": "sctp", "port": 9, "protocol": "SCTP"}]))
+    cluster.add(K.SERVICE_EXPORTS, service_export("none"))
+    cluster.add(K.SERVICES, R.service("two", ports=[DNS, {"name": "syslog", "port": 514, "protocol": "UDP"}]))
+    cluster.add(K.SERVICE_EXPORTS, service_export("two"))
+    cluster.add(K.SERVICES, R.service("named", ports=[TCP80]))
+    cluster.add(K.SERVICE_EXPORTS, service_export("named", annotations={EXPORT_PORT: "dns"}))
+    cluster.reconcile()
+    assert cluster.condition("default", "dns")[2] == "exported as the Export default/dns, port 53 (TCPAndUDP)"
+    assert cluster.condition("default", "none")[2] == ("the Service default/none has no TCP or UDP port "
+                                                      "(ClusterLink carries TCP and UDP)")
+    assert cluster.condition("default", "two")[2].startswith("the Service default/two has 2 UDP ports (dns, syslog)")
+    assert cluster.condition("default", "named")[2] == ("the Service default/named has no TCP or UDP port 'dns' "
+                                                       "(clusterlink.net/export-port)")
+
+
+def test_the_export_follows_the_service_protocol(cluster):
+    cluster.add(K.SERVICES, R.service("dns", ports=[DNS]))
+    cluster.add(K.SERVICE_EXPORTS, service_export("dns"))
+    cluster.reconcile()
+    assert cluster.api.find(EXPORTS, "default", "dns")["spec"] == {"port": 53, "protocol": "UDP"}
+    cluster.add(K.SERVICES, R.service("dns", ports=[DNS, DNS_TCP]))
+    cluster.reconcile()
+    assert cluster.api.find(EXPORTS, "default", "dns")["spec"] == {"port": 53, "protocol": "TCPAndUDP"}
+    assert cluster.reconcile() == []
 
 
 def test_an_export_that_turns_invalid_is_removed(cluster):
@@ -242,3 +289,19 @@ def test_the_mcs_crds_accept_what_users_write():
     jsonschema.validate(svcex, crd_schema("ServiceExport"))
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"spec": {"type": "Somewhere", "ports": []}}, crd_schema("ServiceImport"))
+
+
+@pytest.mark.parametrize("protocol, ports", [
+    ("UDP", [{"name": "import-udp", "protocol": "UDP", "port": 53}]),
+    ("TCPAndUDP", [{"name": "import", "protocol": "TCP", "port": 53},
+                   {"name": "import-udp", "protocol": "UDP", "port": 53}]),
+])
+def test_the_service_import_lists_the_carried_protocols(cluster, protocol, ports):
+    raw = R.import_("dns", "default", port=53, target=7000)
+    raw["spec"]["protocol"] = protocol
+    cluster.add(IMPORTS, raw)
+    cluster.reconcile()
+    si = cluster.api.find(K.SERVICE_IMPORTS, "default", "dns")
+    assert si["spec"]["ports"] == ports
+    jsonschema.validate(si, crd_schema("ServiceImport"))
+    assert cluster.reconcile() == []

@@ -263,3 +263,64 @@ def test_snapshots_carry_the_cluster_ip_as_the_vip(cluster):
     (imp,) = view.imports
     assert imp.vip == cluster.api.find(K.SERVICES, "default", "reviews")["spec"]["clusterIP"]
     assert imp.target_port == 7000
+
+
+def import_with_protocol(name, namespace, protocol, **kw):
+    raw = R.import_(name, namespace, **kw)
+    if protocol is not None:
+        raw["spec"]["protocol"] = protocol
+    return raw
+
+
+@pytest.mark.parametrize("protocol, ports", [
+    (None, [("import", "TCP")]),
+    ("TCP", [("import", "TCP")]),
+    ("UDP", [("import-udp", "UDP")]),
+    ("TCPAndUDP", [("import", "TCP"), ("import-udp", "UDP")]),
+])
+def test_the_import_service_has_one_port_per_carried_protocol(cluster, protocol, ports):
+    cluster.add(K.PODS, R.gateway_pod("gw-0", "10.244.0.5"))
+    cluster.add(IMPORTS, import_with_protocol("dns", SYSTEM, protocol, port=53, target=7000))
+    cluster.add(IMPORTS, import_with_protocol("dns", "default", protocol, port=53, target=7001))
+    cluster.reconcile()
+    svc = cluster.api.find(K.SERVICES, SYSTEM, "dns")
+    assert svc["spec"]["ports"] == [{"name": n, "protocol": p, "port": 53, "targetPort": 7000} for n, p in ports]
+    svc = cluster.api.find(K.SERVICES, "default", "dns")
+    assert svc["spec"]["ports"] == [{"name": n, "protocol": p, "port": 53, "targetPort": 7001} for n, p in ports]
+    eps = cluster.api.find(K.ENDPOINT_SLICES, "default", "dns-clusterlink")
+    assert eps["ports"] == [{"name": n, "protocol": p, "port": 7001} for n, p in ports]
+    assert cond(cluster.status("Import", "default", "dns"), "ImportServiceValid")[:2] == ("True", "Valid")
+    assert cluster.reconcile() == []  # converged
+
+
+def test_tcp_import_service_and_slice_are_unchanged():
+    from controlplane.model.objects import from_dict
+    from controlplane.store.kube import GatewayPod
+    from controlplane.store.kube_services import desired_service, desired_slice
+
+    imp = from_dict(R.import_("reviews", "default", target=7000))
+    assert imp.spec["protocol"] == "TCP"
+    assert desired_service(imp, 7000, selector=None)["spec"] == {
+        "type": "ClusterIP", "ports": [{"name": "import", "protocol": "TCP", "port": 9080, "targetPort": 7000}]}
+    pods = [GatewayPod(name="gw-0", ip="10.244.0.5", ready=True)]
+    assert desired_slice(imp, 7000, pods, system_namespace=SYSTEM)["ports"] == [
+        {"name": "import", "protocol": "TCP", "port": 7000}]
+    del imp.spec["protocol"]  # absent (e.g. not defaulted): TCP
+    assert desired_service(imp, 7000, selector=None)["spec"]["ports"] == [
+        {"name": "import", "protocol": "TCP", "port": 9080, "targetPort": 7000}]
+
+
+def test_changing_the_protocol_updates_the_service_and_the_slice(cluster):
+    cluster.add(K.PODS, R.gateway_pod("gw-0", "10.244.0.5"))
+    cluster.add(IMPORTS, R.import_("dns", "default", port=53, target=7000))
+    cluster.reconcile()
+    cluster.modify(IMPORTS, "default", "dns", {"spec": {"protocol": "UDP"}})
+    writes = cluster.reconcile()
+    assert {("patch", "services"), ("patch", "endpointslices")} <= {(w[0], w[1]) for w in writes}
+    assert [(p["name"], p["protocol"]) for p in cluster.api.find(K.SERVICES, "default", "dns")["spec"]["ports"]] == [
+        ("import-udp", "UDP")]
+    assert [(p["name"], p["protocol"]) for p in cluster.api.find(K.ENDPOINT_SLICES, "default",
+                                                                 "dns-clusterlink")["ports"]] == [("import-udp", "UDP")]
+    ok, reason, message = cond(cluster.status("Import", "default", "dns"), "ImportServiceValid")
+    assert (ok, reason) == ("True", "Valid") and message.endswith("gateway port 7000 (UDP)")
+    assert cluster.reconcile() == []

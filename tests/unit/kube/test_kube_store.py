@@ -204,9 +204,10 @@ def test_apply_creates_then_patches_and_delete_deletes(api, store):
                              "metadata: {name: e, namespace: ns, labels: {a: b}}\nspec: {port: 80}\n")
     created = store.apply(obj)
     assert created.uid and api.find(EXPORTS, "ns", "e")["metadata"]["labels"] == {"a": "b"}
-    store.apply(obj.with_spec({"port": 81}))
+    changed = obj.with_spec({**obj.spec, "port": 81})  # keeps the defaulted fields (protocol: TCP), as parsed
+    store.apply(changed)
     assert api.writes[-1][0] == "patch" and api.writes[-1][4] == {"spec": {"port": 81}}
-    assert store.apply(obj.with_spec({"port": 81})).spec["port"] == 81 and len(api.writes) == 2  # unchanged
+    assert store.apply(changed).spec["port"] == 81 and len(api.writes) == 2  # unchanged
     assert store.delete("Export", "ns", "e") and store.get("Export", "ns", "e") is None
     assert not store.delete("Export", "ns", "e")
     with pytest.raises(StoreError, match="standalone"):

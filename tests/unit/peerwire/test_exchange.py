@@ -95,19 +95,27 @@ def test_one_request_at_a_time() -> None:
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjF9.c2lnbmF0dXJl"
 
 
-def h11_connect_request(token: str, framed: bool) -> bytes:
+def h11_connect_request(token: str, framed: bool, udp: bool = False) -> bytes:
     """What the CONNECT looked like when h11 serialized it."""
     conn = h11.Connection(h11.CLIENT)
     headers = [("Host", "west:443"), ("User-Agent", "clusterlink-gateway"), ("Authorization", f"Bearer {token}")]
     if framed:
         headers.append(("x-clusterlink-tunnel", "framed-2"))
+    if udp:
+        headers.append(("x-clusterlink-protocol", "udp"))
     return conn.send(h11.Request(method="CONNECT", target="west:443", headers=headers)) + \
         conn.send(h11.EndOfMessage())
 
 
 @pytest.mark.parametrize("framed", [False, True])
-def test_fast_connect_request_is_what_h11_wrote(framed: bool) -> None:
-    assert ClientConnection("west").connect(TOKEN, framed=framed) == h11_connect_request(TOKEN, framed)
+@pytest.mark.parametrize("udp", [False, True])
+def test_fast_connect_request_is_what_h11_wrote(framed: bool, udp: bool) -> None:
+    assert ClientConnection("west").connect(TOKEN, framed=framed, udp=udp) == h11_connect_request(TOKEN, framed, udp)
+
+
+def test_a_udp_connect_through_h11_carries_the_protocol_header() -> None:
+    req = serve(ServerConnection(), ClientConnection("west").connect("tok en", udp=True))
+    assert req.header("x-clusterlink-protocol") == "udp"
 
 
 def test_a_token_that_is_not_a_plain_value_goes_through_h11() -> None:
