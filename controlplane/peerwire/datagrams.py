@@ -17,6 +17,7 @@ far side is not keeping up) is dropped and counted, never queued.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -191,20 +192,37 @@ class DatagramChannel:
             on_close()
 
 
-class _ServiceSocket(asyncio.DatagramProtocol):
-    """The connected UDP socket of one flow to a service: what arrives goes to the channel."""
+class _ServiceSocket:
+    """The connected UDP socket of one flow to a service, read by the event loop: what arrives goes
+    to the channel. (Not an asyncio datagram transport: before Python 3.12 it silently drops
+    zero-length datagrams, which are valid UDP.)"""
 
-    def __init__(self) -> None:
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        self.sock = sock
+        self.loop = loop
         self.channel: DatagramChannel | None = None
         self.errors = 0
+        loop.add_reader(sock.fileno(), self._readable)
 
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        if self.channel is not None:
-            self.channel.deliver(data)
+    def _readable(self) -> None:
+        for _ in range(64):  # a bounded batch: one busy flow cannot starve the loop
+            try:
+                data = self.sock.recv(MAX_DATAGRAM + 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                # ICMP port/host unreachable for an earlier datagram: UDP is lossy, the flow goes on.
+                self.errors += 1
+                continue
+            if self.channel is not None:
+                self.channel.deliver(data[:MAX_DATAGRAM])
 
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port/host unreachable for an earlier datagram: UDP is lossy, the flow goes on.
-        self.errors += 1
+    def send(self, payload: bytes) -> None:
+        self.sock.send(payload)  # OSError (EAGAIN: the socket buffer is full, ECONNREFUSED): a drop
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
 
 
 async def connect_udp(host: str, port: int, *, idle_timeout: float | None = None) -> tuple[Any, DatagramChannel]:
@@ -213,9 +231,20 @@ async def connect_udp(host: str, port: int, *, idle_timeout: float | None = None
     from .stream import TcpStream  # stream.py does not import this module; keep it that way
 
     loop = asyncio.get_running_loop()
-    transport, sock = await loop.create_datagram_endpoint(_ServiceSocket, remote_addr=(host, port))
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    if not infos:
+        raise OSError(f"{host}:{port} does not resolve")
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        sock.connect(address)  # UDP: no packet is sent, the kernel only fixes the peer
+    except OSError:
+        sock.close()
+        raise
+    service = _ServiceSocket(sock, loop)
     stream = TcpStream()
-    channel = DatagramChannel(stream, transport.sendto, peername=(host, port), on_close=transport.close,
+    channel = DatagramChannel(stream, service.send, peername=(host, port), on_close=service.close,
                               idle_timeout=idle_timeout)
-    sock.channel = channel
+    service.channel = channel
     return stream, channel

@@ -124,3 +124,22 @@ def test_a_send_error_is_a_drop_not_a_failure() -> None:
         channel.close()
 
     asyncio.run(scenario())
+
+
+def test_an_idle_channel_ends_its_stream_and_activity_postpones_it() -> None:
+    async def scenario() -> None:
+        closed: list[bool] = []
+        stream = TcpStream()
+        channel = D.DatagramChannel(stream, lambda payload: None, idle_timeout=0.2,
+                                    on_close=lambda: closed.append(True))
+        for _ in range(4):  # a datagram every 0.1 s keeps the flow alive past its timeout
+            await asyncio.sleep(0.1)
+            assert channel.deliver(b"ping")
+        assert not channel.is_closing()
+        assert D.CapsuleDecoder().feed(await stream.read()) == [b"ping"] * 4
+        assert await asyncio.wait_for(stream.read(), 1.0) == b""  # idle: the stream sees an EOF
+        assert not channel.deliver(b"late")  # nothing is taken after the end
+        stream.write_eof()  # the other direction ends too: closed
+        assert closed == [True]
+
+    asyncio.run(scenario())
