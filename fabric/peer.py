@@ -132,6 +132,10 @@ class Peer:
         return self.dir / "join.token"
 
     @property
+    def wan_ip6(self) -> str:
+        return self.net.wan_ip6
+
+    @property
     def wan_ip(self) -> str:
         return self.net.wan_ip
 
@@ -173,7 +177,7 @@ class Peer:
 
     def start_gateway(self, workers: int | None = None) -> Proc:
         argv = [_bin("clusterlink-gateway"), "--certs", str(self.certs), "--controlplane", f"unix:{self.api_socket}",
-                "--join-token-file", str(self.join_token_file), "--peer-listen", f"0.0.0.0:{PEER_PORT}",
+                "--join-token-file", str(self.join_token_file), "--peer-listen", f"[::]:{PEER_PORT}",
                 # only the peer port on the WAN side: the others on the LAN address, where their
                 # clients (agents, pods, a scraper) are
                 "--agent-listen", f"{self.lan_ip}:{AGENT_PORT}", "--import-host", self.lan_ip,

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 VIP_RANGE = "10.96.0.0/12"
 WAN_CIDR = "10.200.0.0/24"
+WAN6_CIDR = "fdc1:200::/64"  # the WAN is dual-stack: gateway of peer i also has fdc1:200::(i+1)
 MAX_PEERS = 55  # 10.201 .. 10.255
 MAX_NODES = 200  # LAN .10 .. .209, pod subnets 10.x.1 .. 10.x.200
 MAX_PODS = 250  # .2 .. .251
@@ -217,6 +218,10 @@ class PeerNet(Place):
     @property
     def wan_ip(self) -> str:
         return f"10.200.0.{self.index + 1}"
+
+    @property
+    def wan_ip6(self) -> str:
+        return f"fdc1:200::{self.index + 1:x}"
 
     @property
     def lan_ip(self) -> str:

@@ -7,6 +7,7 @@ Address plan (also in docs/internals.md, "Simulated fabric"); peer i, node j of 
 of that node, all counted from 0 in the order they were added:
 
     WAN (netns cl<id>.wan, bridge only)      10.200.0.0/24        gateway of peer i: 10.200.0.(i+1)
+                                             fdc1:200::/64        gateway of peer i: fdc1:200::(i+1)
     LAN of peer i (netns cl<id>.<peer>.lan)  10.(201+i).0.0/24    gateway .1, node j .(10+j)
     pods of node j                           10.(201+i).(j+1).0/24  node bridge .1, pod k .(k+2)
     VIP range (never routed)                 10.96.0.0/12         `unreachable` in every netns
@@ -276,6 +277,10 @@ class Topology:
         wan_port, lan_port = self.link_name(f"w{peer.index}"), self.link_name("gw")
         netns.add_veth(wan_port, self.wan_netns, peer.wan_interface, peer.netns)
         netns.add_veth(lan_port, peer.lan_netns, peer.lan_interface, peer.netns)
+        # The WAN is dual-stack (the only IPv6 link of the fabric): no router advertisements, no
+        # duplicate address detection (the addresses are ours and unique; DAD would delay them).
+        netns.sysctl(peer.netns, {f"net.ipv6.conf.{peer.wan_interface}.disable_ipv6": 0,
+                                  f"net.ipv6.conf.{peer.wan_interface}.accept_ra": 0})
         netns.ip_batch(self.wan_netns, [f"link set {wan_port} master {self.wan_bridge}", f"link set {wan_port} up"])
         netns.ip_batch(peer.lan_netns, [f"link set {lan_port} master {lan_bridge}", f"link set {lan_port} up"])
         netns.ip_batch(
@@ -283,6 +288,7 @@ class Topology:
             self._base_config()
             + [
                 f"addr add {peer.wan_ip}/24 dev {peer.wan_interface}",
+                f"addr add {peer.wan_ip6}/64 dev {peer.wan_interface} nodad",
                 f"link set {peer.wan_interface} up",
                 f"addr add {peer.lan_ip}/24 dev {peer.lan_interface}",
                 f"link set {peer.lan_interface} up",

@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
               help="CA certificate that signed the control plane's API certificate (host:port only; "
                    "default: the fabric CA in --certs)")
     flags.add(p, "--peer-listen", default=DEFAULT_PEER_LISTEN, type=flags.host_port,
-              help="Address of the mTLS peer port (remote gateways and heartbeats connect here)")
+              help="Address of the mTLS peer port (remote gateways and heartbeats connect here); IPv6 as "
+                   "[addr]:port; [::]:port listens on every IPv4 and every IPv6 address (dual stack)")
     flags.add(p, "--agent-listen", default=DEFAULT_AGENT_LISTEN, type=flags.host_port,
               help="Address of the agent port (plain TCP, node agents' redirected connections with a preamble); "
                    "bind it to the node-facing (LAN) address, never where other peers reach it")

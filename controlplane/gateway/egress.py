@@ -145,8 +145,9 @@ class Egress:
         stream.abort()
         return False
 
-    async def serve_import(self, stream: Stream, port: int) -> None:
-        """A connection on an Import's target port: no preamble, unknown client."""
+    async def serve_import(self, stream: Stream, port: int, *, udp: bool = False) -> None:
+        """A connection on an Import's target port (`udp`: a flow of datagrams to it): no preamble,
+        unknown client."""
         started = time.monotonic()
         state = self._state()
         imp = state.imports_by_port.get(port)
@@ -154,9 +155,9 @@ class Egress:
             self._count(UNKNOWN_LABEL, "", "unknown-import")
             stream.abort()
             return
-        if not self._carries(stream, imp, "TCP"):
+        if not self._carries(stream, imp, "UDP" if udp else "TCP"):
             return
-        await self._forward(stream, state, _Client(started, imp, {}, self._access.new_id()))
+        await self._forward(stream, state, _Client(started, imp, {}, self._access.new_id(), udp=udp))
 
     async def _read_preamble(self, stream: Stream) -> Preamble | None:
         """The preamble; None when the connection ended cleanly before its first byte."""

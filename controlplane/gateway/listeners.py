@@ -2,7 +2,8 @@
 
 Every worker binds every port itself with SO_REUSEPORT, so the kernel spreads new connections
 over the workers (and their cores). `Listeners` opens the fixed ports (peer, agent) and keeps one
-listener per Import target port in line with the snapshot (`reconcile_imports`): new ports are
+listener per Import target port in line with the snapshot (`reconcile_imports`; and a UDP socket
+per target port of an Import that carries UDP, `reconcile_udp_imports`): new ports are
 opened, removed ones closed; connections already accepted are not affected either way. A port
 that cannot be bound is reported (log and metric) and retried at the next reconciliation.
 
@@ -21,6 +22,7 @@ from controlplane.peerwire.stream import Stream
 
 from .logthrottle import LogThrottle
 from .metrics import GatewayMetrics
+from .udpimports import FlowHandler, UdpImportListener
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +56,17 @@ class Admission:
 StreamFactory = Callable[[], Stream]
 
 
+def bind_hosts(host: str) -> str | list[str]:
+    """What a listener binds for `host`: "::" (given as [::]:port) means every IPv4 and IPv6
+    address, two sockets (an IPv6 one with IPV6_V6ONLY, as asyncio makes it, and an IPv4 one);
+    anything else is that one address."""
+    return ["0.0.0.0", "::"] if host == "::" else host
+
+
 async def open_listener(host: str, port: int, factory: StreamFactory) -> asyncio.Server:
     """A listening server on host:port with SO_REUSEPORT (shared with the other workers)."""
     loop = asyncio.get_running_loop()
-    return await loop.create_server(factory, host, port, reuse_port=True, backlog=BACKLOG)
+    return await loop.create_server(factory, bind_hosts(host), port, reuse_port=True, backlog=BACKLOG)
 
 
 class Listeners:
@@ -65,6 +74,7 @@ class Listeners:
         self._metrics = metrics
         self._fixed: dict[str, asyncio.Server] = {}
         self._imports: dict[int, asyncio.Server] = {}
+        self._udp_imports: dict[int, UdpImportListener] = {}
         self._throttle = LogThrottle(log, interval=60.0)
 
     async def open_fixed(self, name: str, host: str, port: int, factory: StreamFactory) -> None:
@@ -88,13 +98,39 @@ class Listeners:
                 continue
             log.debug("Listening on Import target port %s:%d", host, port)
 
+    def reconcile_udp_imports(self, host: str, ports: set[int], on_flow: FlowHandler, *, idle_timeout: float) -> None:
+        """The UDP side of `reconcile_imports`, for the Imports that carry UDP."""
+        for port in list(self._udp_imports):
+            if port not in ports:
+                self._udp_imports.pop(port).close()
+                log.debug("Stopped receiving on Import target port %d/udp", port)
+        for port in sorted(ports - set(self._udp_imports)):
+            try:
+                self._udp_imports[port] = UdpImportListener(
+                    host, port, on_flow, idle_timeout=idle_timeout,
+                    on_drop=lambda reason: self._metrics.refused.labels(listener="import-udp", reason=reason).inc())
+            except OSError as exc:
+                self._metrics.listener_errors.labels(listener="import-udp").inc()
+                why = "it is in use by another program" if exc.errno == errno.EADDRINUSE else exc.strerror
+                self._throttle.log(logging.ERROR, f"bind-udp:{port}", "Cannot receive on Import target port "
+                                   "%s:%d/udp: %s; retrying with the next snapshot", host, port, why)
+                continue
+            log.debug("Receiving on Import target port %s:%d/udp", host, port)
+
     @property
     def import_ports(self) -> set[int]:
         return set(self._imports)
 
+    @property
+    def udp_import_ports(self) -> set[int]:
+        return set(self._udp_imports)
+
     def close(self) -> None:
-        """Stop accepting (established connections are not affected)."""
+        """Stop accepting (established connections are not affected; UDP flows end)."""
         for server in [*self._fixed.values(), *self._imports.values()]:
             server.close()
+        for listener in self._udp_imports.values():
+            listener.close()
         self._fixed.clear()
         self._imports.clear()
+        self._udp_imports.clear()

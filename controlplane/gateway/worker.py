@@ -177,10 +177,22 @@ class Worker:
         if not stream.closing:
             stream.abort()  # every handler path closes its stream; this only guards against a bug
 
+    def _on_udp_flow(self, port: int, stream: Stream) -> None:
+        if self.admission.admit("import", stream):
+            self.connections.spawn(self._serve(self.egress.serve_import(stream, port, udp=True), stream),
+                                   name=f"import-flow {port}/udp {_name(stream)}", kind="connection")
+
+    def _import_ports(self) -> tuple[set[int], set[int]]:
+        """The target ports to listen on: (TCP, UDP)."""
+        by_port = self.state().imports_by_port
+        return ({p for p, imp in by_port.items() if "TCP" in imp.protocols},
+                {p for p, imp in by_port.items() if "UDP" in imp.protocols})
+
     async def _reconcile_imports(self) -> None:
-        state = self.state()
-        await self.listeners.reconcile_imports(self.config.import_host, set(state.imports_by_port),
-                                               self._import_factory)
+        tcp, udp = self._import_ports()
+        await self.listeners.reconcile_imports(self.config.import_host, tcp, self._import_factory)
+        self.listeners.reconcile_udp_imports(self.config.import_host, udp, self._on_udp_flow,
+                                             idle_timeout=self.limits.udp_idle_timeout)
 
     def _certificates_changed(self) -> None:
         """New certificates: tunnels and peer connections made with the old ones are not reused
@@ -232,7 +244,7 @@ class Worker:
             if self._state is not None:
                 self._prefetch_tokens(self._state)
             if self._listening and self._state is not None and \
-                    set(self._state.imports_by_port) != self.listeners.import_ports:
+                    self._import_ports() != (self.listeners.import_ports, self.listeners.udp_import_ports):
                 await self._reconcile_imports()
 
     # --- lifecycle ---------------------------------------------------------------------------

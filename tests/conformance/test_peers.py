@@ -62,3 +62,23 @@ def test_only_a_bad_gateway_is_unreachable(pair):
     finally:
         cl1.apply(doc("Peer", "cl0", {"gateways": [good]}, namespace="clusterlink-system"))
     cl1.wait_condition("Peer", "cl0", "PeerReachable", "True", namespace="clusterlink-system", timeout=30)
+
+
+def test_a_peer_reachable_over_ipv6(pair):
+    """The WAN is dual-stack and gateways listen on [::]:443: a Peer whose only gateway is an IPv6
+    address is reachable (heartbeats), and connections to its exports go through tunnels over IPv6."""
+    cl0, cl1 = pair.peers["cl0"], pair.peers["cl1"]
+    v4 = {"host": cl0.wan_ip, "port": 443}
+    cl1.apply(doc("Peer", "cl0", {"gateways": [{"host": cl0.wan_ip6, "port": 443}]}, namespace="clusterlink-system"))
+    try:
+        cl0.apply(allow_all())
+        cl1.apply(allow_all() + "---\n" + import_doc("echo", [("cl0", "echo")]))
+        cl1.wait_condition("Peer", "cl0", "PeerReachable", namespace="clusterlink-system", timeout=30)
+        access = Access(pair.fab, cl1, pair.clients["cl1"], "echo")
+        access.expect("cl0")
+        # The tunnels really are IPv6: cl0's gateway has established connections from cl1's v6 address.
+        out = cl0.net.run(["ss", "-Htn", "state", "established", "sport", "= :443"], timeout=10)
+        assert f"[{cl1.wan_ip6}]" in out.stdout or cl1.wan_ip6 in out.stdout, out.stdout
+    finally:
+        cl1.apply(doc("Peer", "cl0", {"gateways": [v4]}, namespace="clusterlink-system"))
+        cl1.delete("Import", "echo")

@@ -20,6 +20,9 @@ from .conftest import Fabric
 from .support import export_info, free_port, import_info, metric_value
 
 
+UDP_TARGET_PORT = free_port()
+
+
 class UdpEcho:
     """A UDP echo server on loopback (a thread), answering `<name>:` + the datagram."""
 
@@ -52,7 +55,7 @@ def udp(net: Fabric) -> Iterator[tuple[Fabric, UdpEcho]]:
                                valid=True, protocol="UDP")
     both = export_info("tcponly", net.servers["a"].port)
     net.publish_west(exports=[*net.west_exports(), udp_export, both])
-    uimport = import_info("uecho", free_port(), [("west", "uecho")])
+    uimport = import_info("uecho", UDP_TARGET_PORT, [("west", "uecho")])
     uimport.protocol = "UDP"
     mismatch = import_info("tcponly-as-udp", free_port(), [("west", "tcponly")])
     mismatch.protocol = "UDP"
@@ -145,3 +148,25 @@ def test_protocol_mismatches_are_refused_and_counted(udp) -> None:  # type: igno
                        service="default/tcponly", peer="east", result="wrong-protocol") < 1:
         assert time.monotonic() < deadline, net.west.log_tail()
         time.sleep(0.1)
+
+
+def test_the_target_port_takes_udp_from_clients_without_an_agent(udp) -> None:  # type: ignore[no-untyped-def]
+    net, _ = udp
+    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    try:
+        for i, sock in enumerate(clients):
+            sock.settimeout(2)
+            deadline = time.monotonic() + 10
+            while True:  # the listener opens with the snapshot: retry until it answers
+                sock.sendto(b"q%d" % i, ("127.0.0.1", UDP_TARGET_PORT))
+                try:
+                    data, source = sock.recvfrom(65536)
+                    break
+                except (TimeoutError, ConnectionRefusedError):
+                    assert time.monotonic() < deadline, net.east.log_tail()
+            assert data == b"uecho:q%d" % i and source == ("127.0.0.1", UDP_TARGET_PORT)
+            sock.sendto(b"again", ("127.0.0.1", UDP_TARGET_PORT))  # the same flow
+            assert sock.recvfrom(65536)[0] == b"uecho:again"
+    finally:
+        for sock in clients:
+            sock.close()

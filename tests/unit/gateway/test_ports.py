@@ -69,3 +69,11 @@ def test_the_real_proc_of_a_fresh_netns():
     out = subprocess.run(["unshare", "--net", sys.executable, "-c", probe], capture_output=True, text=True,
                          timeout=30, check=True, cwd=Path(__file__).resolve().parents[3]).stdout
     assert out.split() == ["20000", "29999", "1", "83"]
+
+
+def test_a_dual_stack_listen_address_binds_both_families() -> None:
+    from controlplane.gateway.listeners import bind_hosts
+
+    assert bind_hosts("::") == ["0.0.0.0", "::"]
+    assert bind_hosts("0.0.0.0") == "0.0.0.0"
+    assert bind_hosts("fdc1:200::1") == "fdc1:200::1"
