@@ -154,3 +154,13 @@ def test_probe_verdicts_mark_a_peer_down_only_when_no_gateway_answers() -> None:
     assert not single.peer_up and single.gateways_down == ()
     assert judge_probes({a: None, b: None}) == judge_probes({a: None, b: None})
     assert judge_probes({a: None, b: None}).gateways_down == ()
+
+
+def test_udp_idle_timeout_and_a_dual_stack_peer_port(capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--certs", "c", "--controlplane", "x:1", "--join-token-file", "t"]
+    assert load_config(base).limits.udp_idle_timeout == 60.0
+    config = load_config([*base, "--udp-idle-timeout", "5", "--peer-listen", "[::]:443"])
+    assert config.limits.udp_idle_timeout == 5.0 and config.peer_listen == ("::", 443)
+    with pytest.raises(SystemExit):
+        load_config([*base, "--udp-idle-timeout", "0"])
+    assert "--udp-idle-timeout" in capsys.readouterr().err
