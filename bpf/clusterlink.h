@@ -1,14 +1,16 @@
 /* clusterlink.h: the one definition of every struct and map shared by the agent's BPF programs.
  *
  * Compiled with BCC: agent/datapath/loader.py concatenates this header and the program files
- * (connect4.c, sendmsg4.c, recvmsg4.c, egress.c, sockops.c, getpeername4.c, sock_release.c) into
- * one translation unit, so each map
+ * (connect4.c, connect6.c, sendmsg4.c, recvmsg4.c, egress.c, sockops.c, getpeername4.c,
+ * getpeername6.c, sock_release.c) into one translation unit, so each map
  * below is defined exactly once. Python mirrors these structs in agent/datapath/layout.py and
  * checks them against the compiled layout at start-up: change both together.
  *
  * Byte order, stated once for every field below:
  *   ip    IPv4 address in NETWORK byte order (the four bytes as on the wire; what
- *         bpf_sock_addr.user_ip4 and bpf_sock_ops.local_ip4 hold).
+ *         bpf_sock_addr.user_ip4 and bpf_sock_ops.local_ip4 hold); in the *6 structs, the IPv6
+ *         address as four words in network byte order (user_ip6, local_ip6); an IPv4 client of
+ *         the proxy appears there as ::ffff:a.b.c.d.
  *   port  TCP port in NETWORK byte order, as a 16-bit value (bpf_sock_addr.user_port holds it in the
  *         low 16 bits of a __u32; bpf_sock_ops.local_port is in HOST order and is converted with
  *         cl_htons before it is stored).
@@ -62,7 +64,29 @@ struct cl_orig {
     __u64 cgroup_id;   /* cgroup v2 id (= inode of its directory) of the connecting task */
 };
 
+/* The IPv6 counterparts: a VIP6:port (services6 key), a proxy address (services6 value: the proxy's
+ * IPv6 address, or ::ffff:<its IPv4 address> for a dual-stack client), a client's local address
+ * as the proxy sees it (tuple6 key). 20 bytes. */
+struct cl_addr6 {
+    __u32 ip[4];  /* network byte order */
+    __u16 port;   /* network byte order */
+    __u8 proto;   /* IPPROTO_TCP */
+    __u8 pad;     /* zero */
+};
+
+/* What a redirected IPv6 connection asked for, and who asked. 32 bytes. */
+struct cl_orig6 {
+    __u32 ip[4];       /* the VIP6 */
+    __u16 port;        /* network byte order */
+    __u8 proto;        /* IPPROTO_TCP */
+    __u8 pad;          /* zero */
+    __u32 pad2;        /* zero (explicit: no implicit padding in a map value) */
+    __u64 cgroup_id;
+};
+
 _Static_assert(sizeof(struct cl_addr) == 8, "struct cl_addr must be 8 bytes");
+_Static_assert(sizeof(struct cl_addr6) == 20, "struct cl_addr6 must be 20 bytes");
+_Static_assert(sizeof(struct cl_orig6) == 32, "struct cl_orig6 must be 32 bytes");
 _Static_assert(sizeof(struct cl_orig) == 16, "struct cl_orig must be 16 bytes");
 
 /* (VIP, port, proto) -> (proxy ip, proxy port, proto). Written by the agent (Datapath.reconcile),
@@ -84,5 +108,16 @@ BPF_TABLE("lru_hash", __u64, struct cl_orig, cl_cookie_orig, CL_CONNECTIONS_MAX)
  * to a relay (only when missing or changed), read by the agent's relay on a flow's first datagram
  * (Datapath.udp_sender), deleted by the agent when the flow ends (forget_udp_sender). */
 BPF_TABLE("lru_hash", struct cl_addr, struct cl_orig, cl_tuple_orig, CL_CONNECTIONS_MAX);
+
+/* IPv6 (TCP): (VIP6, port) -> proxy address; written by the agent, read by connect6. */
+BPF_HASH(cl_services6, struct cl_addr6, struct cl_addr6, CL_SERVICES_MAX);
+
+/* socket cookie -> original IPv6 destination; written by connect6, read by sockops and
+ * getpeername6, deleted by sock_release. */
+BPF_TABLE("lru_hash", __u64, struct cl_orig6, cl_cookie_orig6, CL_CONNECTIONS_MAX);
+
+/* client's local address (IPv6, or ::ffff:IPv4 for a v4-mapped socket) -> original IPv6
+ * destination; written by sockops, read and deleted by the proxy (Datapath.lookup). */
+BPF_TABLE("lru_hash", struct cl_addr6, struct cl_orig6, cl_tuple_orig6, CL_CONNECTIONS_MAX);
 
 #endif /* CLUSTERLINK_H */

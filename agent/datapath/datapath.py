@@ -60,6 +60,30 @@ def _check_endpoint(ip: object, port: object, what: str) -> None:
         raise ValueError(f"{what}: port must be an integer in 1..65535, not {port!r}")
 
 
+def _check_endpoint6(ip: object, port: object, what: str, *, v4: bool = False) -> None:
+    """An IPv6 endpoint (or, with `v4`, an IPv4 one too: a proxy reached v4-mapped)."""
+    if isinstance(ip, str) and ":" in ip:
+        try:
+            socket.inet_pton(socket.AF_INET6, ip)
+        except OSError:
+            raise ValueError(f"{what}: {ip!r} is not an IPv6 address") from None
+        _check_endpoint("0.0.0.0", port, what)
+        return
+    if v4:
+        _check_endpoint(ip, port, what)
+        return
+    raise ValueError(f"{what}: address must be an IPv6 string, not {ip!r}")
+
+
+def _canonical6(ip: str) -> str:
+    """The text form `decode_ip6` gives back (compressed IPv6; IPv4 as is)."""
+    return socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, ip)) if ":" in ip else ip
+
+
+def _triple6(addr: layout.Addr6) -> tuple[str, int, int]:
+    return layout.addr6_triple(addr)
+
+
 class Datapath:
     """The BPF redirect on one cgroup (programs apply to it and to every cgroup below it).
 
@@ -195,13 +219,24 @@ class Datapath:
     # -- maps ------------------------------------------------------------------------------------
 
     def reconcile(self, services: Mapping[tuple[str, int], tuple[str, int]],
-                  udp: Mapping[tuple[str, int], tuple[str, int]] | None = None) -> ReconcileResult:
+                  udp: Mapping[tuple[str, int], tuple[str, int]] | None = None,
+                  services6: Mapping[tuple[str, int], tuple[str, int]] | None = None) -> ReconcileResult:
         """Make the services map equal to `services` (TCP: (VIP, port) -> (proxy ip, proxy port))
-        plus `udp` (UDP: (VIP, port) -> (relay ip, relay port), one relay socket per service), and
-        the relays map equal to the reverse of `udp`: update changed entries, add new ones, delete
-        stale ones. The whole input is validated before a map is touched (ValueError names the bad
-        entry). The counts are of services entries."""
+        plus `udp` (UDP: (VIP, port) -> (relay ip, relay port), one relay socket per service), the
+        relays map equal to the reverse of `udp`, and the IPv6 services map equal to `services6`
+        (TCP: (VIP6, port) -> (proxy IPv6 address, or its IPv4 one, reached v4-mapped; port)):
+        update changed entries, add new ones, delete stale ones. The whole input is validated
+        before a map is touched (ValueError names the bad entry). The counts are of services entries
+        of both families."""
         lib, programs = self._require_started()
+        desired6: dict[tuple[str, int, int], tuple[str, int, int]] = {}
+        for key, value in (services6 or {}).items():
+            if not (isinstance(key, tuple) and len(key) == 2 and isinstance(value, tuple) and len(value) == 2):
+                raise ValueError(f"service entry {key!r} -> {value!r}: expected (ip, port) -> (ip, port)")
+            _check_endpoint6(*key, what=f"service {key!r}")
+            _check_endpoint6(*value, what=f"proxy address of service {key!r}", v4=True)
+            desired6[(_canonical6(key[0]), key[1], layout.IPPROTO_TCP)] = (_canonical6(value[0]), value[1],
+                                                                          layout.IPPROTO_TCP)
         desired: dict[tuple[str, int, int], tuple[str, int, int]] = {}
         relays: dict[tuple[str, int, int], tuple[str, int, int]] = {}
         for proto, entries in ((layout.IPPROTO_TCP, services), (layout.IPPROTO_UDP, udp or {})):
@@ -219,32 +254,37 @@ class Datapath:
                     relays[relay] = (*key, proto)
         added, updated, removed = self._make_equal(lib, programs.map_fds["cl_services"], desired)
         self._make_equal(lib, programs.map_fds["cl_udp_relays"], relays)
+        counts6 = self._make_equal(lib, programs.map_fds["cl_services6"], desired6, v6=True)
+        added, updated, removed = added + counts6[0], updated + counts6[1], removed + counts6[2]
         if added or updated or removed:
-            log.info("Services map of cgroup %s reconciled: %d added, %d updated, %d removed (%d total, %d UDP).",
-                     self._cgroup_path, added, updated, removed, len(desired), len(relays))
+            log.info("Services map of cgroup %s reconciled: %d added, %d updated, %d removed (%d total, %d UDP, "
+                     "%d IPv6).", self._cgroup_path, added, updated, removed, len(desired) + len(desired6),
+                     len(relays), len(desired6))
         return ReconcileResult(added=added, updated=updated, removed=removed)
 
     @staticmethod
-    def _make_equal(lib: libbpf.Libbpf, fd: int,
-                    desired: Mapping[tuple[str, int, int], tuple[str, int, int]]) -> tuple[int, int, int]:
+    def _make_equal(lib: libbpf.Libbpf, fd: int, desired: Mapping[tuple[str, int, int], tuple[str, int, int]],
+                    *, v6: bool = False) -> tuple[int, int, int]:
         """Make an (ip, port, proto) -> (ip, port, proto) map equal to `desired`: (added, updated, removed)."""
+        struct, triple, make = ((layout.Addr6, _triple6, layout.make_addr6) if v6 else
+                                (layout.Addr, layout.addr_triple, layout.make_addr))
         current: dict[tuple[str, int, int], tuple[str, int, int]] = {}
-        for raw_key in lib.map_keys(fd, layout.Addr, limit=1 << 20):
-            value = layout.Addr()
+        for raw_key in lib.map_keys(fd, struct, limit=1 << 20):
+            value = struct()
             if lib.map_lookup(fd, raw_key, value):
-                current[layout.addr_triple(raw_key)] = layout.addr_triple(value)
+                current[triple(raw_key)] = triple(value)
         added = updated = removed = 0
         for key, value in desired.items():
             old = current.get(key)
             if old == value:
                 continue
-            lib.map_update(fd, layout.make_addr(*key), layout.make_addr(*value))
+            lib.map_update(fd, make(*key), make(*value))
             if old is None:
                 added += 1
             else:
                 updated += 1
         for key in current.keys() - desired.keys():
-            if lib.map_delete(fd, layout.make_addr(*key)):
+            if lib.map_delete(fd, make(*key)):
                 removed += 1
         return added, updated, removed
 
@@ -253,13 +293,23 @@ class Datapath:
         peer address of the connection the proxy accepted), removed from the map as it is read.
         None when there is no record (not a redirected connection, or already looked up)."""
         lib, programs = self._require_started()
-        _check_endpoint(client_ip, client_port, what="client")
-        orig = layout.Orig()
-        if not lib.map_lookup_and_delete(programs.map_fds["cl_tuple_orig"],
+        if not (isinstance(client_ip, str) and ":" in client_ip):
+            _check_endpoint(client_ip, client_port, what="client")
+            orig = layout.Orig()
+            if lib.map_lookup_and_delete(programs.map_fds["cl_tuple_orig"],
                                          layout.make_addr(client_ip, client_port), orig):
+                ip, port = layout.addr_tuple(orig)
+                return Redirect(orig_ip=ip, orig_port=port, cgroup_id=orig.cgroup_id)
+        else:
+            _check_endpoint6(client_ip, client_port, what="client")
+        # An AF_INET6 client (connect6): its own IPv6 address, or ::ffff:<IPv4> when it reached the
+        # proxy v4-mapped (the proxy then sees an IPv4 peer).
+        orig6 = layout.Orig6()
+        if not lib.map_lookup_and_delete(programs.map_fds["cl_tuple_orig6"],
+                                         layout.make_addr6(client_ip, client_port), orig6):
             return None
-        ip, port = layout.addr_tuple(orig)
-        return Redirect(orig_ip=ip, orig_port=port, cgroup_id=orig.cgroup_id)
+        ip, port, _ = layout.addr6_triple(orig6)
+        return Redirect(orig_ip=ip, orig_port=port, cgroup_id=orig6.cgroup_id)
 
     def udp_sender(self, client_ip: str, client_port: int) -> Redirect | None:
         """Who sent the datagrams from client_ip:client_port to a UDP relay: the service's VIP:port

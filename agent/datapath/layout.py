@@ -42,6 +42,26 @@ class Orig(ctypes.Structure):
     ]
 
 
+class Addr6(ctypes.Structure):
+    """struct cl_addr6: an IPv6 endpoint (VIP6:port, proxy address, a client's local address)."""
+
+    _fields_ = [("ip", ctypes.c_uint32 * 4), ("port", ctypes.c_uint16), ("proto", ctypes.c_uint8),
+                ("pad", ctypes.c_uint8)]
+
+
+class Orig6(ctypes.Structure):
+    """struct cl_orig6: the original IPv6 destination of a redirected connection and the caller's cgroup."""
+
+    _fields_ = [
+        ("ip", ctypes.c_uint32 * 4),
+        ("port", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+        ("pad2", ctypes.c_uint32),
+        ("cgroup_id", ctypes.c_uint64),
+    ]
+
+
 CookieKey = ctypes.c_uint64
 
 # map name -> (key mirror, value mirror); the names are the ones in bpf/clusterlink.h.
@@ -50,6 +70,9 @@ MAPS: dict[str, tuple[type[ctypes._CData], type[ctypes._CData]]] = {
     "cl_udp_relays": (Addr, Addr),
     "cl_cookie_orig": (CookieKey, Orig),
     "cl_tuple_orig": (Addr, Orig),
+    "cl_services6": (Addr6, Addr6),
+    "cl_cookie_orig6": (CookieKey, Orig6),
+    "cl_tuple_orig6": (Addr6, Orig6),
 }
 
 
@@ -68,6 +91,25 @@ def make_addr(ip: str, port: int, proto: int = IPPROTO_TCP) -> Addr:
 
 def addr_tuple(addr: Addr | Orig) -> tuple[str, int]:
     return decode_ip(addr.ip), socket.ntohs(addr.port)
+
+
+def make_addr6(ip: str, port: int, proto: int = IPPROTO_TCP) -> Addr6:
+    """An IPv6 endpoint; an IPv4 address is stored as ::ffff:a.b.c.d."""
+    packed = socket.inet_pton(socket.AF_INET6, ip if ":" in ip else f"::ffff:{ip}")
+    words = (ctypes.c_uint32 * 4).from_buffer_copy(packed)
+    return Addr6(ip=words, port=socket.htons(port), proto=proto, pad=0)
+
+
+def decode_ip6(words: ctypes.Array[ctypes.c_uint32]) -> str:
+    """The text of an IPv6 address in a struct; ::ffff:a.b.c.d comes back as a.b.c.d."""
+    packed = bytes(words)
+    if packed[:12] == b"\0" * 10 + b"\xff\xff":
+        return socket.inet_ntoa(packed[12:])
+    return socket.inet_ntop(socket.AF_INET6, packed)
+
+
+def addr6_triple(addr: Addr6 | Orig6) -> tuple[str, int, int]:
+    return decode_ip6(addr.ip), socket.ntohs(addr.port), addr.proto
 
 
 def addr_triple(addr: Addr | Orig) -> tuple[str, int, int]:

@@ -17,7 +17,7 @@ import time
 
 def addr(text):
     host, port = text.rsplit(":", 1)
-    return host, int(port)
+    return host.strip("[]"), int(port)
 
 
 def errname(exc):
@@ -75,12 +75,12 @@ def main():
             return out(error=errname(exc))
         return out(peer=peer, local=list(s.getsockname()), source=list(source), reply=data.decode(errors="replace"))
 
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s = socket.socket(socket.AF_INET6 if ":" in args.to[0] else socket.AF_INET, socket.SOCK_STREAM)
     try:
         s.connect(args.to)
     except OSError as exc:
         return out(connect_error=errname(exc))
-    peer, local = list(s.getpeername()), list(s.getsockname())
+    peer, local = list(s.getpeername())[:2], list(s.getsockname())[:2]
 
     if args.mode == "echo":
         s.sendall(args.send.encode())

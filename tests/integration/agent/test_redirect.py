@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import socket
 import sys
 
@@ -202,7 +203,8 @@ def test_lookup_of_an_unknown_client_is_none(redirect_env: RedirectEnv) -> None:
     assert redirect_env.datapath.lookup("192.0.2.200", 40000) is None
     with pytest.raises(ValueError):
         redirect_env.datapath.lookup("192.0.2.200", 70000)
-    for bad in ("192.0.2", "192.0.2.300", " 192.0.2.1", "::1", 3221225985):
+    assert redirect_env.datapath.lookup("fdc1::200", 40000) is None  # IPv6 clients too (connect6)
+    for bad in ("192.0.2", "192.0.2.300", " 192.0.2.1", "::g", "1::2::3", 3221225985):
         with pytest.raises(ValueError, match="client"):
             redirect_env.datapath.lookup(bad, 40000)  # type: ignore[arg-type]
 
@@ -294,3 +296,41 @@ def test_udp_and_tcp_imports_of_one_vip_port_are_separate(redirect_env: Redirect
             env.datapath.reconcile({}, udp={vip: relay.getsockname(), (vip[0], 5202): relay.getsockname()})
     finally:
         relay.close()
+
+
+def test_an_ipv6_vip_reaches_the_proxy_v4_mapped_and_the_client_sees_the_vip(redirect_env: RedirectEnv,
+                                                                              processes: kit.Processes) -> None:
+    """connect6 to a VIP6: the client netns has only IPv4 (a dual-stack pod's IPv4 side), so the
+    proxy is reached as ::ffff:<its IPv4 address>; getpeername6 still says the VIP6."""
+    env = redirect_env
+    vip6 = (f"fdc1:96::{random.randrange(1, 0xffff):x}", 8080)
+    seen: list = []
+
+    async def scenario() -> dict:
+        async with kit.tcp_server(kit.echo_upstream) as upstream:
+            proxy = NodeProxy((env.net.host_ip, 0), resolve=kit.redirect_resolver(env.datapath, upstream, seen))
+            await proxy.start()
+            try:
+                r = env.datapath.reconcile({}, services6={vip6: proxy.address})
+                assert r.added >= 1
+                report = await kit.run_client(processes, mode="echo", to=vip6, netns=env.net.netns,
+                                              cgroup=env.pod_a, send="over six")
+                # Not redirected: another port of the same VIP6 (the client netns has no IPv6 route).
+                other = await kit.run_client(processes, mode="echo", to=(vip6[0], 8081), netns=env.net.netns,
+                                             cgroup=env.pod_a)
+                assert other.get("connect_error") in ("ENETUNREACH", "EHOSTUNREACH", "EADDRNOTAVAIL"), other
+                return report
+            finally:
+                await proxy.stop()
+                env.datapath.reconcile({})
+
+    report = asyncio.run(scenario())
+    assert report["peer"] == list(vip6)
+    preamble, _, echoed = report["reply"].partition("|")
+    assert echoed == "over six"
+    (client, redirect), = seen
+    assert client == (env.net.client_ip, report["local"][1]) or client[0] == env.net.client_ip
+    assert redirect == Redirect(orig_ip=vip6[0], orig_port=vip6[1], cgroup_id=os.stat(env.pod_a).st_ino)
+    assert json.loads(preamble)["dst"] == f"{vip6[0]}:{vip6[1]}"
+    with pytest.raises(ValueError, match="IPv6"):
+        env.datapath.reconcile({}, services6={("10.1.2.3", 80): ("10.0.0.1", 1)})
