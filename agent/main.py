@@ -71,6 +71,7 @@ class Config:
     on_datapath_failure: str = "exit"
     udp: bool = True
     udp_idle_timeout: float = DEFAULT_UDP_IDLE_TIMEOUT
+    proxy_address6: str = ""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(p, "--server-name", default="", help="Name in the control plane's certificate (TCP only; the peer name)")
     add_flag(p, "--proxy-address", help="Address of the node proxy, reachable from the pods (never 127.0.0.1 "
                                         "for pods in their own network namespace)")
+    add_flag(p, "--proxy-address6", default="",
+             help="An IPv6 address of the node proxy, reachable from the pods (it listens there too, on --proxy-port): "
+                  "where connections to IPv6 VIPs go; empty: they go to --proxy-address v4-mapped "
+                  "(::ffff:<address>), which needs pods with IPv4 (dual stack)")
     add_flag(p, "--proxy-port", type=int, default=15001, help="Port of the node proxy")
     add_flag(p, "--proxy-interface", default="",
              help="Interface to put --proxy-address on if it is missing (removed again on stop); empty: the address "
@@ -125,6 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _is_ipv6(text: str) -> bool:
+    import socket
+
+    try:
+        socket.inet_pton(socket.AF_INET6, text)
+    except OSError:
+        return False
+    return True
+
+
 def load_config(argv: Sequence[str] | None = None) -> Config:
     parser = build_parser()
     a = parser.parse_args(argv)
@@ -132,6 +147,8 @@ def load_config(argv: Sequence[str] | None = None) -> Config:
         parser.error("--cgroup is required (the cgroup v2 directory of the pods)")
     if not a.proxy_address:
         parser.error("--proxy-address is required (an address of this node that the pods can reach)")
+    if a.proxy_address6 and not _is_ipv6(a.proxy_address6):
+        parser.error(f"--proxy-address6 must be an IPv6 address, not {a.proxy_address6!r}")
     if a.workloads not in ("standalone", "kubernetes"):
         parser.error(f"--workloads must be standalone or kubernetes, not {a.workloads!r}")
     if a.upstream_pool_size < 0:
@@ -151,7 +168,7 @@ def load_config(argv: Sequence[str] | None = None) -> Config:
                   workloads=a.workloads, log_level=a.log_level, log_format=a.log_format,
                   upstream_pool_size=a.upstream_pool_size, upstream_pool_max_age=a.upstream_pool_max_age,
                   event_loop=a.event_loop, on_datapath_failure=a.on_datapath_failure, udp=a.udp == "on",
-                  udp_idle_timeout=a.udp_idle_timeout)
+                  udp_idle_timeout=a.udp_idle_timeout, proxy_address6=a.proxy_address6)
 
 
 @dataclass(frozen=True)
@@ -201,7 +218,9 @@ class Agent:
                 log.error("snapshot %d: cannot open the UDP relays (%s); UDP imports are not redirected",
                           table.version, exc)
                 udp = self.udp_relays.addresses()
-        result = self.datapath.reconcile(table.services((self.config.proxy_address, self.config.proxy_port)), udp=udp)
+        proxy = (self.config.proxy_address, self.config.proxy_port)
+        proxy6 = (self.config.proxy_address6, self.config.proxy_port) if self.config.proxy_address6 else proxy
+        result = self.datapath.reconcile(table.services(proxy), udp=udp, services6=table.services6(proxy6))
         self.table = table
         self._generation += 1
         self.table_received_at = time.time()
@@ -292,8 +311,9 @@ class Agent:
                 failure = "no-workload"
             else:
                 attrs = workload.attributes()
+        host = f"[{redirect.orig_ip}]" if ":" in redirect.orig_ip else redirect.orig_ip
         preamble = encode_preamble(Preamble(import_namespace=ref.namespace, import_name=ref.name,
-                                            destination=f"{redirect.orig_ip}:{redirect.orig_port}", client=attrs,
+                                            destination=f"{host}:{redirect.orig_port}", client=attrs,
                                             credential=self.credential, node=self.config.node, udp=udp))
         route = Route(upstream=Upstream(address=table.gateway, preamble=preamble),
                       redirected=self.metrics.redirected.labels(f"{ref.namespace}/{ref.name}"),
@@ -339,6 +359,7 @@ async def run(config: Config) -> None:
     agent = Agent(config, datapath, metrics)
     addresses = None
     proxy = None
+    proxy6 = None
     metrics_server = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -369,6 +390,11 @@ async def run(config: Config) -> None:
                           metrics=metrics.proxy, upstream_pool_size=config.upstream_pool_size,
                           upstream_max_age=config.upstream_pool_max_age)
         await proxy.start()
+        if config.proxy_address6:
+            proxy6 = NodeProxy((config.proxy_address6, config.proxy_port), resolve=agent.resolve,
+                               metrics=metrics.proxy, upstream_pool_size=config.upstream_pool_size,
+                               upstream_max_age=config.upstream_pool_max_age)
+            await proxy6.start()
         if config.udp:
             from agent.proxy.datagrams import UdpRelays
 
@@ -393,6 +419,8 @@ async def run(config: Config) -> None:
     finally:
         if agent.udp_relays is not None:
             await agent.udp_relays.close()
+        if proxy6 is not None:
+            await proxy6.stop()
         if proxy is not None:
             await proxy.stop()
         if agent.workload_resolver is not None:

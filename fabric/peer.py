@@ -67,6 +67,10 @@ class Pod:
     def ip(self) -> str:
         return self.net.ip
 
+    @property
+    def ip6(self) -> str:
+        return self.net.ip6
+
     def workload_manifest(self) -> dict[str, Any]:
         mount = self.peer.fabric.topology.cgroup_root
         return {"apiVersion": "clusterlink.net/v1alpha1", "kind": "Workload",
@@ -96,10 +100,12 @@ class Pod:
 
 
 class Peer:
-    def __init__(self, fabric: ClusterLinkFabric, net: PeerNet, labels: Mapping[str, str]) -> None:
+    def __init__(self, fabric: ClusterLinkFabric, net: PeerNet, labels: Mapping[str, str], *,
+                 vip_range: str = "") -> None:
         self.fabric = fabric
         self.net = net
         self.labels = dict(labels)
+        self.vip_range = vip_range  # the control plane's --vip-range ("" for its default)
         self.pods: dict[str, Pod] = {}
         self.controlplane: Proc | None = None
         self.gateway: Proc | None = None
@@ -166,6 +172,8 @@ class Peer:
                 "--metrics-listen", f"{self.lan_ip}:{CONTROLPLANE_METRICS}", "--log-format", "text"]
         for k, v in self.labels.items():
             argv += ["--peer-label", f"{k}={v}"]
+        if self.vip_range:
+            argv += ["--vip-range", self.vip_range]
         self.controlplane = self.net.spawn(argv, log_path=self.dir / "logs" / "controlplane.log")
         self.controlplane.wait_unix(self.api_socket, timeout=20)
         return self.controlplane
@@ -232,7 +240,8 @@ class Peer:
         net = self.node(node)
         argv = [_bin("clusterlink-agent"), "--node", node, "--cgroup", str(net.pods_cgroup),
                 "--controlplane", f"unix:{self.api_socket}", "--join-token-file", str(self.join_token_file),
-                "--proxy-address", net.pod_gateway_ip, "--proxy-port", str(PROXY_PORT),
+                "--proxy-address", net.pod_gateway_ip, "--proxy-address6", net.pod_gateway_ip6,
+                "--proxy-port", str(PROXY_PORT),
                 "--metrics-listen", f"0.0.0.0:{AGENT_METRICS}", "--log-format", "text"]
         proc = net.spawn(argv, log_path=self.dir / "logs" / f"agent-{node}.log")
         self.agents[node] = proc
@@ -344,11 +353,13 @@ class ClusterLinkFabric:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def add_peer(self, name: str, *, nodes: Sequence[str] = ("n1",), labels: Mapping[str, str] | None = None) -> Peer:
+    def add_peer(self, name: str, *, nodes: Sequence[str] = ("n1",), labels: Mapping[str, str] | None = None,
+                 vip_range: str = "") -> Peer:
+        """`vip_range`: the peer's --vip-range (e.g. in fabric.places.VIP6_RANGE for IPv6 VIPs)."""
         net = self.topology.add_peer(name)
         for node in nodes:
             net.add_node(node)
-        peer = Peer(self, net, labels or {})
+        peer = Peer(self, net, labels or {}, vip_range=vip_range)
         self.peers[name] = peer
         return peer
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from fabric.topology import Topology
 
 VIP_RANGE = "10.96.0.0/12"
+VIP6_RANGE = "fdc1:96::/64"  # IPv6 VIPs (a peer started with --vip-range in it); never routed either
 WAN_CIDR = "10.200.0.0/24"
 WAN6_CIDR = "fdc1:200::/64"  # the WAN is dual-stack: gateway of peer i also has fdc1:200::(i+1)
 MAX_PEERS = 55  # 10.201 .. 10.255
@@ -94,6 +95,11 @@ class PodNet(Place):
         return f"{self.node.pod_subnet_prefix}.{self.index + 2}"
 
     @property
+    def ip6(self) -> str:
+        """The pod's IPv6 address (pods are dual-stack towards their node: the agent's proxy)."""
+        return f"{self.node.pod_subnet6_prefix}::{self.index + 2:x}"
+
+    @property
     def cgroup(self) -> Path:
         return self.node.pods_cgroup / self.name
 
@@ -146,6 +152,15 @@ class NodeNet(Place):
     def pod_gateway_ip(self) -> str:
         """The node's pod-bridge address: pods' default gateway, reachable from every pod of the node."""
         return f"{self.pod_subnet_prefix}.1"
+
+    @property
+    def pod_subnet6_prefix(self) -> str:
+        return f"fdc1:{self.peer.octet:x}:{self.index + 1:x}"
+
+    @property
+    def pod_gateway_ip6(self) -> str:
+        """The node's pod-bridge IPv6 address (the agent's proxy listens there too)."""
+        return f"{self.pod_subnet6_prefix}::1"
 
     @property
     def cgroup_dir(self) -> Path:

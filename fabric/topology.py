@@ -10,7 +10,9 @@ of that node, all counted from 0 in the order they were added:
                                              fdc1:200::/64        gateway of peer i: fdc1:200::(i+1)
     LAN of peer i (netns cl<id>.<peer>.lan)  10.(201+i).0.0/24    gateway .1, node j .(10+j)
     pods of node j                           10.(201+i).(j+1).0/24  node bridge .1, pod k .(k+2)
+      and IPv6 (pod <-> node only)           fdc1:<201+i>:<j+1>::/64 (hex)  node bridge ::1, pod k ::(k+2)
     VIP range (never routed)                 10.96.0.0/12         `unreachable` in every netns
+    IPv6 VIP range (never routed)            fdc1:96::/64         `unreachable` in every netns
 
 Nothing has an uplink or a default route to the real network: gateways know the WAN and their LAN
 (plus their nodes' pod subnets), nodes know their LAN and their peer's pod subnets, pods have a
@@ -30,6 +32,7 @@ from fabric import cgroups, netns
 from fabric.leftovers import DEFAULT_RUNTIME_ROOT, find_leftovers
 from fabric.places import (
     MAX_PEERS,
+    VIP6_RANGE,
     VIP_RANGE,
     WAN_CIDR,
     NodeNet,
@@ -256,7 +259,7 @@ class Topology:
 
     @staticmethod
     def _base_config() -> list[str]:
-        return ["link set lo up", f"route add unreachable {VIP_RANGE}"]
+        return ["link set lo up", f"route add unreachable {VIP_RANGE}", f"route add unreachable {VIP6_RANGE}"]
 
     def _build_wan(self) -> None:
         self._mkcgroup(self.cgroup)
@@ -316,6 +319,11 @@ class Topology:
                 f"link set {node.bridge} up",
             ],
         )
+        # Pods are dual-stack towards their node only (IPv6 VIPs reach the agent's proxy at the
+        # bridge's IPv6 address; IPv6 is not forwarded: forwarding is off for it).
+        netns.sysctl(node.netns, {f"net.ipv6.conf.{node.bridge}.disable_ipv6": 0,
+                                  f"net.ipv6.conf.{node.bridge}.accept_ra": 0})
+        netns.ip_batch(node.netns, [f"addr add {node.pod_gateway_ip6}/64 dev {node.bridge} nodad"])
         # A forwarded packet with no route is answered by the kernel's ip_error, rate limited machine-wide
         # (5 then 1/s per source): pods would see timeouts instead of "unreachable". So the node refuses, at
         # once and without rate limit (icmp_ratemask 0, set with forwarding), whatever its pods send outside
@@ -355,5 +363,9 @@ class Topology:
                 f"route add default via {node.pod_gateway_ip}",
             ],
         )
+        netns.sysctl(pod.netns, {f"net.ipv6.conf.{pod.interface}.disable_ipv6": 0,
+                                 f"net.ipv6.conf.{pod.interface}.accept_ra": 0})
+        netns.ip_batch(pod.netns, [f"addr add {pod.ip6}/64 dev {pod.interface} nodad",
+                                   f"route add ::/0 via {node.pod_gateway_ip6}"])
         pod.built = True
 

@@ -70,12 +70,18 @@ class NodeTable:
                    gateway=_parse_host_port(snap.gateway_agent_address), peer_name=snap.peer_name)
 
     def services(self, proxy: tuple[str, int]) -> dict[tuple[str, int], tuple[str, int]]:
-        """The desired TCP entries of the BPF services map: every TCP import VIP:port → the proxy."""
-        return {key: proxy for key, ref in self.imports.items() if "TCP" in ref.protocols}
+        """The desired TCP entries of the BPF services map: every TCP import IPv4 VIP:port → the proxy."""
+        return {key: proxy for key, ref in self.imports.items() if "TCP" in ref.protocols and ":" not in key[0]}
+
+    def services6(self, proxy: tuple[str, int]) -> dict[tuple[str, int], tuple[str, int]]:
+        """The IPv6 services map: every TCP import IPv6 VIP:port → the proxy (its IPv6 address, or
+        its IPv4 one, reached v4-mapped)."""
+        return {key: proxy for key, ref in self.imports.items() if "TCP" in ref.protocols and ":" in key[0]}
 
     def udp_services(self) -> list[tuple[str, int]]:
-        """The import VIP:ports that carry UDP (each gets its own relay socket)."""
-        return [key for key, ref in self.imports.items() if "UDP" in ref.protocols]
+        """The import IPv4 VIP:ports that carry UDP (each gets its own relay socket; UDP over IPv6
+        is not redirected)."""
+        return [key for key, ref in self.imports.items() if "UDP" in ref.protocols and ":" not in key[0]]
 
     def workload_for(self, cgroup_path: str) -> Workload | None:
         """The workload whose cgroup is `cgroup_path` or one of its ancestors (longest match)."""

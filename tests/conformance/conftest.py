@@ -30,10 +30,12 @@ class World:
     others: dict[str, Pod]  # per peer: app=other-client, service account non-default
 
 
-def build_world(fab: ClusterLinkFabric, names=PEERS, *, agents: bool = True) -> World:  # type: ignore[no-untyped-def]
+def build_world(fab: ClusterLinkFabric, names=PEERS, *, agents: bool = True,  # type: ignore[no-untyped-def]
+                vip_ranges: dict[str, str] | None = None) -> World:
+    """`vip_ranges`: a peer's --vip-range, by name (IPv6 VIPs: fabric.places.VIP6_RANGE)."""
     peers, clients, others, echos = {}, {}, {}, {}
     for name in names:
-        peer = fab.add_peer(name, labels={"cluster": name})
+        peer = fab.add_peer(name, labels={"cluster": name}, vip_range=(vip_ranges or {}).get(name, ""))
         peers[name] = peer
         echos[name] = peer.add_pod("echo", labels={"app": "echo"})
         clients[name] = peer.add_pod("client", labels={"app": "echo-client"})

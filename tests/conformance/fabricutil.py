@@ -82,7 +82,8 @@ class Access:
 
     def url(self) -> str:
         if self.via == "vip":
-            return f"http://{self.peer.vip(self.name)}:{ECHO_PORT}/"
+            vip = self.peer.vip(self.name)
+            return f"http://[{vip}]:{ECHO_PORT}/" if ":" in vip else f"http://{vip}:{ECHO_PORT}/"
         return f"http://{self.peer.lan_ip}:{self.peer.target_port(self.name)}/"
 
     def once(self) -> tuple[int, str]:
