@@ -26,14 +26,17 @@ DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "latest.json"
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description="ClusterLink benchmark on the simulated fabric "
-                                "(throughput, connections, latency, CPU, memory, policy), with direct TCP and a "
-                                "HAProxy mTLS pair measured in the same run. See bench/README.md.")
+                                "(TCP and UDP throughput, connections, latency, CPU, memory, policy), with direct "
+                                "paths and a HAProxy mTLS pair measured in the same run. See bench/README.md.")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="1 repetition, 2 s iperf3, 300 connections")
     mode.add_argument("--smoke", action="store_true", help="tiny counts, for the smoke test (under a minute)")
     p.add_argument("--only", help=f"comma-separated sections to run ({', '.join(SECTIONS)}); default all")
     p.add_argument("--repetitions", type=int, help="repetitions of every measurement (default 3)")
-    p.add_argument("--iperf-seconds", type=int, help="duration of each iperf3 run (default 10)")
+    p.add_argument("--iperf-seconds", type=int, help="duration of each iperf3 run, TCP and UDP (default 10)")
+    p.add_argument("--udp-mbit-per-s", type=int, help="rate iperf3 -u offers in the udp section, Mbit/s "
+                   "(default 200; quick 100, smoke 20)")
+    p.add_argument("--udp-datagram-bytes", type=int, help="UDP payload per datagram (default 1200)")
     p.add_argument("--connections", type=int, help="connections per connection run (default 3000)")
     p.add_argument("--parallel-connections", type=int,
                    help="connections per parallel connection run (default 6000)")
@@ -50,6 +53,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     base = preset("smoke" if args.smoke else "quick" if args.quick else "full")
     overrides: dict[str, object] = {}
     for flag, field in (("repetitions", "repetitions"), ("iperf_seconds", "iperf_seconds"),
+                        ("udp_mbit_per_s", "udp_mbit_per_s"), ("udp_datagram_bytes", "udp_datagram_bytes"),
                         ("connections", "connections"), ("parallel_connections", "parallel_connections"),
                         ("parallel_clients", "parallel_clients"), ("pings", "pings"), ("threads", "threads")):
         value = getattr(args, flag)

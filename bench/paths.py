@@ -18,6 +18,10 @@ HAPROXY_PATH = "haproxy_path"
 
 THROUGHPUT_PATHS = (LOOPBACK, DIRECT, AGENT_HOP, FULL_PATH, FULL_PATH_NO_AGENT, HAPROXY_PATH)
 REQUEST_PATHS = (DIRECT, FULL_PATH, FULL_PATH_NO_AGENT, HAPROXY_PATH)
+# UDP (iperf3 -u through the TCPAndUDP Import `bench-iperf`): the paths that carry datagrams. HAProxy
+# relays no UDP (no baseline pair), the splice relay of agent_hop is TCP only, and loopback measures
+# the kernel alone.
+UDP_PATHS = (DIRECT, FULL_PATH, FULL_PATH_NO_AGENT)
 
 DESCRIPTIONS = {
     LOOPBACK: "reference only: iperf3 client and server in one pod (east/n2/server) over 127.0.0.1, no veth",

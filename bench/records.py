@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+# The figures of a `udp` run (iperf3 -u): received and sent Mbit/s, loss in percent, jitter.
+UDP_FIGURES = ("mbit_per_s", "sent_mbit_per_s", "lost_percent", "jitter_ms")
+
 
 @dataclass(frozen=True)
 class IdleWait:
@@ -24,14 +27,14 @@ class CpuResult:
 
 @dataclass
 class RunRecord:
-    section: str                 # "throughput" | "connections" | "latency"
+    section: str                 # "throughput" | "udp" | "connections" | "parallel_connections" | "latency"
     path: str
     repetition: int
     streams: int | None          # throughput only
     ok: bool
     error: str
     figures: dict[str, float | None]
-    units: float                 # bytes received (throughput), connections made (connections), requests (latency)
+    units: float                 # bytes received (throughput, udp), connections made (connections), requests (latency)
     cpu: CpuResult | None
     idle: IdleWait
     peak_rss_mb: dict[str, float] = field(default_factory=dict)

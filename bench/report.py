@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from bench import paths
-from bench.records import RunRecord
+from bench.records import UDP_FIGURES, RunRecord
 from bench.stats import difference, median_of, percentile, ratio, summarize
 from bench.targets import evaluate, haproxy_reference
 
@@ -44,6 +44,21 @@ def throughput(runs: list[RunRecord]) -> dict[str, Any]:
                                              median_of(section[paths.HAPROXY_PATH]["gbit_per_s"]))
         out[name] = section
     return out
+
+
+UDP_DIGITS = {"mbit_per_s": 2, "sent_mbit_per_s": 2, "lost_percent": 3, "jitter_ms": 4}
+
+
+def udp(runs: list[RunRecord]) -> dict[str, Any]:
+    """iperf3 -u per UDP path: received and sent Mbit/s, loss (percent of the datagrams sent) and
+    jitter; throughput / direct's, and the loss above direct's in percentage points (absolute)."""
+    section = {p: {k: _figure(_select(runs, "udp", p), k, UDP_DIGITS[k]) for k in UDP_FIGURES} for p in paths.UDP_PATHS}
+    direct = section[paths.DIRECT]
+    for entry in section.values():
+        entry["vs_direct"] = ratio(median_of(entry["mbit_per_s"]), median_of(direct["mbit_per_s"]))
+        entry["added_lost_percent"] = difference(median_of(entry["lost_percent"]), median_of(direct["lost_percent"]),
+                                                 3)
+    return section
 
 
 def connections(runs: list[RunRecord], name: str = "connections") -> dict[str, Any]:
@@ -108,6 +123,8 @@ def cpu(runs: list[RunRecord], sections: Iterable[str]) -> dict[str, Any]:
     if "throughput" in sections:
         out["cpu_s_per_gb"] = {name: {p: _cpu_per_unit(_select(runs, "throughput", p, streams), p, 1e9)
                                       for p in paths.THROUGHPUT_PATHS} for streams, name in STREAM_KEYS.items()}
+    if "udp" in sections:
+        out["cpu_s_per_gb_udp"] = {p: _cpu_per_unit(_select(runs, "udp", p), p, 1e9) for p in paths.UDP_PATHS}
     if "connections" in sections:
         out["cpu_s_per_1000_conns"] = {p: _cpu_per_unit(_select(runs, "connections", p), p, 1000.0)
                                        for p in paths.REQUEST_PATHS}
@@ -189,6 +206,8 @@ def build(raw: Any, settings: Any, machine: Mapping[str, Any], *, started_at: st
     }
     if "throughput" in sections:
         report["throughput"] = throughput(runs)
+    if "udp" in sections:
+        report["udp"] = udp(runs)
     if "connections" in sections:
         report["connections"] = connections(runs)
     if "parallel_connections" in sections:

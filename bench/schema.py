@@ -12,6 +12,7 @@ from typing import Any
 
 from bench import paths
 from bench.report import SCHEMA_VERSION, STREAM_KEYS
+from bench.records import UDP_FIGURES
 from bench.settings import FABRIC_SECTIONS
 from fabric.faults import FAULTS
 
@@ -47,6 +48,11 @@ def expected_keys(sections: list[str] | tuple[str, ...]) -> list[tuple[tuple[str
                         (("throughput", streams, p, "vs_direct"), "ratio"),
                         (("throughput", streams, p, "vs_haproxy_path"), "ratio")]
                 out += [(("cpu", "cpu_s_per_gb", streams, p, c), "figure") for c in _cpu_components(p)]
+    if "udp" in sections:
+        for p in paths.UDP_PATHS:
+            out += [(("udp", p, k), "figure") for k in UDP_FIGURES]
+            out += [(("udp", p, "vs_direct"), "ratio"), (("udp", p, "added_lost_percent"), "number")]
+            out += [(("cpu", "cpu_s_per_gb_udp", p, c), "figure") for c in _cpu_components(p)]
     if "connections" in sections:
         for p in paths.REQUEST_PATHS:
             for k in ("conns_per_s", "ttfb_p50_us", "ttfb_p99_us"):
@@ -151,6 +157,16 @@ def _sanity(report: dict[str, Any], sections: list[str]) -> list[str]:
             for p in paths.THROUGHPUT_PATHS:
                 if paths.PROXIES[p]:
                     positive("cpu", "cpu_s_per_gb", streams, p, "proxies")
+    if "udp" in sections:
+        for p in paths.UDP_PATHS:
+            positive("udp", p, "mbit_per_s")
+            positive("udp", p, "sent_mbit_per_s")
+            if paths.PROXIES[p]:
+                positive("cpu", "cpu_s_per_gb_udp", p, "proxies")
+            for key in ("lost_percent", "jitter_ms"):
+                value = _median(report, "udp", p, key)
+                if value is not None and not 0 <= value <= (100 if key == "lost_percent" else 10_000):
+                    out.append(f"udp.{p}.{key}: median {value} is out of range")
     if "connections" in sections:
         for p in paths.REQUEST_PATHS:
             positive("connections", p, "conns_per_s")

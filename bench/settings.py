@@ -1,7 +1,8 @@
 """The knobs of one benchmark run, chosen once from the command line: the full run (`make bench`),
 `--quick` (`make bench BENCH_QUICK=1`) and `--smoke` (the test that keeps the harness from rotting).
 
-Every load loop is bounded twice: by a count (connections, ping-pongs, iperf3 seconds) and by a
+Every load loop is bounded twice: by a count (connections, ping-pongs, iperf3 seconds; iperf3 -u also
+by its offered rate) and by a
 time limit per client run (`run_timeout_s`), after which the client stops and reports what it did.
 """
 
@@ -10,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-SECTIONS = ("throughput", "connections", "parallel_connections", "latency", "failover", "policy")
-FABRIC_SECTIONS = ("throughput", "connections", "parallel_connections", "latency")
+SECTIONS = ("throughput", "udp", "connections", "parallel_connections", "latency", "failover", "policy")
+FABRIC_SECTIONS = ("throughput", "udp", "connections", "parallel_connections", "latency")
 MODES = ("full", "quick", "smoke")
 
 
@@ -19,7 +20,9 @@ MODES = ("full", "quick", "smoke")
 class Settings:
     mode: str = "full"
     repetitions: int = 3
-    iperf_seconds: int = 10
+    iperf_seconds: int = 10           # also the duration of each UDP run
+    udp_mbit_per_s: int = 200        # the rate iperf3 -u offers (-b), Mbit/s
+    udp_datagram_bytes: int = 1200   # UDP payload per datagram (-l): one 1500 B veth frame
     connections: int = 3000          # per connection run, after the warm-up
     connection_warmup: int = 50
     parallel_connections: int = 6000  # per parallel connection run, after the warm-up
@@ -46,13 +49,16 @@ class Settings:
         if unknown:
             raise ValueError(f"unknown sections {sorted(unknown)}; known: {', '.join(SECTIONS)}")
         for name in ("repetitions", "iperf_seconds", "connections", "parallel_connections", "parallel_clients", "pings",
-                     "message_bytes", "policy_decisions", "threads", "failover_repetitions"):
+                     "message_bytes", "policy_decisions", "threads", "failover_repetitions",
+                     "udp_mbit_per_s"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if (self.connections > 100_000 or self.parallel_connections > 1_000_000 or self.pings > 1_000_000
                 or self.iperf_seconds > 300):
             raise ValueError("connections <= 100000, parallel_connections <= 1000000, pings <= 1000000 and "
                              "iperf_seconds <= 300")
+        if self.udp_mbit_per_s > 10_000 or not 16 <= self.udp_datagram_bytes <= 65_000:
+            raise ValueError("udp_mbit_per_s <= 10000 and 16 <= udp_datagram_bytes <= 65000")
         if self.parallel_clients > 1024:
             raise ValueError("parallel_clients <= 1024")
         if not 0 < self.failover_fault_after_s < self.failover_load_s <= 60 or self.failover_repetitions > 100:
@@ -74,11 +80,13 @@ def preset(mode: str) -> Settings:
     if mode == "full":
         return Settings()
     if mode == "quick":
-        return Settings(mode="quick", repetitions=1, iperf_seconds=2, connections=300, connection_warmup=20,
+        return Settings(mode="quick", repetitions=1, iperf_seconds=2, udp_mbit_per_s=100, connections=300,
+                        connection_warmup=20,
                         parallel_connections=1500, parallel_connection_warmup=64, pings=2000, ping_warmup=100,
                         policy_decisions=5000, idle_max_wait_s=5.0, failover_repetitions=2)
     if mode == "smoke":
-        return Settings(mode="smoke", repetitions=1, iperf_seconds=1, connections=100, connection_warmup=10,
+        return Settings(mode="smoke", repetitions=1, iperf_seconds=1, udp_mbit_per_s=20, connections=100,
+                        connection_warmup=10,
                         parallel_connections=300, parallel_connection_warmup=32, pings=300, ping_warmup=20,
                         policy_decisions=500, idle_max_wait_s=0.0, run_timeout_s=30.0,
                         failover_repetitions=1, failover_load_s=3.0, failover_fault_after_s=1.0)

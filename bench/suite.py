@@ -85,6 +85,9 @@ def _measure(settings: Settings, world: World, runner: Runner, raw: Raw, progres
         raw.rss_idle.append(rss_now_mb(world.memory_components()))
         raw.rss_anon_idle.append(rss_now_mb(world.memory_components(), "RssAnon"))
         time.sleep(0.5)
+    if "udp" in settings.sections:
+        for path in paths.UDP_PATHS:
+            runner.wait_udp(path)
     ssl_before = world.haproxy.ssl_counters()
     reps = settings.repetitions
     for rep in range(reps):
@@ -94,6 +97,11 @@ def _measure(settings: Settings, world: World, runner: Runner, raw: Raw, progres
                     record = runner.throughput(path, streams, rep)
                     raw.runs.append(record)
                     _say(progress, record, reps)
+        if "udp" in settings.sections:
+            for path in rotated(paths.UDP_PATHS, rep):
+                record = runner.udp(path, rep)
+                raw.runs.append(record)
+                _say(progress, record, reps)
         for section in ("connections", "parallel_connections", "latency"):
             if section in settings.sections:
                 for path in rotated(paths.REQUEST_PATHS, rep):

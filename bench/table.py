@@ -1,5 +1,6 @@
 """The printed summary of a report: one table per section with median [min-max], ratios to direct and
-to haproxy_path, then the targets (met / not met, with the numbers). Pure: returns text."""
+to haproxy_path (UDP: to direct only, loss in percent), then the targets (met / not met, with the
+numbers). Pure: returns text."""
 
 from __future__ import annotations
 
@@ -49,6 +50,19 @@ def _throughput(report: dict[str, Any]) -> str:
             _table(["path", "1 stream", "/direct", "/haproxy", "8 streams", "/direct", "/haproxy"], rows))
 
 
+def _udp(report: dict[str, Any]) -> str:
+    rows = []
+    for p in paths.UDP_PATHS:
+        e = report["udp"][p]
+        rows.append([p, _fig(e["mbit_per_s"], 1), _x(e["vs_direct"]), _fig(e["sent_mbit_per_s"], 1),
+                     _fig(e["lost_percent"], 2), _num(e["added_lost_percent"], 2), _fig(e["jitter_ms"], 3)])
+    s = report.get("settings", {})
+    return (f"UDP (iperf3 -u, {s.get('udp_mbit_per_s', '?')} Mbit/s offered, {s.get('udp_datagram_bytes', '?')} B "
+            f"datagrams), median [min-max]; no haproxy_path: HAProxy relays no UDP\n" +
+            _table(["path", "received Mbit/s", "/direct", "sent Mbit/s", "loss %", "loss - direct", "jitter ms"],
+                   rows))
+
+
 def _connections(report: dict[str, Any]) -> str:
     rows = []
     for p in paths.REQUEST_PATHS:
@@ -92,12 +106,13 @@ def _cpu(report: dict[str, Any]) -> str:
             row = [f"{p} / {n}"]
             for streams in STREAM_KEYS.values():
                 row.append(_fig(cpu.get("cpu_s_per_gb", {}).get(streams, {}).get(p, {}).get(n), 2))
+            row.append(_fig(cpu.get("cpu_s_per_gb_udp", {}).get(p, {}).get(n), 2))
             row.append(_fig(cpu.get("cpu_s_per_1000_conns", {}).get(p, {}).get(n), 2))
             row.append(_fig(cpu.get("cpu_s_per_1000_parallel_conns", {}).get(p, {}).get(n), 2))
             row.append(_fig(cpu.get("cpu_us_per_request", {}).get(p, {}).get(n), 0))
             rows.append(row)
     return ("CPU per component (utime+stime of the process tree)\n" +
-            _table(["path / component", "s/GB 1 stream", "s/GB 8 streams", "s/1000 conns",
+            _table(["path / component", "s/GB 1 stream", "s/GB 8 streams", "s/GB UDP", "s/1000 conns",
                     "s/1000 parallel", "us/request"], rows))
 
 
@@ -147,7 +162,7 @@ def render(report: dict[str, Any]) -> str:
             f"HAProxy {m.get('haproxy', {}).get('version', '-')}, project {m['project'].get('git_describe')}"
             f"{' (dirty)' if m['project'].get('git_dirty') else ''}")
     parts = [head]
-    for key, fn in (("throughput", _throughput), ("connections", _connections),
+    for key, fn in (("throughput", _throughput), ("udp", _udp), ("connections", _connections),
                      ("parallel_connections", _parallel_connections), ("latency", _latency),
                     ("cpu", _cpu), ("memory", _memory), ("failover", _failover), ("policy", _policy)):
         if key in report:

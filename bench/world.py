@@ -1,10 +1,11 @@
 """The fabric the benchmark's paths run on, built and torn down as one object.
 
 Peers east (nodes n1, n2) and west (node n1); pods east/n1/client, east/n2/server, west/n1/server.
-Each server pod runs `iperf3 -s` (bulk) and `bench.echo` (requests). West exports both services,
-east imports them; an allow-all policy on each side. East's node n1 runs the real agent (the full
-path's VIP redirect); west runs none (its side of the path has no agent). The agent_hop relay
-(`bench.splicehop`) runs in node n1; the HAProxy pair in the two gateway netns.
+Each server pod runs `iperf3 -s` (bulk, TCP and UDP on one port) and `bench.echo` (requests). West
+exports both services (`bench-iperf` as TCPAndUDP), east imports them; an allow-all policy on each
+side. East's node n1 runs the real agent (the full path's VIP redirect, TCP and UDP); west runs none
+(its side of the path has no agent). The agent_hop relay (`bench.splicehop`) runs in node n1; the
+HAProxy pair in the two gateway netns.
 
 Everything is stopped by PID and removed on `close()`, also after a failure or Ctrl-C (the
 fabric's process group owns every process started here, HAProxy included).
@@ -37,6 +38,9 @@ SPLICE_PORT = 15101
 HAPROXY_PORTS = {"iperf": (21000, 21443), "echo": (21001, 21444)}
 SERVICE_PORTS = {"iperf": IPERF_PORT, "echo": ECHO_PORT}
 IMPORTS = {"iperf": "bench-iperf", "echo": "bench-echo"}
+# bench-iperf carries TCP and UDP on the same VIP:port (and gateway target port): iperf3 -u keeps its
+# TCP control connection on the port its datagrams go to. bench-echo stays TCP (no protocol: TCP).
+PROTOCOLS = {"iperf": {"protocol": "TCPAndUDP"}}
 READY_TIMEOUT_S = 30.0
 # Namespaces whose processes open many short connections to one address: the client (it closes
 # first, so the TIME_WAIT ports are its own) and each gateway netns (the gateways, and the HAProxy
@@ -139,11 +143,12 @@ class World:
         west_server = self.servers["west"]
         docs = []
         for s, name in IMPORTS.items():
-            docs += [manifest("LocalService", name, {"host": west_server.ip}), manifest("Export", name, {"port": SERVICE_PORTS[s]})]
+            docs += [manifest("LocalService", name, {"host": west_server.ip}),
+                     manifest("Export", name, {"port": SERVICE_PORTS[s], **PROTOCOLS.get(s, {})})]
         self.west.apply("---\n".join(docs + [ALLOW_ALL]))
         for service in IMPORTS.values():
             self.west.wait_condition("Export", service, "ExportValid", timeout=READY_TIMEOUT_S)
-        imports = [manifest("Import", IMPORTS[s], {"port": SERVICE_PORTS[s], "sources": [
+        imports = [manifest("Import", IMPORTS[s], {"port": SERVICE_PORTS[s], **PROTOCOLS.get(s, {}), "sources": [
             {"peer": "west", "exportName": IMPORTS[s], "exportNamespace": "default"}]}) for s in IMPORTS]
         self.east.apply("---\n".join(imports + [ALLOW_ALL]))
         for s, name in IMPORTS.items():

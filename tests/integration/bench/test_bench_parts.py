@@ -209,3 +209,151 @@ def test_the_client_reports_a_refused_path_as_errors(mode: str) -> None:
     assert result["completed"] == 0 and result["errors"] == 10
     assert "ConnectionRefusedError" in result["first_error"]
     assert result["p50_us"] is None
+
+
+# --- udp (iperf3 -u) -------------------------------------------------------------------------------
+def _udp_result(sent_packets: int, lost: int, blksize: int = 1200, seconds: float = 2.0) -> str:
+    """The parts of an `iperf3 -u -J` client result (3.12) the benchmark reads."""
+    received = (sent_packets - lost) * blksize
+    sum_received = {"start": 0, "end": seconds, "seconds": seconds, "bytes": received,
+                    "bits_per_second": received * 8 / seconds, "jitter_ms": 0.25, "lost_packets": lost,
+                    "packets": sent_packets, "lost_percent": 100.0 * lost / sent_packets if sent_packets else 0,
+                    "sender": False}
+    sent = {**sum_received, "bytes": sent_packets * blksize, "bits_per_second": sent_packets * blksize * 8 / seconds,
+            "jitter_ms": 0, "lost_packets": 0, "lost_percent": 0, "sender": True}
+    return json.dumps({"start": {"test_start": {"protocol": "UDP", "blksize": blksize, "duration": int(seconds),
+                                                "target_bitrate": 200_000_000}},
+                       "end": {"sum": {**sum_received, "bytes": sent["bytes"], "sender": True},
+                               "sum_sent": sent, "sum_received": sum_received,
+                               "cpu_utilization_percent": {"host_total": 12.5, "remote_total": 3.0}}})
+
+
+def test_an_iperf3_udp_result_gives_received_rate_loss_and_jitter() -> None:
+    from bench.runs import parse_iperf_udp
+
+    error, figures, received, client = parse_iperf_udp(_udp_result(40_000, 1_000), 0)
+    assert error == ""
+    assert received == 39_000 * 1200
+    assert figures == {"mbit_per_s": 187.2, "sent_mbit_per_s": 192.0, "lost_percent": 2.5, "jitter_ms": 0.25}
+    assert client["packets"] == 40_000 and client["lost_packets"] == 1_000
+    assert client["offered_bit_per_s"] == 200_000_000 and client["datagram_bytes"] == 1200
+
+
+def test_an_old_iperf3_udp_result_without_sum_received_counts_the_datagrams() -> None:
+    from bench.runs import parse_iperf_udp
+
+    data = json.loads(_udp_result(1_000, 100, blksize=1000, seconds=1.0))
+    del data["end"]["sum_sent"], data["end"]["sum_received"]
+    data["end"]["sum"].update(lost_packets=100, lost_percent=10.0, jitter_ms=0.5)
+    error, figures, received, _ = parse_iperf_udp(json.dumps(data), 0)
+    assert error == "" and received == 900_000
+    assert figures["mbit_per_s"] == 7.2 and figures["lost_percent"] == 10.0 and figures["jitter_ms"] == 0.5
+
+
+@pytest.mark.parametrize(("stdout", "returncode", "expected"), [
+    (json.dumps({"start": {}, "end": {}, "error": "unable to connect to server: Connection refused"}), 1,
+     "unable to connect to server"),
+    ("iperf3: error - the server is busy running a test", 1, "iperf3 exit 1"),
+    (json.dumps({"start": {}, "end": {}}), 0, "no UDP summary"),
+    (_udp_result(5_000, 5_000), 0, "no datagram arrived"),
+])
+def test_a_failed_iperf3_udp_run_is_an_error_without_figures(stdout: str, returncode: int, expected: str) -> None:
+    from bench.runs import parse_iperf_udp
+
+    error, figures, _, _ = parse_iperf_udp(stdout, returncode)
+    assert expected in error
+    assert set(figures.values()) == {None}
+
+
+def test_the_udp_client_line_offers_the_settings_rate_and_size() -> None:
+    from bench.runs import udp_argv
+    from bench.settings import Settings, preset
+
+    assert udp_argv("10.0.0.1", 5201, Settings()) == [
+        "iperf3", "-u", "-c", "10.0.0.1", "-p", "5201", "-b", "200M", "-l", "1200", "-t", "10", "-J",
+        "--connect-timeout", "5000"]
+    assert preset("quick").udp_mbit_per_s < Settings().udp_mbit_per_s
+    assert preset("smoke").udp_mbit_per_s < preset("quick").udp_mbit_per_s
+    with pytest.raises(ValueError):
+        Settings(udp_mbit_per_s=20_000)
+    with pytest.raises(ValueError):
+        Settings(udp_datagram_bytes=70_000)
+
+
+def test_iperf3_udp_on_loopback_parses(tmp_path: Path) -> None:
+    """The parser against the installed iperf3 itself: 1 s at 10 Mbit/s on 127.0.0.1."""
+    import shutil
+
+    from bench.runs import parse_iperf_udp, udp_argv
+    from bench.settings import Settings
+
+    if shutil.which("iperf3") is None:
+        pytest.skip("iperf3 is not installed (make install)")
+    port = _free_port()
+    log_path = tmp_path / "iperf3.log"
+    log = open(log_path, "wb")
+    # no connection probe: iperf3 -s counts a bare connect as a (failed) test
+    server = subprocess.Popen(["iperf3", "-s", "-1", "--forceflush", "-p", str(port), "-B", "127.0.0.1"],
+                              stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while b"listening" not in log_path.read_bytes():
+            assert time.monotonic() < deadline and server.poll() is None, log_path.read_text()
+            time.sleep(0.05)
+        out = subprocess.run(udp_argv("127.0.0.1", port, Settings(udp_mbit_per_s=10, iperf_seconds=1)),
+                             capture_output=True, text=True, timeout=30)
+    finally:
+        server.terminate()
+        server.wait(10)
+        log.close()
+    error, figures, received, client = parse_iperf_udp(out.stdout, out.returncode, out.stderr)
+    assert error == "", out.stdout[-2000:] + out.stderr
+    assert 5 < figures["mbit_per_s"] <= 11 and figures["sent_mbit_per_s"] <= 11
+    assert 0 <= figures["lost_percent"] < 50 and figures["jitter_ms"] >= 0
+    assert received > 0 and client["datagram_bytes"] == 1200
+
+
+def _udp_record(path: str, rep: int, mbit: float | None, lost: float | None,  # type: ignore[no-untyped-def]
+                ok: bool = True):
+    from bench.records import CpuResult, IdleWait, RunRecord
+
+    figures = {"mbit_per_s": mbit, "sent_mbit_per_s": None if mbit is None else 200.0, "lost_percent": lost,
+               "jitter_ms": None if mbit is None else 0.1}
+    received = (mbit or 0) * 1e6 / 8 * 10
+    cpu = CpuResult(wall_s=10.0, components={"agent": 0.5, "gateway_east": 1.0, "gateway_west": 1.0, "server": 0.2},
+                    client_cpu_s=0.4, machine_busy_fraction=0.5, foreign_cpu_fraction=0.0)
+    return RunRecord("udp", path, rep, None, ok, "" if ok else "no datagram arrived", figures, received, cpu,
+                     IdleWait(0.05, 0.0, False))
+
+
+def test_the_udp_report_gives_ratios_to_direct_and_absolute_loss() -> None:
+    from bench import report, table
+
+    runs = [_udp_record("direct", 0, 200.0, 0.0), _udp_record("direct", 1, 198.0, 0.5),
+            _udp_record("full_path", 0, 150.0, 25.0), _udp_record("full_path", 1, None, None, ok=False),
+            _udp_record("full_path_no_agent", 0, 180.0, 10.0), _udp_record("full_path_no_agent", 1, 190.0, 5.0)]
+    section = report.udp(runs)
+    assert set(section) == {"direct", "full_path", "full_path_no_agent"}
+    assert section["direct"]["mbit_per_s"]["median"] == 199.0 and section["direct"]["vs_direct"] == 1.0
+    assert section["full_path"]["mbit_per_s"]["runs"] == [150.0, None]  # the failed run is kept out
+    assert section["full_path"]["vs_direct"] == round(150.0 / 199.0, 3)
+    assert section["full_path_no_agent"]["lost_percent"]["median"] == 7.5
+    assert section["full_path_no_agent"]["added_lost_percent"] == 7.25  # percentage points over direct's 0.25
+    cpu = report.cpu(runs, ["udp"])["cpu_s_per_gb_udp"]
+    assert set(cpu["full_path"]) == {"agent", "gateway_east", "gateway_west", "controlplane_east",
+                                     "controlplane_west", "client", "server", "proxies"}
+    assert cpu["full_path"]["proxies"]["median"] == round(2.5 / (150e6 / 8 * 10 / 1e9), 3)
+    text = table._udp({"udp": section, "settings": {"udp_mbit_per_s": 200, "udp_datagram_bytes": 1200}})
+    assert "200 Mbit/s offered, 1200 B datagrams" in text and "HAProxy relays no UDP" in text
+    row = next(line for line in text.splitlines() if line.startswith("full_path_no_agent"))
+    assert "185.0 [180.0-190.0]" in row and "7.25" in row and "7.50 [5.00-10.00]" in row
+
+
+def test_an_unexpected_iperf3_udp_result_is_an_error_not_a_crash() -> None:
+    from bench.runs import parse_iperf_udp
+
+    data = json.loads(_udp_result(100, 0))
+    del data["end"]["sum_received"]["lost_packets"]
+    error, figures, received, _ = parse_iperf_udp(json.dumps(data), 0)
+    assert "unexpected JSON" in error and received == 0.0 and set(figures.values()) == {None}
+    assert parse_iperf_udp("[1, 2]", 0)[0] == "iperf3 exit 0: [1, 2]"

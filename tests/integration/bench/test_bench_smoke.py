@@ -1,4 +1,4 @@
-"""The benchmark cannot rot: its smoke run (every section, every path, tiny counts) must produce a report
+"""The benchmark cannot rot: its smoke run (every section, UDP included, every path, tiny counts) must produce a report
 with every documented key and sane values, and bench/README.md must document every key the schema
 checks."""
 
@@ -33,7 +33,7 @@ def _documented_form(keys: tuple[str, ...]) -> str:
         parent = keys[i - 1] if i else ""
         if key in STREAM_KEYS.values():
             out.append("<streams>")
-        elif key in paths.THROUGHPUT_PATHS and keys[0] in ("throughput", "connections", "parallel_connections",
+        elif key in paths.THROUGHPUT_PATHS and keys[0] in ("throughput", "udp", "connections", "parallel_connections",
                                                                      "latency", "cpu"):
             out.append("<path>")
         elif parent in ("vs_direct", "vs_haproxy_path"):
@@ -60,6 +60,12 @@ def test_the_schema_checker_reports_what_is_missing() -> None:
     problems = schema.problems({"schema_version": 1, "settings": {"sections": ["policy"]}, "targets": []})
     assert "policy.10000.p99_us: missing" in problems
     assert "machine.cores: missing" in problems
+    udp = schema.problems({"schema_version": 1, "settings": {"sections": ["udp"]}, "targets": []})
+    for path in paths.UDP_PATHS:
+        assert f"udp.{path}.mbit_per_s: missing" in udp
+        assert f"udp.{path}.lost_percent: missing" in udp
+        assert f"cpu.cpu_s_per_gb_udp.{path}.client: missing" in udp
+    assert not any(p.startswith("udp.haproxy_path") for p in udp)  # HAProxy has no UDP: no baseline there
 
 
 @pytest.mark.privileged
@@ -85,6 +91,16 @@ def test_the_smoke_run_writes_every_documented_key(tmp_path: Path) -> None:
     for streams in STREAM_KEYS.values():
         for path in paths.THROUGHPUT_PATHS:
             assert report["throughput"][streams][path]["gbit_per_s"]["median"] > 0
+    # UDP through the TCPAndUDP Import: datagrams arrived on every UDP path, at about the offered rate
+    offered = report["settings"]["udp_mbit_per_s"]
+    for path in paths.UDP_PATHS:
+        entry = report["udp"][path]
+        assert 0 < entry["mbit_per_s"]["median"] <= entry["sent_mbit_per_s"]["median"] * 1.05 <= offered * 1.1
+        assert 0 <= entry["lost_percent"]["median"] < 50, entry
+        assert entry["vs_direct"] > 0
+    assert report["udp"]["direct"]["vs_direct"] == 1.0
+    assert "haproxy_path" not in report["udp"]
+    assert "UDP (iperf3 -u" in proc.stdout
     for path in paths.REQUEST_PATHS:
         assert report["connections"][path]["failed_exchanges"] == 0
         assert report["parallel_connections"][path]["failed_exchanges"] == 0
