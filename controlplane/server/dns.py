@@ -3,11 +3,12 @@
 It answers the Multi-Cluster Services API's names with the VIP of the Import of that name and
 namespace, in standalone mode and in Kubernetes alike; a cluster's CoreDNS forwards the zone to it
 (`forward clusterset.local <control plane service>:53`), where the CoreDNS multicluster plugin is
-not available. UDP only: an answer is one A record, far below 512 bytes, so truncation never
-happens.
+not available. UDP only: an answer is one A or AAAA record, far below 512 bytes, so truncation
+never happens.
 
-Answers (RFC 1035): A (or ANY) for an Import with a VIP → the VIP, TTL `ttl`; another type for an
-existing name → no data (NOERROR, empty answer); a name in the zone that is no Import → NXDOMAIN;
+Answers (RFC 1035, RFC 3596): A (or ANY) for an Import with an IPv4 VIP → the VIP, TTL `ttl`;
+AAAA (or ANY) for one with an IPv6 VIP; another type for an existing name → no data (NOERROR,
+empty answer); a name in the zone that is no Import → NXDOMAIN;
 a name outside the zone → REFUSED (not authoritative). A query that cannot be parsed gets FORMERR
 when its header can be read and nothing otherwise; responses, other opcodes (NOTIMP) and other
 classes (REFUSED) are handled too, and no datagram can stop the listener.
@@ -28,6 +29,7 @@ DEFAULT_ZONE = "clusterset.local"
 DEFAULT_TTL = 5
 
 TYPE_A = 1
+TYPE_AAAA = 28
 TYPE_ANY = 255
 CLASS_IN = 1
 CLASS_ANY = 255
@@ -117,12 +119,13 @@ class Responder:
         if vip is None:
             return self._done(self._reply(packet, RCODE_NXDOMAIN, end), RCODE_NXDOMAIN)
         try:
-            address: ipaddress.IPv4Address | None = ipaddress.IPv4Address(vip)
+            address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(vip)
         except ValueError:
-            address = None  # no VIP yet (""), or an IPv6 one: no A record
-        if address is None or qtype not in (TYPE_A, TYPE_ANY):
+            address = None  # no VIP yet ("")
+        rtype = TYPE_A if isinstance(address, ipaddress.IPv4Address) else TYPE_AAAA
+        if address is None or qtype not in (rtype, TYPE_ANY):
             return self._done(self._reply(packet, RCODE_NOERROR, end), RCODE_NOERROR, "nodata")
-        record = struct.pack("!HHHIH", 0xC00C, TYPE_A, CLASS_IN, self.ttl, 4) + address.packed
+        record = struct.pack("!HHHIH", 0xC00C, rtype, CLASS_IN, self.ttl, len(address.packed)) + address.packed
         return self._done(self._reply(packet, RCODE_NOERROR, end, record), RCODE_NOERROR, "answer")
 
     def _done(self, reply: bytes, rcode: int, result: str | None = None) -> bytes:

@@ -63,6 +63,8 @@ VARIANTS = {
     "network-policy": {"networkPolicy": {"enabled": True, "nodeCIDRs": ["10.0.0.0/24", "10.0.1.0/24"]}},
     "mcs": {"mcs": {"enabled": True}, "controlplane": {"dns": {"enabled": True}}},
     "mcs-without-crds": {"mcs": {"enabled": True, "installCRDs": False}},
+    "dual-stack-udp-off": {"gateway": {"dualStack": True, "udpIdleTimeout": 90},
+                           "agent": {"udp": {"enabled": False, "idleTimeout": 10}}},
     "gateway-sysctls": {"gateway": {"sysctls": [{"name": "net.ipv4.tcp_tw_reuse", "value": "1"},
                                                 {"name": "net.ipv4.ip_local_port_range", "value": "20000 60999"}]}},
 }
@@ -187,6 +189,18 @@ def test_gateway_service_exposes_port_443_to_the_peer_listener(default_docs):
 def test_gateway_service_types(variant, type_, node_port):
     svc = by(render(VARIANTS[variant]), "Service", "-gateway")
     assert svc["spec"]["type"] == type_ and svc["spec"]["ports"][0].get("nodePort") == node_port
+
+
+def test_udp_and_dual_stack_values_reach_the_flags(default_docs):
+    gateway, agent = args_of(by(default_docs, "Deployment", "-gateway")), args_of(by(default_docs, "DaemonSet", "-agent"))
+    assert gateway["--peer-listen"] == "0.0.0.0:8443" and gateway["--udp-idle-timeout"] == "60"
+    assert agent["--udp"] == "on" and agent["--udp-idle-timeout"] == "30"
+    assert "ipFamilyPolicy" not in by(default_docs, "Service", "-gateway")["spec"]
+    docs = render(VARIANTS["dual-stack-udp-off"])
+    gateway, agent = args_of(by(docs, "Deployment", "-gateway")), args_of(by(docs, "DaemonSet", "-agent"))
+    assert gateway["--peer-listen"] == "[::]:8443" and gateway["--udp-idle-timeout"] == "90"
+    assert agent["--udp"] == "off" and agent["--udp-idle-timeout"] == "10"
+    assert by(docs, "Service", "-gateway")["spec"]["ipFamilyPolicy"] == "PreferDualStack"
 
 
 def test_gateway_access_log_is_off_unless_asked(default_docs):

@@ -27,10 +27,16 @@ def query(name: str, qtype: int = 1, qclass: int = 1, *, ident: int = 0x1234, fl
 def parse(reply: bytes):
     ident, flags, qd, an, ns, ar = struct.unpack_from("!HHHHHH", reply)
     answers = []
-    if an:
-        rdlength = struct.unpack_from("!H", reply, len(reply) - 6)[0]
-        ttl = struct.unpack_from("!I", reply, len(reply) - 10)[0]
-        answers.append((socket.inet_ntoa(reply[-rdlength:]), ttl))
+    if an:  # one record, last: name pointer 0xC00C, type, class, ttl, rdlength, rdata (4 or 16 bytes)
+        for size, family, rtype in ((4, socket.AF_INET, 1), (16, socket.AF_INET6, 28)):
+            start = len(reply) - 12 - size
+            if start >= 12 and struct.unpack_from("!HHHIH", reply, start)[::4] == (0xC00C, size) and \
+                    struct.unpack_from("!H", reply, start + 2)[0] == rtype:
+                ttl = struct.unpack_from("!I", reply, start + 6)[0]
+                answers.append((socket.inet_ntop(family, reply[-size:]), ttl))
+                break
+        else:
+            raise AssertionError(f"no A or AAAA record at the end of {reply!r}")
     return {"id": ident, "qr": bool(flags & 0x8000), "aa": bool(flags & 0x0400), "rd": bool(flags & 0x0100),
             "rcode": flags & 0xF, "qd": qd, "answers": answers}
 
@@ -61,6 +67,14 @@ def test_negative_answers():
     outside = parse(responder.answer(query("example.com")))
     assert outside["rcode"] == 5 and not outside["aa"]
     assert parse(responder.answer(query("reviews.default.svc.clusterset.local", qclass=3)))["rcode"] == 5  # CHAOS
+
+
+def test_an_ipv6_vip_is_an_aaaa_record():
+    responder = Responder(lookup)
+    assert parse(responder.answer(query("web.v6.svc.clusterset.local", qtype=28)))["answers"] == [("fd00::7", 5)]
+    assert parse(responder.answer(query("web.v6.svc.clusterset.local", qtype=255)))["answers"] == [("fd00::7", 5)]
+    nodata = parse(responder.answer(query("web.v6.svc.clusterset.local")))  # A for an IPv6-only Import
+    assert nodata["rcode"] == 0 and nodata["answers"] == []
 
 
 def test_another_zone():
