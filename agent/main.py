@@ -399,7 +399,8 @@ async def run(config: Config) -> None:
             from agent.proxy.datagrams import UdpRelays
 
             agent.udp_relays = UdpRelays(config.proxy_address, agent.resolve_udp, idle_timeout=config.udp_idle_timeout,
-                                         metrics=metrics.udp, on_flow_end=agent.udp_flow_ended)
+                                         metrics=metrics.udp, on_flow_end=agent.udp_flow_ended,
+                                         host6=config.proxy_address6)
         starting.clear()
         feed = SnapshotFeed(endpoint, role="agent", node=config.node, on_snapshot=agent.apply_snapshot,
                             on_connected=lambda up: metrics.controlplane_connected.set(1 if up else 0),

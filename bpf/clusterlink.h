@@ -109,15 +109,23 @@ BPF_TABLE("lru_hash", __u64, struct cl_orig, cl_cookie_orig, CL_CONNECTIONS_MAX)
  * (Datapath.udp_sender), deleted by the agent when the flow ends (forget_udp_sender). */
 BPF_TABLE("lru_hash", struct cl_addr, struct cl_orig, cl_tuple_orig, CL_CONNECTIONS_MAX);
 
-/* IPv6 (TCP): (VIP6, port) -> proxy address; written by the agent, read by connect6. */
+/* IPv6: (VIP6, port, proto) -> proxy address (TCP) or the service's UDP relay (UDP: on the
+ * proxy's IPv6 address, or v4-mapped, which only connected sockets can use: the kernel refuses a
+ * sendmsg6 rewritten to a v4-mapped address); written by the agent, read by connect6, sendmsg6. */
 BPF_HASH(cl_services6, struct cl_addr6, struct cl_addr6, CL_SERVICES_MAX);
+
+/* (relay address, IPv6 or ::ffff:IPv4, relay port, UDP) -> (VIP6, port, UDP): the reverse of the
+ * UDP entries of cl_services6; read by recvmsg6 (answers come from the VIP6) and egress. */
+BPF_HASH(cl_udp_relays6, struct cl_addr6, struct cl_addr6, CL_SERVICES_MAX);
 
 /* socket cookie -> original IPv6 destination; written by connect6, read by sockops and
  * getpeername6, deleted by sock_release. */
 BPF_TABLE("lru_hash", __u64, struct cl_orig6, cl_cookie_orig6, CL_CONNECTIONS_MAX);
 
-/* client's local address (IPv6, or ::ffff:IPv4 for a v4-mapped socket) -> original IPv6
- * destination; written by sockops, read and deleted by the proxy (Datapath.lookup). */
+/* client's local address (IPv6, or ::ffff:IPv4 for a v4-mapped socket), port, proto -> original
+ * IPv6 destination. TCP: written by sockops, read and deleted by the proxy (Datapath.lookup). UDP:
+ * written by egress for an IPv6 datagram to a relay on the proxy's IPv6 address, read by
+ * Datapath.udp_sender, deleted when the agent's flow ends. */
 BPF_TABLE("lru_hash", struct cl_addr6, struct cl_orig6, cl_tuple_orig6, CL_CONNECTIONS_MAX);
 
 #endif /* CLUSTERLINK_H */

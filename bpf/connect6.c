@@ -1,13 +1,14 @@
-/* connect6.c: cgroup/connect6. A TCP connect() of an AF_INET6 socket to an imported service's
- * VIP6:port is rewritten to the node proxy: its IPv6 address, or ::ffff:<its IPv4 address> (the
- * kernel then connects over IPv4: dual-stack pods), as the agent wrote in cl_services6. The
- * original destination and the caller's cgroup are recorded by socket cookie. UDP over IPv6 and
- * every other destination proceed untouched. */
+/* connect6.c: cgroup/connect6. A TCP or UDP connect() of an AF_INET6 socket to an imported
+ * service's VIP6:port is rewritten to the node proxy (TCP: its IPv6 address, or ::ffff:<its IPv4
+ * address>, the kernel then connects over IPv4: dual-stack pods) or to the service's UDP relay
+ * (v4-mapped), as the agent wrote in cl_services6. The original destination and the caller's
+ * cgroup are recorded by socket cookie. Every other destination proceeds untouched. */
 #include "clusterlink.h"
 
 int cl_connect6(struct bpf_sock_addr *ctx)
 {
-    if (ctx->protocol != IPPROTO_TCP)
+    __u32 protocol = ctx->protocol;
+    if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)
         return CL_PROCEED;
 
     struct cl_addr6 vip = {};
@@ -16,7 +17,7 @@ int cl_connect6(struct bpf_sock_addr *ctx)
     vip.ip[2] = ctx->user_ip6[2];
     vip.ip[3] = ctx->user_ip6[3];
     vip.port = (__u16)ctx->user_port;
-    vip.proto = IPPROTO_TCP;
+    vip.proto = (__u8)protocol;
     vip.pad = 0;
 
     struct cl_addr6 *proxy = cl_services6.lookup(&vip);
@@ -29,7 +30,7 @@ int cl_connect6(struct bpf_sock_addr *ctx)
     orig.ip[2] = vip.ip[2];
     orig.ip[3] = vip.ip[3];
     orig.port = vip.port;
-    orig.proto = IPPROTO_TCP;
+    orig.proto = vip.proto;
     orig.pad = 0;
     orig.pad2 = 0;
     orig.cgroup_id = bpf_get_current_cgroup_id();

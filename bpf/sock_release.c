@@ -12,7 +12,6 @@ int cl_sock_release(struct bpf_sock *sk)
         return CL_PROCEED;
     __u64 cookie = bpf_get_socket_cookie(sk);
     cl_cookie_orig.delete(&cookie);
-    if (protocol == IPPROTO_TCP)
-        cl_cookie_orig6.delete(&cookie);
+    cl_cookie_orig6.delete(&cookie);
     return CL_PROCEED;
 }

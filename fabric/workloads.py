@@ -282,6 +282,10 @@ def udp_echo(args: argparse.Namespace) -> int:
     return _serve_udp(args, "udp-echo", lambda packet: packet)
 
 
+def _family_of(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def _dns_query(ident: int, name: str) -> bytes:
     labels = b"".join(bytes((len(part),)) + part.encode("ascii") for part in name.strip(".").split("."))
     return DNS_HEADER.pack(ident, 0x0100, 1, 0, 0, 0) + labels + b"\x00" + struct.pack("!HH", 1, 1)
@@ -291,7 +295,7 @@ def dns_query(args: argparse.Namespace) -> int:
     def query() -> int:
         server = (args.host, args.port)
         answers, sources, rcodes = [], [], []
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        with socket.socket(_family_of(args.host), socket.SOCK_DGRAM) as sock:
             sock.settimeout(args.timeout)
             for i in range(args.count):
                 ident = random.getrandbits(16)
@@ -299,7 +303,7 @@ def dns_query(args: argparse.Namespace) -> int:
                 while True:  # what does not come from the server, or is not our answer, is ignored
                     data, source = sock.recvfrom(65535)
                     sources.append(_address(source))
-                    if source == server and len(data) >= DNS_HEADER.size and \
+                    if source[:2] == server and len(data) >= DNS_HEADER.size and \
                             DNS_HEADER.unpack_from(data)[0] == ident:
                         break
                 flags, _, ancount = DNS_HEADER.unpack_from(data)[1:4]
@@ -316,7 +320,7 @@ def udp_send(args: argparse.Namespace) -> int:
         server = (args.host, args.port)
         sent = received = 0
         sources: set[str] = set()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        with socket.socket(_family_of(args.host), socket.SOCK_DGRAM) as sock:
             sock.settimeout(args.timeout)
             if args.connect:
                 sock.connect(server)

@@ -239,27 +239,43 @@ class Datapath:
                                                                           layout.IPPROTO_TCP)
         desired: dict[tuple[str, int, int], tuple[str, int, int]] = {}
         relays: dict[tuple[str, int, int], tuple[str, int, int]] = {}
+        relays6: dict[tuple[str, int, int], tuple[str, int, int]] = {}
         for proto, entries in ((layout.IPPROTO_TCP, services), (layout.IPPROTO_UDP, udp or {})):
             for key, value in entries.items():
                 if not (isinstance(key, tuple) and len(key) == 2 and isinstance(value, tuple) and len(value) == 2):
                     raise ValueError(f"service entry {key!r} -> {value!r}: expected (ip, port) -> (ip, port)")
+                if proto == layout.IPPROTO_UDP and isinstance(key[0], str) and ":" in key[0]:
+                    # a UDP VIP6: its relay is on the proxy's IPv6 address, or IPv4 (reached v4-mapped)
+                    _check_endpoint6(*key, what=f"service {key!r}")
+                    _check_endpoint6(*value, what=f"relay of service {key!r}", v4=True)
+                    vip6 = (_canonical6(key[0]), key[1], proto)
+                    relay = (_canonical6(value[0]), value[1], proto)
+                    desired6[vip6] = relay
+                    if relay in relays or relay in relays6:
+                        other = (relays.get(relay) or relays6[relay])[:2]
+                        raise ValueError(f"UDP services {other!r} and {key!r} share the relay {value!r}: "
+                                         "each UDP service needs its own relay socket")
+                    relays6[relay] = vip6
+                    continue
                 _check_endpoint(*key, what=f"service {key!r}")
                 _check_endpoint(*value, what=f"proxy address of service {key!r}")
                 desired[(*key, proto)] = (*value, proto)
                 if proto == layout.IPPROTO_UDP:
                     relay = (*value, proto)
-                    if relay in relays:
-                        raise ValueError(f"UDP services {relays[relay][:2]!r} and {key!r} share the relay {value!r}: "
+                    if relay in relays or relay in relays6:
+                        other = (relays.get(relay) or relays6[relay])[:2]
+                        raise ValueError(f"UDP services {other!r} and {key!r} share the relay {value!r}: "
                                          "each UDP service needs its own relay socket")
                     relays[relay] = (*key, proto)
         added, updated, removed = self._make_equal(lib, programs.map_fds["cl_services"], desired)
         self._make_equal(lib, programs.map_fds["cl_udp_relays"], relays)
         counts6 = self._make_equal(lib, programs.map_fds["cl_services6"], desired6, v6=True)
+        self._make_equal(lib, programs.map_fds["cl_udp_relays6"], relays6, v6=True)
         added, updated, removed = added + counts6[0], updated + counts6[1], removed + counts6[2]
         if added or updated or removed:
             log.info("Services map of cgroup %s reconciled: %d added, %d updated, %d removed (%d total, %d UDP, "
                      "%d IPv6).", self._cgroup_path, added, updated, removed, len(desired) + len(desired6),
-                     len(relays), len(desired6))
+                     len(relays) + len(relays6), len(desired6))
         return ReconcileResult(added=added, updated=updated, removed=removed)
 
     @staticmethod
@@ -317,6 +333,14 @@ class Datapath:
         the client's datagrams, deleted by `forget_udp_sender` when the flow ends, or evicted); None
         when there is none (not a redirected datagram)."""
         lib, programs = self._require_started()
+        if isinstance(client_ip, str) and ":" in client_ip:  # an IPv6 datagram (a relay on the IPv6 address)
+            _check_endpoint6(client_ip, client_port, what="client")
+            orig6 = layout.Orig6()
+            if not lib.map_lookup(programs.map_fds["cl_tuple_orig6"],
+                                  layout.make_addr6(client_ip, client_port, layout.IPPROTO_UDP), orig6):
+                return None
+            ip, port, _ = layout.addr6_triple(orig6)
+            return Redirect(orig_ip=ip, orig_port=port, cgroup_id=orig6.cgroup_id)
         _check_endpoint(client_ip, client_port, what="client")
         orig = layout.Orig()
         if not lib.map_lookup(programs.map_fds["cl_tuple_orig"],
@@ -328,6 +352,10 @@ class Datapath:
     def forget_udp_sender(self, client_ip: str, client_port: int) -> bool:
         """Delete the sender record of a UDP flow that ended (idle); True when there was one."""
         lib, programs = self._require_started()
+        if isinstance(client_ip, str) and ":" in client_ip:
+            _check_endpoint6(client_ip, client_port, what="client")
+            return lib.map_delete(programs.map_fds["cl_tuple_orig6"],
+                                  layout.make_addr6(client_ip, client_port, layout.IPPROTO_UDP))
         _check_endpoint(client_ip, client_port, what="client")
         return lib.map_delete(programs.map_fds["cl_tuple_orig"],
                               layout.make_addr(client_ip, client_port, layout.IPPROTO_UDP))

@@ -71,6 +71,7 @@ MAPS: dict[str, tuple[type[ctypes._CData], type[ctypes._CData]]] = {
     "cl_cookie_orig": (CookieKey, Orig),
     "cl_tuple_orig": (Addr, Orig),
     "cl_services6": (Addr6, Addr6),
+    "cl_udp_relays6": (Addr6, Addr6),
     "cl_cookie_orig6": (CookieKey, Orig6),
     "cl_tuple_orig6": (Addr6, Orig6),
 }

@@ -37,6 +37,8 @@ PROGRAMS: tuple[ProgramSpec, ...] = (
     ProgramSpec("cl_connect6", "connect6.c", PROG_TYPE_CGROUP_SOCK_ADDR, libbpf.BPF_CGROUP_INET6_CONNECT),
     ProgramSpec("cl_sendmsg4", "sendmsg4.c", PROG_TYPE_CGROUP_SOCK_ADDR, libbpf.BPF_CGROUP_UDP4_SENDMSG),
     ProgramSpec("cl_recvmsg4", "recvmsg4.c", PROG_TYPE_CGROUP_SOCK_ADDR, libbpf.BPF_CGROUP_UDP4_RECVMSG),
+    ProgramSpec("cl_sendmsg6", "sendmsg6.c", PROG_TYPE_CGROUP_SOCK_ADDR, libbpf.BPF_CGROUP_UDP6_SENDMSG),
+    ProgramSpec("cl_recvmsg6", "recvmsg6.c", PROG_TYPE_CGROUP_SOCK_ADDR, libbpf.BPF_CGROUP_UDP6_RECVMSG),
     ProgramSpec("cl_egress", "egress.c", PROG_TYPE_CGROUP_SKB, libbpf.BPF_CGROUP_INET_EGRESS),
     ProgramSpec("cl_sockops", "sockops.c", PROG_TYPE_SOCK_OPS, libbpf.BPF_CGROUP_SOCK_OPS),
     ProgramSpec("cl_getpeername4", "getpeername4.c", PROG_TYPE_CGROUP_SOCK_ADDR,

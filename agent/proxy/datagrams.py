@@ -160,16 +160,19 @@ class _Relay:
 
     @property
     def address(self) -> tuple[str, int]:
-        return self.sock.getsockname()
+        return self.sock.getsockname()[:2]
 
 
 class UdpRelays:
     def __init__(self, host: str, resolve: Resolve, *, idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
                  max_flows: int = DEFAULT_MAX_FLOWS, metrics: UdpMetrics | None = None,
-                 on_flow_end: Callable[[tuple[str, int]], None] | None = None) -> None:
+                 on_flow_end: Callable[[tuple[str, int]], None] | None = None, host6: str = "") -> None:
+        """`host`: where relays are bound (an IPv4 address); `host6`: where the relays of IPv6 VIPs
+        are bound ("": on `host` too, reached v4-mapped, which only connected client sockets can)."""
         if not idle_timeout > 0:
             raise ValueError(f"idle_timeout must be a positive number of seconds, not {idle_timeout!r}")
         self.host = host
+        self.host6 = host6
         self._resolve = resolve
         self.idle_timeout = idle_timeout
         self.max_flows = max_flows
@@ -194,10 +197,11 @@ class UdpRelays:
         new: dict[tuple[str, int], _Relay] = {}
         try:
             for service in wanted - self._relays.keys():
-                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                host = self.host6 if self.host6 and ":" in service[0] else self.host
+                sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
                 try:
                     sock.setblocking(False)
-                    sock.bind((self.host, 0))
+                    sock.bind((host, 0))
                 except OSError:
                     sock.close()
                     raise

@@ -79,9 +79,9 @@ class NodeTable:
         return {key: proxy for key, ref in self.imports.items() if "TCP" in ref.protocols and ":" in key[0]}
 
     def udp_services(self) -> list[tuple[str, int]]:
-        """The import IPv4 VIP:ports that carry UDP (each gets its own relay socket; UDP over IPv6
-        is not redirected)."""
-        return [key for key, ref in self.imports.items() if "UDP" in ref.protocols and ":" not in key[0]]
+        """The import VIP:ports that carry UDP, IPv4 and IPv6 (each gets its own relay socket, an
+        IPv4 one: a VIP6's is reached v4-mapped)."""
+        return [key for key, ref in self.imports.items() if "UDP" in ref.protocols]
 
     def workload_for(self, cgroup_path: str) -> Workload | None:
         """The workload whose cgroup is `cgroup_path` or one of its ancestors (longest match)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import time
 
 import pytest
 
@@ -16,7 +17,7 @@ from fabric.places import VIP6_RANGE
 from fabric.workloads import EXIT_OK
 
 from .conftest import build_world
-from .fabricutil import ECHO_PORT, Access, allow_all, import_doc, policy
+from .fabricutil import ECHO_PORT, Access, allow_all, doc, import_doc, policy
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the fabric needs root (netns, cgroups, BPF)")
 
@@ -58,3 +59,39 @@ def test_policies_see_the_ipv6_clients_identity(dual):
         Access(dual.fab, cl1, dual.others["cl1"], "echo").expect("cl0")
     finally:
         cl1.delete("AccessPolicy", "deny-client")
+
+
+def test_dns_over_udp_to_an_ipv6_vip(dual):
+    """UDP to a VIP6: an AF_INET6 stub resolver's queries go v4-mapped to the agent's relay and the
+    answers come back from the VIP6 (recvmsg6), through the UDP tunnel to cl0's DNS server."""
+    import sys
+
+    cl0, cl1 = dual.peers["cl0"], dual.peers["cl1"]
+    echo = cl0.pods["echo"]
+    server = echo.spawn([sys.executable, "-m", "fabric.workloads", "dns-server", "--port", "53",
+                         "--answer", "192.0.2.60"], name="dns-server-v6")
+    try:
+        server.wait_log("listening", timeout=15)
+        cl0.apply(allow_all() + "---\n" + doc("LocalService", "dns6", {"host": echo.ip}) + "---\n" +
+                  doc("Export", "dns6", {"port": 53, "protocol": "UDP"}))
+        cl0.wait_condition("Export", "dns6", "ExportValid")
+        imp = import_doc("dns6", [("cl0", "dns6")], port=53).replace("spec:\n", "spec:\n  protocol: UDP\n", 1)
+        cl1.apply(allow_all() + "---\n" + imp)
+        vip = cl1.vip("dns6")
+        assert ":" in vip, vip
+        client = dual.clients["cl1"]
+        deadline = time.monotonic() + 20
+        while True:
+            out = client.workload("dns-query", "--host", vip, "--port", "53", "--name", "six.example.test",
+                                  "--count", "3", "--timeout", "3")
+            if out.returncode == EXIT_OK or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert out.returncode == EXIT_OK, out.stdout + out.stderr + dual.fab.logs()
+        report = json.loads(out.stdout)
+        assert report["answers"] == ["192.0.2.60"] * 3
+        assert set(report["sources"]) == {f"{vip}:53"}
+    finally:
+        server.stop()
+        for kind, name, peer in (("Import", "dns6", cl1), ("Export", "dns6", cl0), ("LocalService", "dns6", cl0)):
+            peer.delete(kind, name)

@@ -60,20 +60,21 @@ def main():
 
     if args.mode in ("udp-connected", "udp-sendto"):
         # One datagram to --to and one answer: what the application sees of where it came from.
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s = socket.socket(socket.AF_INET6 if ":" in args.to[0] else socket.AF_INET, socket.SOCK_DGRAM)
         s.settimeout(10)
         try:
             if args.mode == "udp-connected":
                 s.connect(args.to)
                 s.send(args.send.encode())
-                peer = list(s.getpeername())
+                peer = list(s.getpeername())[:2]
             else:
                 s.sendto(args.send.encode(), args.to)
                 peer = None
             data, source = s.recvfrom(65536)
         except OSError as exc:
             return out(error=errname(exc))
-        return out(peer=peer, local=list(s.getsockname()), source=list(source), reply=data.decode(errors="replace"))
+        return out(peer=peer, local=list(s.getsockname())[:2], source=list(source)[:2],
+                   reply=data.decode(errors="replace"))
 
     s = socket.socket(socket.AF_INET6 if ":" in args.to[0] else socket.AF_INET, socket.SOCK_STREAM)
     try:

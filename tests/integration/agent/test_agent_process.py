@@ -103,8 +103,8 @@ def agent(cgroups: kit.Cgroups, processes: kit.Processes, tmp_path: Path):
 def test_a_running_agent_holds_no_bcc_nor_grpcio_and_reports_its_own_memory(agent) -> None:
     proc, cgroup, metrics_port, log_path = agent
     assert sorted(a["name"] for a in kit.cgroup_attachments(cgroup)) == sorted(
-        ["cl_connect4", "cl_connect6", "cl_sendmsg4", "cl_recvmsg4", "cl_egress", "cl_sockops",
-             "cl_getpeername4", "cl_getpeername6", "cl_sock_release"])
+        ["cl_connect4", "cl_connect6", "cl_sendmsg4", "cl_recvmsg4", "cl_sendmsg6", "cl_recvmsg6", "cl_egress",
+         "cl_sockops", "cl_getpeername4", "cl_getpeername6", "cl_sock_release"])
     with open(f"/proc/{proc.pid}/maps") as f:
         mapped = {line.split()[-1] for line in f if any(s in line for s in ("libbcc", "LLVM", "clang", "/grpc/"))}
     assert mapped == set()  # BCC is in the compiler process; gRPC goes through grpcwire
@@ -118,7 +118,7 @@ def test_a_running_agent_holds_no_bcc_nor_grpcio_and_reports_its_own_memory(agen
     # With BCC in the process it was about 170 MB; without it, under 60 (about 44 on this machine).
     assert actual < 60 * 2**20, f"agent VmRSS {actual / 2**20:.1f} MB"
     assert samples['clusterlink_process_open_fds{component="agent",process="main"}'] > 0
-    assert samples["clusterlink_agent_attached_programs"] == 9
+    assert samples["clusterlink_agent_attached_programs"] == 11
     assert samples["clusterlink_agent_datapath_ready"] == 1
     (build,) = [name for name in samples if name.startswith("clusterlink_build_info{")]
     assert 'component="agent"' in build and 'event_loop="uvloop"' in build and samples[build] == 1

@@ -115,7 +115,7 @@ def test_handed_over_fds_carry_a_redirect_end_to_end(cgroup: str, redirect_env: 
         assert len(seen) == 1 and seen[0][1].orig_port == 80
         ids = dp.map_ids()
         assert sorted(ids) == ["cl_cookie_orig", "cl_cookie_orig6", "cl_services", "cl_services6", "cl_tuple_orig",
-                               "cl_tuple_orig6", "cl_udp_relays"]
+                               "cl_tuple_orig6", "cl_udp_relays", "cl_udp_relays6"]
     finally:
         dp.stop()
     assert kit.cgroup_attachments(cgroup) == []

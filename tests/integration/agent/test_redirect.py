@@ -8,6 +8,7 @@ import json
 import os
 import random
 import socket
+import subprocess
 import sys
 
 import pytest
@@ -275,6 +276,63 @@ def test_udp_to_a_vip_reaches_its_relay_and_the_answer_comes_from_the_vip(redire
     assert sender == Redirect(orig_ip=vip[0], orig_port=vip[1], cgroup_id=os.stat(env.pod_a).st_ino)
     assert env.datapath.forget_udp_sender(*source) is True
     assert env.datapath.udp_sender(*source) is None
+
+
+def _ipv6_on_the_client_link(env: RedirectEnv) -> tuple[str, str]:
+    """IPv6 on the veth between this namespace and the client's (removed with it), and the IPv6 VIP
+    range unreachable in the client netns: (host address, client address)."""
+    net = env.net
+    host, client = f"fdc1:18:{random.randrange(1, 0xffff):x}::1", ""
+    client = host[:-1] + "2"
+    nsenter = ["nsenter", f"--net=/run/netns/{net.netns}", "--"]
+    for argv in (["sysctl", "-q", "-w", f"net.ipv6.conf.{net.host_if}.disable_ipv6=0"],
+                 ["ip", "addr", "add", f"{host}/64", "dev", net.host_if, "nodad"],
+                 [*nsenter, "sysctl", "-q", "-w", f"net.ipv6.conf.{net.peer_if}.disable_ipv6=0"],
+                 [*nsenter, "ip", "addr", "add", f"{client}/64", "dev", net.peer_if, "nodad"],
+                 [*nsenter, "ip", "-6", "route", "replace", "unreachable", "fdc1:96::/64"]):
+        subprocess.run(argv, check=True, capture_output=True)
+    return host, client
+
+
+@pytest.mark.parametrize("mode, relay_family", [("udp-connected", 4), ("udp-sendto", 6), ("udp-connected", 6)])
+def test_udp_to_an_ipv6_vip_reaches_its_relay_and_answers_come_from_the_vip6(
+        redirect_env: RedirectEnv, processes: kit.Processes, mode: str, relay_family: int) -> None:
+    """A relay on the proxy's IPv6 address, or (connected sockets only: the kernel refuses a sendmsg6
+    rewritten to a v4-mapped address) an IPv4 relay reached v4-mapped."""
+    env = redirect_env
+    vip6 = (f"fdc1:96::{random.randrange(1, 0xffff):x}", 53)
+    if relay_family == 6:
+        host6, client6 = _ipv6_on_the_client_link(env)
+        relay = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        relay.bind((host6, 0))
+        relay.setblocking(False)
+    else:
+        relay, client6 = _udp_relay(env.net.host_ip), ""
+    senders: list = []
+
+    async def scenario() -> dict:
+        loop = asyncio.get_running_loop()
+        env.datapath.reconcile({}, udp={vip6: relay.getsockname()[:2]})
+        client = asyncio.ensure_future(kit.run_client(processes, mode=mode, to=vip6, netns=env.net.netns,
+                                                      cgroup=env.pod_a, send="question six"))
+        data, source = await asyncio.wait_for(loop.sock_recvfrom(relay, 65536), 20)
+        senders.append((source[:2], env.datapath.udp_sender(*source[:2])))
+        await loop.sock_sendto(relay, b"answer to " + data, source)
+        return await client
+
+    try:
+        report = asyncio.run(scenario())
+    finally:
+        relay.close()
+        env.datapath.reconcile({})
+    assert report["reply"] == "answer to question six"
+    assert report["source"] == list(vip6)  # recvmsg6: from the VIP6, not from the relay
+    assert report["peer"] == (list(vip6) if mode == "udp-connected" else None)
+    (source, sender), = senders
+    # v4-mapped, the datagram left as IPv4 (an IPv4 sender); else from the client's IPv6 address
+    assert source[0] == (client6 if relay_family == 6 else env.net.client_ip)
+    assert sender is not None and sender.cgroup_id == os.stat(env.pod_a).st_ino
+    assert env.datapath.forget_udp_sender(*source) is True
 
 
 def test_udp_and_tcp_imports_of_one_vip_port_are_separate(redirect_env: RedirectEnv,
