@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import logging
 import os
@@ -98,9 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(p, "--proxy-address", help="Address of the node proxy, reachable from the pods (never 127.0.0.1 "
                                         "for pods in their own network namespace)")
     add_flag(p, "--proxy-address6", default="",
-             help="An IPv6 address of the node proxy, reachable from the pods (it listens there too, on --proxy-port): "
-                  "where connections to IPv6 VIPs go; empty: they go to --proxy-address v4-mapped "
-                  "(::ffff:<address>), which needs pods with IPv4 (dual stack)")
+             help="An IPv6 address of the node proxy, reachable from the pods (it listens there too, on --proxy-port, "
+                  "and the relays of UDP IPv6 VIPs are bound there): where connections to IPv6 VIPs go; `auto`: the "
+                  "first global IPv6 address of the interface holding --proxy-address (none: as empty, logged); "
+                  "empty: they go to --proxy-address v4-mapped (::ffff:<address>), which needs pods with IPv4 "
+                  "(dual stack) and, for UDP, connected sockets")
     add_flag(p, "--proxy-port", type=int, default=15001, help="Port of the node proxy")
     add_flag(p, "--proxy-interface", default="",
              help="Interface to put --proxy-address on if it is missing (removed again on stop); empty: the address "
@@ -147,8 +150,8 @@ def load_config(argv: Sequence[str] | None = None) -> Config:
         parser.error("--cgroup is required (the cgroup v2 directory of the pods)")
     if not a.proxy_address:
         parser.error("--proxy-address is required (an address of this node that the pods can reach)")
-    if a.proxy_address6 and not _is_ipv6(a.proxy_address6):
-        parser.error(f"--proxy-address6 must be an IPv6 address, not {a.proxy_address6!r}")
+    if a.proxy_address6 and a.proxy_address6 != "auto" and not _is_ipv6(a.proxy_address6):
+        parser.error(f"--proxy-address6 must be an IPv6 address or auto, not {a.proxy_address6!r}")
     if a.workloads not in ("standalone", "kubernetes"):
         parser.error(f"--workloads must be standalone or kubernetes, not {a.workloads!r}")
     if a.upstream_pool_size < 0:
@@ -354,6 +357,14 @@ async def run(config: Config) -> None:
     cgroup = resolve_cgroup(config.cgroup)
     if cgroup != config.cgroup:
         log.info("--cgroup %s: using %s", config.cgroup, cgroup)
+    if config.proxy_address6 == "auto":
+        from agent.netlink import ipv6_beside
+
+        # pyroute2's synchronous API runs a loop of its own: not inside the running one
+        found = await asyncio.to_thread(ipv6_beside, config.proxy_address)
+        log.info("--proxy-address6 auto: %s", f"using {found}" if found else
+                 f"no global IPv6 address beside {config.proxy_address}; IPv6 VIPs go to it v4-mapped")
+        config = dataclasses.replace(config, proxy_address6=found or "")
     datapath = Datapath(cgroup, owner=f"clusterlink-agent:{config.node}")
     metrics = AgentMetrics(event_loop=eventloop.running_loop_name())
     agent = Agent(config, datapath, metrics)
@@ -380,7 +391,8 @@ async def run(config: Config) -> None:
             from agent.netlink import AddressManager
 
             addresses = AddressManager()
-            addresses.ensure(config.proxy_interface, config.proxy_address)
+            # pyroute2's synchronous API runs a loop of its own: not inside the running one
+            await asyncio.to_thread(addresses.ensure, config.proxy_interface, config.proxy_address)
         if config.workloads == "kubernetes":
             from agent.kube import PodResolver  # type: ignore[attr-defined]
 
@@ -428,7 +440,7 @@ async def run(config: Config) -> None:
             await agent.workload_resolver.stop()
         datapath.stop()
         if addresses is not None:
-            addresses.stop()
+            await asyncio.to_thread(addresses.stop)
         if metrics_server is not None:
             metrics_server.stop()
         log.info("agent of node %s stopped; attachments removed", config.node)

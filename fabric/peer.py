@@ -240,7 +240,7 @@ class Peer:
         net = self.node(node)
         argv = [_bin("clusterlink-agent"), "--node", node, "--cgroup", str(net.pods_cgroup),
                 "--controlplane", f"unix:{self.api_socket}", "--join-token-file", str(self.join_token_file),
-                "--proxy-address", net.pod_gateway_ip, "--proxy-address6", net.pod_gateway_ip6,
+                "--proxy-address", net.pod_gateway_ip, "--proxy-address6", "auto",  # finds net.pod_gateway_ip6
                 "--proxy-port", str(PROXY_PORT),
                 "--metrics-listen", f"0.0.0.0:{AGENT_METRICS}", "--log-format", "text"]
         proc = net.spawn(argv, log_path=self.dir / "logs" / f"agent-{node}.log")

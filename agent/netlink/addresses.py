@@ -67,6 +67,30 @@ class AddressManager:
                 failures[0].errno, "; ".join(str(f) for f in failures))
 
 
+_SCOPE_UNIVERSE = 0
+_IFA_F_TENTATIVE, _IFA_F_DEPRECATED, _IFA_F_DADFAILED = 0x40, 0x20, 0x08
+
+
+def ipv6_beside(address: str) -> str | None:
+    """The first usable global IPv6 address (not link-local, not tentative, deprecated or failed
+    DAD) of the interface that holds the IPv4 `address`, in the current network namespace; None
+    when that interface has none (or nothing holds `address`). For the agent's
+    `--proxy-address6 auto`: on a dual-stack node, the node's IPv6 address beside its IPv4 one."""
+    ipaddress.IPv4Address(address)  # ValueError for a bad address
+    with IPRoute() as ipr:
+        holders = [a["index"] for a in ipr.get_addr(family=2) if a.get_attr("IFA_LOCAL") == address]
+        if not holders:
+            return None
+        for entry in ipr.get_addr(family=10, index=holders[0]):
+            flags = entry.get_attr("IFA_FLAGS") or entry["flags"]
+            if entry["scope"] != _SCOPE_UNIVERSE or flags & (_IFA_F_TENTATIVE | _IFA_F_DEPRECATED | _IFA_F_DADFAILED):
+                continue
+            found = entry.get_attr("IFA_ADDRESS")
+            if found:
+                return str(ipaddress.IPv6Address(found))
+    return None
+
+
 def _index(ipr: IPRoute, ifname: str) -> int:
     found = ipr.link_lookup(ifname=ifname)
     if not found:

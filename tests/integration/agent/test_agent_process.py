@@ -181,3 +181,41 @@ def test_without_kernel_headers_retry_keeps_the_agent_up_and_reporting(cgroups: 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_proxy_interface_gets_the_proxy_address_and_loses_it_on_stop(cgroups: kit.Cgroups, processes: kit.Processes,
+                                                                    tmp_path: Path) -> None:
+    """--proxy-interface: the agent adds --proxy-address there (pyroute2, off the event loop) and
+    removes it again on SIGTERM."""
+    from agent.netlink import Plumbing
+
+    if not AGENT.exists():
+        pytest.skip(f"{AGENT} is not installed: run make install")
+    name = kit.new_id()
+    plumbing = Plumbing()
+    try:
+        plumbing.add_veth(f"{name}a", f"{name}b")
+        plumbing.set_up(f"{name}a")
+        metrics_port = free_port()
+        argv = agent_argv(cgroups.make(name + "pi"), tmp_path, metrics_port)
+        argv[argv.index("--proxy-address") + 1] = "198.19.252.1"
+        argv += ["--proxy-interface", f"{name}a"]
+        log_path = tmp_path / "agent.log"
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        processes.register(proc.pid)
+
+        def addresses() -> str:
+            return subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", f"{name}a"], capture_output=True,
+                                  text=True, check=True).stdout
+
+        deadline = time.monotonic() + 30
+        while "198.19.252.1/32" not in addresses():
+            assert proc.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0, log_path.read_text()
+        assert "198.19.252.1" not in addresses()
+    finally:
+        plumbing.cleanup()

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from agent.netlink import AddressManager, NetworkSetupError, Plumbing
+from agent.netlink import AddressManager, NetworkSetupError, Plumbing, ipv6_beside
 from tests.integration.agent import kit
 from tests.integration.agent.conftest import require_privileges
 
@@ -79,3 +79,14 @@ def test_plumbing_cleanup_removes_namespaces_links_and_routes() -> None:
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
     assert f"{name}x" not in links
     plumbing.cleanup()  # idempotent
+
+
+def test_ipv6_beside_finds_the_global_ipv6_address_of_the_proxys_interface(veth: str) -> None:
+    assert ipv6_beside("198.19.250.1") is None  # no IPv6 on it yet (a link-local at most)
+    subprocess.run(["sysctl", "-q", "-w", f"net.ipv6.conf.{veth}.disable_ipv6=0"], check=True)
+    subprocess.run(["ip", "addr", "add", "fe80::99/64", "dev", veth, "nodad"], check=True)
+    subprocess.run(["ip", "addr", "add", "fdc1:19::7/64", "dev", veth, "nodad"], check=True)
+    assert ipv6_beside("198.19.250.1") == "fdc1:19::7"
+    assert ipv6_beside("198.19.250.99") is None  # no interface holds that address
+    with pytest.raises(ValueError):
+        ipv6_beside("fdc1:19::7")

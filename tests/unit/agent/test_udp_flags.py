@@ -29,3 +29,12 @@ def test_bad_udp_flags_are_refused(argv: list[str], message: str, capsys: pytest
         load_config([*BASE, *argv])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_proxy_address6_takes_an_ipv6_address_or_auto(capsys: pytest.CaptureFixture[str]) -> None:
+    assert load_config(BASE).proxy_address6 == ""
+    assert load_config([*BASE, "--proxy-address6", "fdc1::1"]).proxy_address6 == "fdc1::1"
+    assert load_config([*BASE, "--proxy-address6", "auto"]).proxy_address6 == "auto"
+    with pytest.raises(SystemExit):
+        load_config([*BASE, "--proxy-address6", "10.0.0.1"])
+    assert "--proxy-address6 must be an IPv6 address or auto" in capsys.readouterr().err

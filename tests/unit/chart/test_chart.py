@@ -64,7 +64,7 @@ VARIANTS = {
     "mcs": {"mcs": {"enabled": True}, "controlplane": {"dns": {"enabled": True}}},
     "mcs-without-crds": {"mcs": {"enabled": True, "installCRDs": False}},
     "dual-stack-udp-off": {"gateway": {"dualStack": True, "udpIdleTimeout": 90},
-                           "agent": {"udp": {"enabled": False, "idleTimeout": 10}}},
+                           "agent": {"udp": {"enabled": False, "idleTimeout": 10}, "proxyAddress6": ""}},
     "gateway-sysctls": {"gateway": {"sysctls": [{"name": "net.ipv4.tcp_tw_reuse", "value": "1"},
                                                 {"name": "net.ipv4.ip_local_port_range", "value": "20000 60999"}]}},
 }
@@ -194,12 +194,12 @@ def test_gateway_service_types(variant, type_, node_port):
 def test_udp_and_dual_stack_values_reach_the_flags(default_docs):
     gateway, agent = args_of(by(default_docs, "Deployment", "-gateway")), args_of(by(default_docs, "DaemonSet", "-agent"))
     assert gateway["--peer-listen"] == "0.0.0.0:8443" and gateway["--udp-idle-timeout"] == "60"
-    assert agent["--udp"] == "on" and agent["--udp-idle-timeout"] == "30"
+    assert agent["--udp"] == "on" and agent["--udp-idle-timeout"] == "30" and agent["--proxy-address6"] == "auto"
     assert "ipFamilyPolicy" not in by(default_docs, "Service", "-gateway")["spec"]
     docs = render(VARIANTS["dual-stack-udp-off"])
     gateway, agent = args_of(by(docs, "Deployment", "-gateway")), args_of(by(docs, "DaemonSet", "-agent"))
     assert gateway["--peer-listen"] == "[::]:8443" and gateway["--udp-idle-timeout"] == "90"
-    assert agent["--udp"] == "off" and agent["--udp-idle-timeout"] == "10"
+    assert agent["--udp"] == "off" and agent["--udp-idle-timeout"] == "10" and "--proxy-address6" not in agent
     assert by(docs, "Service", "-gateway")["spec"]["ipFamilyPolicy"] == "PreferDualStack"
 
 
