@@ -42,7 +42,6 @@ from agent.proxy.server import Upstream
 from agent.proxy.upstreams import DEFAULT_MAX_AGE as DEFAULT_POOL_MAX_AGE
 from agent.proxy.upstreams import DEFAULT_SIZE as DEFAULT_POOL_SIZE
 from agent.proxy.datagrams import DEFAULT_IDLE_TIMEOUT as DEFAULT_UDP_IDLE_TIMEOUT
-from agent.proxy.datagrams import UdpUpstream
 from agent.routes import RouteCache
 from agent.sync.table import NodeTable
 
@@ -223,7 +222,7 @@ class Agent:
                 udp = self.udp_relays.addresses()
         proxy = (self.config.proxy_address, self.config.proxy_port)
         proxy6 = (self.config.proxy_address6, self.config.proxy_port) if self.config.proxy_address6 else proxy
-        result = self.datapath.reconcile(table.services(proxy), udp=udp, services6=table.services6(proxy6))
+        result = self.datapath.reconcile({**table.services(proxy), **table.services6(proxy6)}, udp=udp)
         self.table = table
         self._generation += 1
         self.table_received_at = time.time()
@@ -241,22 +240,9 @@ class Agent:
         if redirect is None:
             self.metrics.lookup_failures.labels(reason="no-redirect-record").inc()
             return None
-        key = (redirect.orig_ip, redirect.orig_port, redirect.cgroup_id)
-        resolver = self.workload_resolver
-        generation = (self._generation, resolver.generation if resolver is not None else 0)
-        route = self.routes.get(key, generation)
-        if route is None:
-            route, cacheable = self._route(redirect)
-            if route is None:
-                return None
-            if cacheable:
-                self.routes.put(key, generation, route)
-        route.redirected.inc()
-        if route.identity_failure is not None:
-            route.identity_failure.inc()
-        return route.upstream
+        return self._upstream(self.routes, redirect, udp=False)
 
-    def resolve_udp(self, service: tuple[str, int], client: tuple[str, int]) -> UdpUpstream | None:
+    def resolve_udp(self, service: tuple[str, int], client: tuple[str, int]) -> Upstream | None:
         """Where a new UDP flow from `client` to the relay of `service` (VIP, port) goes; None to
         drop it. The client's cgroup is the egress program's record for its address."""
         sender = self.datapath.udp_sender(client[0], client[1])
@@ -265,20 +251,24 @@ class Agent:
             return None
         # The record names the last VIP this socket sent to; the relay says which one this flow is for.
         redirect = Redirect(orig_ip=service[0], orig_port=service[1], cgroup_id=sender.cgroup_id)
-        key = (service[0], service[1], sender.cgroup_id)
+        return self._upstream(self.udp_routes, redirect, udp=True)
+
+    def _upstream(self, cache: RouteCache[Route], redirect, *, udp: bool) -> Upstream | None:  # type: ignore[no-untyped-def]
+        """The route of a redirect, from `cache` when it is current, and counted."""
+        key = (redirect.orig_ip, redirect.orig_port, redirect.cgroup_id)
         resolver = self.workload_resolver
         generation = (self._generation, resolver.generation if resolver is not None else 0)
-        route = self.udp_routes.get(key, generation)
+        route = cache.get(key, generation)
         if route is None:
-            route, cacheable = self._route(redirect, udp=True)
+            route, cacheable = self._route(redirect, udp=udp)
             if route is None:
                 return None
             if cacheable:
-                self.udp_routes.put(key, generation, route)
+                cache.put(key, generation, route)
         route.redirected.inc()
         if route.identity_failure is not None:
             route.identity_failure.inc()
-        return UdpUpstream(route.upstream.address, route.upstream.preamble)
+        return route.upstream
 
     def udp_flow_ended(self, client: tuple[str, int]) -> None:
         self.datapath.forget_udp_sender(client[0], client[1])

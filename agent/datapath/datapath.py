@@ -15,6 +15,7 @@ most `compile_timeout`) and a cgroup rescan on a cache miss in `cgroup_path_for_
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.datapath import attachments, compilation, handoff, layout, libbpf, prerequisites
+from agent.datapath.plan import check_port, family_of, plan_services
 from agent.datapath.programs import PROGRAMS, default_bpf_dir
 from agent.datapath.cgroups import CgroupLock, CgroupResolver, cgroup_id, validate_cgroup_dir
 from agent.datapath.errors import DatapathError
@@ -47,41 +49,19 @@ class ReconcileResult:
     removed: int
 
 
-def _check_endpoint(ip: object, port: object, what: str) -> None:
-    if not isinstance(ip, str):
-        raise ValueError(f"{what}: address must be an IPv4 string, not {ip!r}")
-    try:
-        # strict dotted quad, like ipaddress.IPv4Address, without its ~15 us per call (this check
-        # runs on every redirected connection)
-        socket.inet_pton(socket.AF_INET, ip)
-    except OSError:
-        raise ValueError(f"{what}: {ip!r} is not an IPv4 address (a.b.c.d)") from None
-    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
-        raise ValueError(f"{what}: port must be an integer in 1..65535, not {port!r}")
+def _tuple_key(ip: object, port: object, proto: int) -> tuple[str, ctypes.Structure, type[ctypes.Structure]]:
+    """The tuple map, key and value type that hold the record of a client address (validated;
+    ValueError otherwise): cl_tuple_orig for IPv4, cl_tuple_orig6 for IPv6."""
+    family = family_of(ip, "client")
+    check_port(port, "client")
+    if family == socket.AF_INET6:
+        return "cl_tuple_orig6", layout.make_addr6(ip, port, proto), layout.Orig6  # type: ignore[arg-type]
+    return "cl_tuple_orig", layout.make_addr(ip, port, proto), layout.Orig  # type: ignore[arg-type]
 
 
-def _check_endpoint6(ip: object, port: object, what: str, *, v4: bool = False) -> None:
-    """An IPv6 endpoint (or, with `v4`, an IPv4 one too: a proxy reached v4-mapped)."""
-    if isinstance(ip, str) and ":" in ip:
-        try:
-            socket.inet_pton(socket.AF_INET6, ip)
-        except OSError:
-            raise ValueError(f"{what}: {ip!r} is not an IPv6 address") from None
-        _check_endpoint("0.0.0.0", port, what)
-        return
-    if v4:
-        _check_endpoint(ip, port, what)
-        return
-    raise ValueError(f"{what}: address must be an IPv6 string, not {ip!r}")
-
-
-def _canonical6(ip: str) -> str:
-    """The text form `decode_ip6` gives back (compressed IPv6; IPv4 as is)."""
-    return socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, ip)) if ":" in ip else ip
-
-
-def _triple6(addr: layout.Addr6) -> tuple[str, int, int]:
-    return layout.addr6_triple(addr)
+def _redirect(orig: layout.Orig | layout.Orig6) -> Redirect:
+    ip, port, _ = layout.addr6_triple(orig) if isinstance(orig, layout.Orig6) else layout.addr_triple(orig)
+    return Redirect(orig_ip=ip, orig_port=port, cgroup_id=orig.cgroup_id)
 
 
 class Datapath:
@@ -219,70 +199,33 @@ class Datapath:
     # -- maps ------------------------------------------------------------------------------------
 
     def reconcile(self, services: Mapping[tuple[str, int], tuple[str, int]],
-                  udp: Mapping[tuple[str, int], tuple[str, int]] | None = None,
-                  services6: Mapping[tuple[str, int], tuple[str, int]] | None = None) -> ReconcileResult:
-        """Make the services map equal to `services` (TCP: (VIP, port) -> (proxy ip, proxy port))
-        plus `udp` (UDP: (VIP, port) -> (relay ip, relay port), one relay socket per service), the
-        relays map equal to the reverse of `udp`, and the IPv6 services map equal to `services6`
-        (TCP: (VIP6, port) -> (proxy IPv6 address, or its IPv4 one, reached v4-mapped; port)):
+                  udp: Mapping[tuple[str, int], tuple[str, int]] | None = None) -> ReconcileResult:
+        """Make the services maps equal to `services` (TCP: (VIP, port) -> (proxy ip, proxy port);
+        an IPv6 VIP may go to the proxy's IPv6 address or, v4-mapped, to its IPv4 one) and `udp`
+        ((VIP, port) -> (relay ip, relay port), one relay socket per service), and the relays maps
+        equal to the reverse of `udp` (`plan.plan_services` says which entry goes to which map):
         update changed entries, add new ones, delete stale ones. The whole input is validated
-        before a map is touched (ValueError names the bad entry). The counts are of services entries
-        of both families."""
+        before a map is touched (ValueError names the bad entry). The counts are of services
+        entries of both families."""
         lib, programs = self._require_started()
-        desired6: dict[tuple[str, int, int], tuple[str, int, int]] = {}
-        for key, value in (services6 or {}).items():
-            if not (isinstance(key, tuple) and len(key) == 2 and isinstance(value, tuple) and len(value) == 2):
-                raise ValueError(f"service entry {key!r} -> {value!r}: expected (ip, port) -> (ip, port)")
-            _check_endpoint6(*key, what=f"service {key!r}")
-            _check_endpoint6(*value, what=f"proxy address of service {key!r}", v4=True)
-            desired6[(_canonical6(key[0]), key[1], layout.IPPROTO_TCP)] = (_canonical6(value[0]), value[1],
-                                                                          layout.IPPROTO_TCP)
-        desired: dict[tuple[str, int, int], tuple[str, int, int]] = {}
-        relays: dict[tuple[str, int, int], tuple[str, int, int]] = {}
-        relays6: dict[tuple[str, int, int], tuple[str, int, int]] = {}
-        for proto, entries in ((layout.IPPROTO_TCP, services), (layout.IPPROTO_UDP, udp or {})):
-            for key, value in entries.items():
-                if not (isinstance(key, tuple) and len(key) == 2 and isinstance(value, tuple) and len(value) == 2):
-                    raise ValueError(f"service entry {key!r} -> {value!r}: expected (ip, port) -> (ip, port)")
-                if proto == layout.IPPROTO_UDP and isinstance(key[0], str) and ":" in key[0]:
-                    # a UDP VIP6: its relay is on the proxy's IPv6 address, or IPv4 (reached v4-mapped)
-                    _check_endpoint6(*key, what=f"service {key!r}")
-                    _check_endpoint6(*value, what=f"relay of service {key!r}", v4=True)
-                    vip6 = (_canonical6(key[0]), key[1], proto)
-                    relay = (_canonical6(value[0]), value[1], proto)
-                    desired6[vip6] = relay
-                    if relay in relays or relay in relays6:
-                        other = (relays.get(relay) or relays6[relay])[:2]
-                        raise ValueError(f"UDP services {other!r} and {key!r} share the relay {value!r}: "
-                                         "each UDP service needs its own relay socket")
-                    relays6[relay] = vip6
-                    continue
-                _check_endpoint(*key, what=f"service {key!r}")
-                _check_endpoint(*value, what=f"proxy address of service {key!r}")
-                desired[(*key, proto)] = (*value, proto)
-                if proto == layout.IPPROTO_UDP:
-                    relay = (*value, proto)
-                    if relay in relays or relay in relays6:
-                        other = (relays.get(relay) or relays6[relay])[:2]
-                        raise ValueError(f"UDP services {other!r} and {key!r} share the relay {value!r}: "
-                                         "each UDP service needs its own relay socket")
-                    relays[relay] = (*key, proto)
-        added, updated, removed = self._make_equal(lib, programs.map_fds["cl_services"], desired)
-        self._make_equal(lib, programs.map_fds["cl_udp_relays"], relays)
-        counts6 = self._make_equal(lib, programs.map_fds["cl_services6"], desired6, v6=True)
-        self._make_equal(lib, programs.map_fds["cl_udp_relays6"], relays6, v6=True)
-        added, updated, removed = added + counts6[0], updated + counts6[1], removed + counts6[2]
+        p = plan_services(services, udp)
+        fds = programs.map_fds
+        counts4 = self._make_equal(lib, fds["cl_services"], p.services)
+        self._make_equal(lib, fds["cl_udp_relays"], p.udp_relays)
+        counts6 = self._make_equal(lib, fds["cl_services6"], p.services6, v6=True)
+        self._make_equal(lib, fds["cl_udp_relays6"], p.udp_relays6, v6=True)
+        added, updated, removed = (a + b for a, b in zip(counts4, counts6))
         if added or updated or removed:
             log.info("Services map of cgroup %s reconciled: %d added, %d updated, %d removed (%d total, %d UDP, "
-                     "%d IPv6).", self._cgroup_path, added, updated, removed, len(desired) + len(desired6),
-                     len(relays) + len(relays6), len(desired6))
+                     "%d IPv6).", self._cgroup_path, added, updated, removed, len(p.services) + len(p.services6),
+                     len(p.udp_relays) + len(p.udp_relays6), len(p.services6))
         return ReconcileResult(added=added, updated=updated, removed=removed)
 
     @staticmethod
     def _make_equal(lib: libbpf.Libbpf, fd: int, desired: Mapping[tuple[str, int, int], tuple[str, int, int]],
                     *, v6: bool = False) -> tuple[int, int, int]:
         """Make an (ip, port, proto) -> (ip, port, proto) map equal to `desired`: (added, updated, removed)."""
-        struct, triple, make = ((layout.Addr6, _triple6, layout.make_addr6) if v6 else
+        struct, triple, make = ((layout.Addr6, layout.addr6_triple, layout.make_addr6) if v6 else
                                 (layout.Addr, layout.addr_triple, layout.make_addr))
         current: dict[tuple[str, int, int], tuple[str, int, int]] = {}
         for raw_key in lib.map_keys(fd, struct, limit=1 << 20):
@@ -307,58 +250,37 @@ class Datapath:
     def lookup(self, client_ip: str, client_port: int) -> Redirect | None:
         """The original destination of the redirected connection from client_ip:client_port (the
         peer address of the connection the proxy accepted), removed from the map as it is read.
-        None when there is no record (not a redirected connection, or already looked up)."""
+        None when there is no record (not a redirected connection, or already looked up). An
+        AF_INET6 client's record (connect6) is under its IPv6 address, or under ::ffff:<IPv4> when
+        it reached the proxy v4-mapped (the proxy then sees an IPv4 peer)."""
         lib, programs = self._require_started()
-        if not (isinstance(client_ip, str) and ":" in client_ip):
-            _check_endpoint(client_ip, client_port, what="client")
-            orig = layout.Orig()
-            if lib.map_lookup_and_delete(programs.map_fds["cl_tuple_orig"],
-                                         layout.make_addr(client_ip, client_port), orig):
-                ip, port = layout.addr_tuple(orig)
-                return Redirect(orig_ip=ip, orig_port=port, cgroup_id=orig.cgroup_id)
-        else:
-            _check_endpoint6(client_ip, client_port, what="client")
-        # An AF_INET6 client (connect6): its own IPv6 address, or ::ffff:<IPv4> when it reached the
-        # proxy v4-mapped (the proxy then sees an IPv4 peer).
-        orig6 = layout.Orig6()
-        if not lib.map_lookup_and_delete(programs.map_fds["cl_tuple_orig6"],
+        name, key, value_type = _tuple_key(client_ip, client_port, layout.IPPROTO_TCP)
+        orig = value_type()
+        if lib.map_lookup_and_delete(programs.map_fds[name], key, orig):
+            return _redirect(orig)
+        if name == "cl_tuple_orig":  # an IPv4 peer may be a v4-mapped AF_INET6 client
+            orig6 = layout.Orig6()
+            if lib.map_lookup_and_delete(programs.map_fds["cl_tuple_orig6"],
                                          layout.make_addr6(client_ip, client_port), orig6):
-            return None
-        ip, port, _ = layout.addr6_triple(orig6)
-        return Redirect(orig_ip=ip, orig_port=port, cgroup_id=orig6.cgroup_id)
+                return _redirect(orig6)
+        return None
 
     def udp_sender(self, client_ip: str, client_port: int) -> Redirect | None:
         """Who sent the datagrams from client_ip:client_port to a UDP relay: the service's VIP:port
-        and the sending socket's cgroup (recorded by egress.c). The record stays (it is refreshed by
-        the client's datagrams, deleted by `forget_udp_sender` when the flow ends, or evicted); None
-        when there is none (not a redirected datagram)."""
+        and the sending socket's cgroup (recorded by egress.c; IPv6 datagrams to a relay on the
+        proxy's IPv6 address in the IPv6 map). The record stays (it is refreshed by the client's
+        datagrams, deleted by `forget_udp_sender` when the flow ends, or evicted); None when there
+        is none (not a redirected datagram)."""
         lib, programs = self._require_started()
-        if isinstance(client_ip, str) and ":" in client_ip:  # an IPv6 datagram (a relay on the IPv6 address)
-            _check_endpoint6(client_ip, client_port, what="client")
-            orig6 = layout.Orig6()
-            if not lib.map_lookup(programs.map_fds["cl_tuple_orig6"],
-                                  layout.make_addr6(client_ip, client_port, layout.IPPROTO_UDP), orig6):
-                return None
-            ip, port, _ = layout.addr6_triple(orig6)
-            return Redirect(orig_ip=ip, orig_port=port, cgroup_id=orig6.cgroup_id)
-        _check_endpoint(client_ip, client_port, what="client")
-        orig = layout.Orig()
-        if not lib.map_lookup(programs.map_fds["cl_tuple_orig"],
-                              layout.make_addr(client_ip, client_port, layout.IPPROTO_UDP), orig):
-            return None
-        ip, port = layout.addr_tuple(orig)
-        return Redirect(orig_ip=ip, orig_port=port, cgroup_id=orig.cgroup_id)
+        name, key, value_type = _tuple_key(client_ip, client_port, layout.IPPROTO_UDP)
+        orig = value_type()
+        return _redirect(orig) if lib.map_lookup(programs.map_fds[name], key, orig) else None
 
     def forget_udp_sender(self, client_ip: str, client_port: int) -> bool:
         """Delete the sender record of a UDP flow that ended (idle); True when there was one."""
         lib, programs = self._require_started()
-        if isinstance(client_ip, str) and ":" in client_ip:
-            _check_endpoint6(client_ip, client_port, what="client")
-            return lib.map_delete(programs.map_fds["cl_tuple_orig6"],
-                                  layout.make_addr6(client_ip, client_port, layout.IPPROTO_UDP))
-        _check_endpoint(client_ip, client_port, what="client")
-        return lib.map_delete(programs.map_fds["cl_tuple_orig"],
-                              layout.make_addr(client_ip, client_port, layout.IPPROTO_UDP))
+        name, key, _ = _tuple_key(client_ip, client_port, layout.IPPROTO_UDP)
+        return lib.map_delete(programs.map_fds[name], key)
 
     def attached(self) -> list[str]:
         """Names of the programs currently attached by this datapath."""

@@ -22,14 +22,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from agent.proxy.ratelimit import RateLimitedLog
-from controlplane.api.datagrams import MAX_DATAGRAM, CapsuleDecoder, CapsuleError, encode_datagram
+from agent.proxy.server import Upstream
+from controlplane.api.datagrams import CapsuleDecoder, CapsuleError, encode_datagram, receive_batch
 
 log = logging.getLogger(__name__)
 
 DEFAULT_IDLE_TIMEOUT = 30.0
 DEFAULT_MAX_FLOWS = 4096  # per relay; a datagram that would start one more is dropped
 CONNECT_TIMEOUT = 5.0
-_RECV_BATCH = 64  # datagrams read per readiness callback, so one busy relay cannot starve the loop
 PENDING_MAX = 64  # datagrams a flow keeps while its gateway connection is being opened
 WRITE_HIGH_WATER = 256 * 1024  # the gateway connection's write buffer: beyond, datagrams are dropped
 
@@ -49,13 +49,8 @@ class UdpMetrics:
         return dict(self.__dict__)
 
 
-@dataclass
-class UdpUpstream:
-    address: tuple[str, int]
-    preamble: bytes
-
-
-Resolve = Callable[[tuple[str, int], tuple[str, int]], "UdpUpstream | None"]
+# (service VIP:port, client address) -> where the flow goes and its preamble; None: drop it
+Resolve = Callable[[tuple[str, int], tuple[str, int]], "Upstream | None"]
 
 
 class _Flow(asyncio.Protocol):
@@ -240,21 +235,18 @@ class UdpRelays:
     # --- datagrams from clients --------------------------------------------------------------
 
     def _readable(self, relay: _Relay) -> None:
-        for _ in range(_RECV_BATCH):
-            try:
-                data, client = relay.sock.recvfrom(MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # e.g. ECONNREFUSED queued by an ICMP error: never fatal
-                self.warning("recv", "UDP relay for %s:%d: receive error: %s", *relay.service, exc)
-                continue
-            flow = relay.flows.get(client)
-            if flow is None:
-                flow = self._start_flow(relay, client)
-            if flow is not None and flow.from_client(data):
-                self.metrics.datagrams_to_service += 1
-            else:
-                self.metrics.datagrams_dropped += 1
+        receive_batch(relay.sock, lambda data, client: self._received(relay, data, client),
+                      on_error=lambda exc: self.warning("recv", "UDP relay for %s:%d: receive error: %s",
+                                                        *relay.service, exc))
+
+    def _received(self, relay: _Relay, data: bytes, client: tuple[str, int]) -> None:
+        flow = relay.flows.get(client)
+        if flow is None:
+            flow = self._start_flow(relay, client)
+        if flow is not None and flow.from_client(data):
+            self.metrics.datagrams_to_service += 1
+        else:
+            self.metrics.datagrams_dropped += 1
 
     def _start_flow(self, relay: _Relay, client: tuple[str, int]) -> _Flow | None:
         if len(relay.flows) >= self.max_flows:

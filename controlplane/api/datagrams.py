@@ -12,6 +12,10 @@ say), and refuse a capsule longer than `MAX_CAPSULE` or a UDP payload longer tha
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Callable
+from typing import Any
+
 DATAGRAM_CAPSULE = 0x00
 MAX_DATAGRAM = 65527  # the largest UDP payload (65535 - the 8-byte UDP header)
 MAX_CAPSULE = 1 << 20  # the longest capsule of any type a receiver reads (or skips)
@@ -106,3 +110,24 @@ class CapsuleDecoder:
     def pending(self) -> int:
         """Bytes of an incomplete capsule held."""
         return len(self._buf)
+
+
+RECV_BATCH = 64  # datagrams read per readiness callback: one busy socket cannot starve the loop
+
+
+def receive_batch(sock: socket.socket, handle: Callable[[bytes, Any], None], *,
+                  on_error: Callable[[OSError], None] | None = None, limit: int = RECV_BATCH) -> None:
+    """Read what a non-blocking UDP socket holds, at most `limit` datagrams, handing each to
+    `handle(payload, source address)`. A receive error (an ICMP error queued for an earlier
+    datagram: ECONNREFUSED, EHOSTUNREACH) goes to `on_error` and the reading goes on: UDP is lossy,
+    and one bad reply never stops a socket."""
+    for _ in range(limit):
+        try:
+            data, source = sock.recvfrom(MAX_DATAGRAM)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            if on_error is not None:
+                on_error(exc)
+            continue
+        handle(data, source)

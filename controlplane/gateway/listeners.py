@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from controlplane.peerwire.stream import Stream
 
@@ -56,6 +57,10 @@ class Admission:
 StreamFactory = Callable[[], Stream]
 
 
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
 def bind_hosts(host: str) -> str | list[str]:
     """What a listener binds for `host`: "::" (given as [::]:port) means every IPv4 and IPv6
     address, two sockets (an IPv6 one with IPV6_V6ONLY, as asyncio makes it, and an IPv4 one);
@@ -83,39 +88,41 @@ class Listeners:
         log.debug("Listening on %s:%d (%s)", host, port, name)
 
     async def reconcile_imports(self, host: str, ports: set[int], factory: Callable[[int], StreamFactory]) -> None:
-        for port in list(self._imports):
-            if port not in ports:
-                self._imports.pop(port).close()
-                log.debug("Stopped listening on Import target port %d", port)
-        for port in sorted(ports - set(self._imports)):
-            try:
-                self._imports[port] = await open_listener(host, port, factory(port))
-            except OSError as exc:
-                self._metrics.listener_errors.labels(listener="import").inc()
-                why = "it is in use by another program" if exc.errno == errno.EADDRINUSE else exc.strerror
-                self._throttle.log(logging.ERROR, f"bind:{port}", "Cannot listen on Import target port %s:%d: %s; "
-                                   "retrying with the next snapshot", host, port, why)
-                continue
-            log.debug("Listening on Import target port %s:%d", host, port)
+        async def open_tcp(port: int) -> asyncio.Server:
+            return await open_listener(host, port, factory(port))
 
-    def reconcile_udp_imports(self, host: str, ports: set[int], on_flow: FlowHandler, *, idle_timeout: float) -> None:
+        await self._reconcile(self._imports, ports, open_tcp, host=host, listener="import")
+
+    async def reconcile_udp_imports(self, host: str, ports: set[int], on_flow: FlowHandler, *,
+                                    idle_timeout: float) -> None:
         """The UDP side of `reconcile_imports`, for the Imports that carry UDP."""
-        for port in list(self._udp_imports):
+        refused = self._metrics.refused
+
+        async def open_udp(port: int) -> UdpImportListener:
+            return UdpImportListener(host, port, on_flow, idle_timeout=idle_timeout,
+                                     on_drop=lambda reason: refused.labels(listener="import-udp", reason=reason).inc())
+
+        await self._reconcile(self._udp_imports, ports, open_udp, host=host, listener="import-udp")
+
+    async def _reconcile(self, current: dict[int, _Closable], ports: set[int],
+                         open_one: Callable[[int], Awaitable[_Closable]], *, host: str, listener: str) -> None:
+        """Close what is no longer wanted, open what is missing; a port that cannot be bound is
+        counted (listener_errors{listener}) and logged, and tried again at the next reconciliation."""
+        what = "Import target port" + ("/udp" if listener == "import-udp" else "")
+        for port in list(current):
             if port not in ports:
-                self._udp_imports.pop(port).close()
-                log.debug("Stopped receiving on Import target port %d/udp", port)
-        for port in sorted(ports - set(self._udp_imports)):
+                current.pop(port).close()
+                log.debug("Stopped serving %s %d", what, port)
+        for port in sorted(ports - set(current)):
             try:
-                self._udp_imports[port] = UdpImportListener(
-                    host, port, on_flow, idle_timeout=idle_timeout,
-                    on_drop=lambda reason: self._metrics.refused.labels(listener="import-udp", reason=reason).inc())
+                current[port] = await open_one(port)
             except OSError as exc:
-                self._metrics.listener_errors.labels(listener="import-udp").inc()
+                self._metrics.listener_errors.labels(listener=listener).inc()
                 why = "it is in use by another program" if exc.errno == errno.EADDRINUSE else exc.strerror
-                self._throttle.log(logging.ERROR, f"bind-udp:{port}", "Cannot receive on Import target port "
-                                   "%s:%d/udp: %s; retrying with the next snapshot", host, port, why)
+                self._throttle.log(logging.ERROR, f"bind:{listener}:{port}", "Cannot serve %s %s:%d: %s; "
+                                   "retrying with the next snapshot", what, host, port, why)
                 continue
-            log.debug("Receiving on Import target port %s:%d/udp", host, port)
+            log.debug("Serving %s %s:%d", what, host, port)
 
     @property
     def import_ports(self) -> set[int]:

@@ -17,13 +17,13 @@ import logging
 import socket
 from collections.abc import Callable
 
-from controlplane.peerwire.datagrams import MAX_DATAGRAM, DatagramChannel
+from controlplane.api.datagrams import receive_batch
+from controlplane.peerwire.datagrams import DatagramChannel
 from controlplane.peerwire.stream import Stream, TcpStream
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_FLOWS = 4096
-_RECV_BATCH = 64
 
 # (port, the flow's stream) -> start serving it (admission, then the egress)
 FlowHandler = Callable[[int, Stream], None]
@@ -65,21 +65,17 @@ class UdpImportListener:
             self._on_drop(reason)
 
     def _readable(self) -> None:
-        for _ in range(_RECV_BATCH):
-            try:
-                data, client = self._sock.recvfrom(MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
+        receive_batch(self._sock, self._received)  # an ICMP error for an earlier answer: ignored
+
+    def _received(self, data: bytes, client: tuple[str, int]) -> None:
+        channel = self._flows.get(client)
+        if channel is None:
+            if len(self._flows) >= self._max_flows:
+                self._drop("max-flows")
                 return
-            except OSError:
-                continue  # an ICMP error for an earlier answer: never fatal
-            channel = self._flows.get(client)
-            if channel is None:
-                if len(self._flows) >= self._max_flows:
-                    self._drop("max-flows")
-                    continue
-                channel = self._start(client)
-            if not channel.deliver(data):
-                self._drop("backpressure")
+            channel = self._start(client)
+        if not channel.deliver(data):
+            self._drop("backpressure")
 
     def _start(self, client: tuple[str, int]) -> DatagramChannel:
         sock = self._sock

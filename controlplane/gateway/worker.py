@@ -191,8 +191,8 @@ class Worker:
     async def _reconcile_imports(self) -> None:
         tcp, udp = self._import_ports()
         await self.listeners.reconcile_imports(self.config.import_host, tcp, self._import_factory)
-        self.listeners.reconcile_udp_imports(self.config.import_host, udp, self._on_udp_flow,
-                                             idle_timeout=self.limits.udp_idle_timeout)
+        await self.listeners.reconcile_udp_imports(self.config.import_host, udp, self._on_udp_flow,
+                                                   idle_timeout=self.limits.udp_idle_timeout)
 
     def _certificates_changed(self) -> None:
         """New certificates: tunnels and peer connections made with the old ones are not reused

@@ -24,7 +24,7 @@ from typing import Any
 
 from controlplane.api.datagrams import (  # noqa: F401 - the codec, re-exported for peerwire's users
     DATAGRAM_CAPSULE, MAX_CAPSULE, MAX_DATAGRAM, CapsuleDecoder, CapsuleError, decode_varint, encode_datagram,
-    encode_varint)
+    encode_varint, receive_batch)
 
 # The CONNECT request header that asks for a UDP flow (the original protocol has only TCP, so a
 # tunnel without it is TCP; a gateway that does not know it connects TCP, which the far end of a
@@ -205,17 +205,14 @@ class _ServiceSocket:
         loop.add_reader(sock.fileno(), self._readable)
 
     def _readable(self) -> None:
-        for _ in range(64):  # a bounded batch: one busy flow cannot starve the loop
-            try:
-                data = self.sock.recv(MAX_DATAGRAM + 1)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                # ICMP port/host unreachable for an earlier datagram: UDP is lossy, the flow goes on.
-                self.errors += 1
-                continue
-            if self.channel is not None:
-                self.channel.deliver(data[:MAX_DATAGRAM])
+        receive_batch(self.sock, self._received, on_error=self._error)
+
+    def _received(self, data: bytes, source: Any) -> None:
+        if self.channel is not None:
+            self.channel.deliver(data)
+
+    def _error(self, exc: OSError) -> None:
+        self.errors += 1  # ICMP port/host unreachable for an earlier datagram: the flow goes on
 
     def send(self, payload: bytes) -> None:
         self.sock.send(payload)  # OSError (EAGAIN: the socket buffer is full, ECONNREFUSED): a drop

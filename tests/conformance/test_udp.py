@@ -163,11 +163,14 @@ def test_a_tcp_import_of_a_udp_only_export_is_refused_by_the_exporter(udp_world,
     cl1 = w.peers["cl1"]
     cl1.apply(allow_all() + "---\n" + import_doc("udponly", [("cl0", "udponly")], port=UDP_ECHO_PORT))
     vip = cl1.vip("udponly")
-    out = w.clients["cl1"].workload("getpeername", "--host", vip, "--port", str(UDP_ECHO_PORT), "--timeout", "3")
-    # The TCP connect is redirected and accepted by the agent; the gateway chain then resets it.
+    # The TCP connect is redirected and accepted by the agent; the gateway chain then resets it:
+    # the client sees its connection fail, and cl0 counts the refused tunnel.
     deadline = time.monotonic() + 10
-    while "wrong-protocol" not in w.peers["cl0"].metrics():
+    while True:
+        out = w.clients["cl1"].workload("tcp-send", "--host", vip, "--port", str(UDP_ECHO_PORT), "--bytes", "10",
+                                        "--timeout", "3")
+        assert out.returncode != EXIT_OK, out.stdout + out.stderr
+        if "wrong-protocol" in w.peers["cl0"].metrics():
+            break
         assert time.monotonic() < deadline, "the exporter never refused the TCP tunnel:\n" + out.stdout + out.stderr
-        w.clients["cl1"].workload("tcp-send", "--host", vip, "--port", str(UDP_ECHO_PORT), "--bytes", "10",
-                                  "--timeout", "3")
         time.sleep(0.3)

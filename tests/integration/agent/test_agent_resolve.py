@@ -40,7 +40,7 @@ class FakeDatapath:
         self.path_lookups += 1
         return self.paths.get(cgroup_id)
 
-    def reconcile(self, services, udp=None, services6=None) -> ReconcileResult:  # type: ignore[no-untyped-def]
+    def reconcile(self, services, udp=None) -> ReconcileResult:  # type: ignore[no-untyped-def]
         return ReconcileResult(0, 0, 0)
 
 

@@ -369,7 +369,7 @@ def test_an_ipv6_vip_reaches_the_proxy_v4_mapped_and_the_client_sees_the_vip(red
             proxy = NodeProxy((env.net.host_ip, 0), resolve=kit.redirect_resolver(env.datapath, upstream, seen))
             await proxy.start()
             try:
-                r = env.datapath.reconcile({}, services6={vip6: proxy.address})
+                r = env.datapath.reconcile({vip6: proxy.address})
                 assert r.added >= 1
                 report = await kit.run_client(processes, mode="echo", to=vip6, netns=env.net.netns,
                                               cgroup=env.pod_a, send="over six")
@@ -390,5 +390,5 @@ def test_an_ipv6_vip_reaches_the_proxy_v4_mapped_and_the_client_sees_the_vip(red
     assert client == (env.net.client_ip, report["local"][1]) or client[0] == env.net.client_ip
     assert redirect == Redirect(orig_ip=vip6[0], orig_port=vip6[1], cgroup_id=os.stat(env.pod_a).st_ino)
     assert json.loads(preamble)["dst"] == f"{vip6[0]}:{vip6[1]}"
-    with pytest.raises(ValueError, match="IPv6"):
-        env.datapath.reconcile({}, services6={("10.1.2.3", 80): ("10.0.0.1", 1)})
+    with pytest.raises(ValueError, match="an IPv4 VIP cannot be redirected to the IPv6 address"):
+        env.datapath.reconcile({("10.1.2.3", 80): ("fdc1::1", 1)})

@@ -170,3 +170,29 @@ def test_the_target_port_takes_udp_from_clients_without_an_agent(udp) -> None:  
     finally:
         for sock in clients:
             sock.close()
+
+
+def test_a_flow_ends_when_the_exporting_gateway_dies_and_a_new_one_works_after_its_restart(udp) -> None:  # type: ignore[no-untyped-def]
+    net, _ = udp
+    flow = _flow(net, "uecho")
+    flow.sendall(encode_datagram(b"before"))
+    assert _datagrams(flow, 1) == [b"uecho:before"]
+    net.west.kill()
+    started = time.monotonic()
+    assert _reset_or_closed(flow)  # the agent side learns at once: its flow ends (no hang)
+    assert time.monotonic() - started < 5
+    flow.close()
+    net.west.start()
+    net.west.wait_ready(net.version["west"])
+    deadline = time.monotonic() + 20
+    while True:  # east's pool notices the restarted peer; a client retries as a UDP client does
+        again = _flow(net, "uecho")
+        again.sendall(encode_datagram(b"after"))
+        try:
+            assert _datagrams(again, 1) == [b"uecho:after"]
+            break
+        except (AssertionError, ConnectionError, OSError):
+            assert time.monotonic() < deadline, net.east.log_tail()
+            time.sleep(0.3)
+        finally:
+            again.close()

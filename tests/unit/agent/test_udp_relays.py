@@ -8,7 +8,8 @@ import socket
 
 import pytest
 
-from agent.proxy.datagrams import UdpMetrics, UdpRelays, UdpUpstream
+from agent.proxy.datagrams import UdpMetrics, UdpRelays
+from agent.proxy.server import Upstream
 from controlplane.api.datagrams import MAX_CAPSULE, CapsuleDecoder, encode_datagram, encode_varint
 from controlplane.api.preamble import PreambleReader
 
@@ -76,7 +77,7 @@ def test_flows_carry_datagrams_both_ways_one_gateway_connection_each() -> None:
         gateway = Gateway()
         address = await gateway.start()
         ended: list = []
-        relays = UdpRelays("127.0.0.1", lambda service, client: UdpUpstream(address, _preamble(service)),
+        relays = UdpRelays("127.0.0.1", lambda service, client: Upstream(address, _preamble(service)),
                            on_flow_end=ended.append)
         table = relays.sync([SERVICE, OTHER])
         assert set(table) == {SERVICE, OTHER} and table[SERVICE] != table[OTHER]
@@ -115,7 +116,7 @@ def test_an_idle_flow_ends_and_the_next_datagram_starts_a_new_one() -> None:
         gateway = Gateway()
         address = await gateway.start()
         ended: list = []
-        relays = UdpRelays("127.0.0.1", lambda service, client: UdpUpstream(address, _preamble(service)),
+        relays = UdpRelays("127.0.0.1", lambda service, client: Upstream(address, _preamble(service)),
                            idle_timeout=0.2, on_flow_end=ended.append)
         table = relays.sync([SERVICE])
         a = _client()
@@ -142,9 +143,9 @@ def test_failures_drop_datagrams_and_never_stop_the_relay() -> None:
         dead = socket.socket()
         dead.bind(("127.0.0.1", 0))
         dead_address = dead.getsockname()  # bound, never listening: connections are refused
-        routes = {"none": None, "dead": UdpUpstream(dead_address, _preamble(SERVICE)),
-                  "garbage": UdpUpstream(broken_address, _preamble(SERVICE)),
-                  "good": UdpUpstream(good_address, _preamble(SERVICE))}
+        routes = {"none": None, "dead": Upstream(dead_address, _preamble(SERVICE)),
+                  "garbage": Upstream(broken_address, _preamble(SERVICE)),
+                  "good": Upstream(good_address, _preamble(SERVICE))}
         choice = ["none"]
         metrics = UdpMetrics()
         relays = UdpRelays("127.0.0.1", lambda service, client: routes[choice[0]], metrics=metrics, max_flows=3)

@@ -143,3 +143,35 @@ def test_an_idle_channel_ends_its_stream_and_activity_postpones_it() -> None:
         assert closed == [True]
 
     asyncio.run(scenario())
+
+
+def test_receive_batch_goes_on_past_a_queued_icmp_error_and_stops_at_its_limit() -> None:
+    import socket
+    import time
+
+    from controlplane.api.datagrams import receive_batch
+
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    server.close()  # nobody there: the next datagram gets an ICMP port unreachable
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.connect(("127.0.0.1", port))
+    client.setblocking(False)
+    client.send(b"to nobody")
+    time.sleep(0.05)
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", port))
+    try:
+        for i in range(5):
+            server.sendto(b"%d" % i, client.getsockname())
+        time.sleep(0.05)
+        got: list[bytes] = []
+        errors: list[OSError] = []
+        receive_batch(client, lambda data, source: got.append(data), on_error=errors.append, limit=3)
+        assert [type(e) for e in errors] == [ConnectionRefusedError] and got == [b"0", b"1"]
+        receive_batch(client, lambda data, source: got.append(data), on_error=errors.append)
+        assert got == [b"0", b"1", b"2", b"3", b"4"] and len(errors) == 1  # then it returns: nothing left
+    finally:
+        client.close()
+        server.close()
